@@ -1,0 +1,234 @@
+"""Model folders in the HF / sentence-transformers layout: load them into a params pytree, and save them back.
+
+A folder holds config.json, model.safetensors (HF BertModel keys), tokenizer.json (or vocab.txt),
+sentence_bert_config.json (max_seq_length), modules.json (Transformer -> Pooling -> Normalize) and
+1_Pooling/config.json. Hub weights load here; what `save` writes loads in transformers and sentence-transformers.
+Only JSON and safetensors are ever read: no pickle (`pytorch_model.bin`) and no code from the folder.
+"""
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from minilm.config import Config
+from minilm.model import POOLING_MODES, flatten, param_shapes, unflatten
+from minilm.tokenizer import Tokenizer
+
+SKIPPED = ("embeddings.position_ids",)  # an int64 buffer (0..P-1) older transformers saved; not a parameter
+LEGACY_NAMES = {"gamma": "weight", "beta": "bias"}  # TF-converted BERT files name LayerNorm params gamma/beta
+ST_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
+                   "max": "pooling_mode_max_tokens", "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens"}
+ST_MODULES = {"Transformer", "Pooling", "Normalize"}  # sentence_transformers.models.<name> we implement
+
+
+@dataclasses.dataclass(eq=False)
+class Model:
+    """Everything needed to embed text: the encoder, its tokenizer and the sentence-transformers head."""
+    config: Config
+    params: dict
+    tokenizer: Tokenizer
+    pooling: str = "mean"  # 1_Pooling/config.json
+    normalize: bool = True  # modules.json lists a Normalize module
+
+    @property
+    def dim(self) -> int:
+        return self.config.hidden_size
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading.
+
+
+def read_json(path: pathlib.Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+
+
+def canonical_name(name: str) -> str:
+    """HF key of a tensor name from any BERT checkpoint flavour: strip `bert.`, rename gamma/beta."""
+    name = name.removeprefix("bert.")
+    *path, leaf = name.split(".")
+    if path and "LayerNorm" in path[-1] and leaf in LEGACY_NAMES:
+        leaf = LEGACY_NAMES[leaf]
+    return ".".join([*path, leaf])
+
+
+def weight_files(folder: pathlib.Path) -> list[pathlib.Path]:
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():  # a sharded checkpoint: the index maps each tensor to its shard
+        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+        return [folder / s for s in shards]
+    if (folder / "pytorch_model.bin").exists():
+        raise ValueError(f"{folder}: has pytorch_model.bin but no model.safetensors; minilm reads safetensors only "
+                         "(a .bin file is a pickle, which can run code when loaded). Convert it once with "
+                         "transformers: AutoModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)")
+    raise FileNotFoundError(f"{folder}: no model.safetensors")
+
+
+def load_params(folder, cfg: Config) -> dict:
+    """Read the BertModel tensors of a folder's safetensors file(s), check each one against the config."""
+    folder = pathlib.Path(folder)
+    tensors, source = {}, {}
+    for file in weight_files(folder):
+        try:
+            with safetensors.safe_open(str(file), framework="np") as f:
+                names = list(f.keys())
+                # Files saved from head models (BertForMaskedLM, ...) prefix the encoder with `bert.` and add
+                # cls.* / classifier.* heads; keep the encoder and ignore the heads.
+                if any(n.startswith("bert.") for n in names):
+                    names = [n for n in names if n.startswith("bert.")]
+                for name in names:
+                    key = canonical_name(name)
+                    if key in SKIPPED:
+                        continue
+                    tensors[key], source[key] = f.get_tensor(name), name
+        except (safetensors.SafetensorError, OSError, TypeError) as e:
+            raise ValueError(f"{file}: cannot read safetensors ({e})") from None
+
+    expected = param_shapes(cfg)
+    pooler = [k for k in expected if k.startswith("pooler.")]
+    if not any(k in tensors for k in pooler):  # BertModel(add_pooling_layer=False) / MLM files have no pooler
+        expected = {k: s for k, s in expected.items() if k not in pooler}
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [source[k] for k in tensors if k not in expected]
+    if missing:
+        raise ValueError(f"{folder}: tensors missing for config.json (num_hidden_layers="
+                         f"{cfg.num_hidden_layers}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        raise ValueError(f"{folder}: tensors not part of a BertModel with this config.json: "
+                         f"{', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+    for key, shape in expected.items():
+        x = tensors[key]
+        if tuple(x.shape) != shape:
+            raise ValueError(f"{folder}: tensor {source[key]!r} has shape {tuple(x.shape)}, expected {shape} from "
+                             f"config.json (hidden_size={cfg.hidden_size}, intermediate_size="
+                             f"{cfg.intermediate_size}, vocab_size={cfg.vocab_size})")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"{folder}: tensor {source[key]!r} has dtype {x.dtype}, expected a float type")
+        tensors[key] = x.astype(np.float32)  # float16 checkpoints are computed in float32 here
+    return unflatten({k: tensors[k] for k in expected})
+
+
+def read_head(folder: pathlib.Path) -> tuple[str, bool]:
+    """(pooling mode, normalize) from modules.json and 1_Pooling/config.json; a bare HF folder gets mean + L2."""
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        return "mean", True
+    modules = read_json(modules_file)
+    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
+    unknown = [k for k in kinds if k not in ST_MODULES]
+    if unknown:
+        raise ValueError(f"{modules_file}: module(s) {unknown} not supported; minilm implements {sorted(ST_MODULES)}")
+    pooling = "mean"
+    for m, kind in zip(modules, kinds):
+        if kind == "Pooling":
+            cfg_file = folder / m.get("path", "1_Pooling") / "config.json"
+            if not cfg_file.is_file():
+                raise FileNotFoundError(f"{cfg_file}: missing (modules.json lists a Pooling module)")
+            pc = read_json(cfg_file)
+            modes = [mode for mode, key in ST_POOLING_KEYS.items() if pc.get(key)]
+            others = [k for k, v in pc.items() if k.startswith("pooling_mode") and v and k not in
+                      ST_POOLING_KEYS.values()]
+            if len(modes) != 1 or others:
+                raise ValueError(f"{cfg_file}: exactly one pooling mode of {POOLING_MODES} must be true, got "
+                                 f"{modes + others}")
+            pooling = modes[0]
+    return pooling, "Normalize" in kinds
+
+
+def load(folder, max_length: int | None = None) -> Model:
+    """Load a model folder (HF BertModel or sentence-transformers layout)."""
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a folder (expected a model folder with config.json and "
+                                "model.safetensors)")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no config.json; not an HF / sentence-transformers model folder")
+    config = Config.from_json(folder / "config.json")
+    params = load_params(folder, config)
+    tokenizer = Tokenizer.from_dir(folder, max_length=max_length)
+    if tokenizer.max_length > config.max_position_embeddings:
+        raise ValueError(f"{folder}: max_length {tokenizer.max_length} exceeds max_position_embeddings "
+                         f"{config.max_position_embeddings}")
+    pooling, normalize = read_head(folder)
+    return Model(config, params, tokenizer, pooling, normalize)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Saving: into a temporary folder beside the target, then renamed into place.
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield a fresh temporary folder; on success it replaces `path`. A crash or Ctrl-C inside the block leaves
+    `path` as it was (the temporary folder is removed). An existing `path` is moved aside, the new folder renamed
+    in, then the old one deleted, so at every instant `path` is either the old or the new complete folder
+    (except for the instant between the two renames, when only `path`.old-* exists)."""
+    path = pathlib.Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        for root, _, files in os.walk(tmp):  # make the bytes durable before the rename publishes them
+            for name in files:
+                with open(os.path.join(root, name), "rb") as f:
+                    os.fsync(f.fileno())
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.rename(path, old)
+        os.rename(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: pathlib.Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def save_params(params: dict, file) -> None:
+    flat = {k: np.ascontiguousarray(np.asarray(jax.device_get(v), dtype=np.float32))
+            for k, v in flatten(params).items()}
+    safetensors.numpy.save_file(flat, str(file), metadata={"format": "pt"})  # "pt": as the Hub file; HF checks it
+
+
+def write_model(model: Model, folder: pathlib.Path) -> None:
+    """Write every file of the sentence-transformers layout into an existing (temporary) folder."""
+    save_params(model.params, folder / "model.safetensors")
+    model.config.to_json(folder / "config.json")
+    model.tokenizer.save(folder)
+    write_json(folder / "sentence_bert_config.json",
+               {"max_seq_length": model.tokenizer.max_length, "do_lower_case": model.tokenizer.do_lower_case})
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if model.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    write_json(folder / "modules.json", modules)
+    write_json(folder / "1_Pooling" / "config.json",
+               {"word_embedding_dimension": model.dim, **{k: mode == model.pooling for mode, k in ST_POOLING_KEYS.items()}})
+    write_json(folder / "config_sentence_transformers.json", {"similarity_fn_name": "cosine"})
+
+
+def save(model: Model, folder) -> pathlib.Path:
+    """Save atomically as a folder that minilm, transformers and sentence-transformers load."""
+    with atomic_dir(folder) as tmp:
+        write_model(model, tmp)
+    return pathlib.Path(folder)
