@@ -88,7 +88,8 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     with jax.default_matmul_precision("highest"):
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
-            batch = pad_batch([encodings[i] for i in idx], rows=batch_rows(len(idx), batch_size))
+            batch = pad_batch([encodings[i] for i in idx], rows=batch_rows(len(idx), batch_size),
+                              pad_id=m.tokenizer.pad_id)
             emb = embed_batch(m.params, batch.ids_BT, batch.type_ids_BT, batch.mask_BT, cfg=cfg, pooling=m.pooling,
                               normalize=normalize, num_layers=num_layers, dim=dim)
             out[idx] = np.asarray(emb)[: len(idx)]

@@ -11,9 +11,10 @@ import pytest
 
 from minilm import model as M
 from minilm.config import Config
+from tests.conftest import need
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = need("torch")
+transformers = need("transformers")
 
 TINY = [  # different layers, heads, hidden and intermediate sizes, activations, vocab
     Config(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
