@@ -99,7 +99,7 @@ def run(args) -> None:
     texts = list(args.texts) + (read_lines(args.input) if args.input else [])
     if not texts:
         raise ValueError("no texts to embed: give texts as arguments or --input FILE")
-    model = get_model(args.model, args.max_length)
+    model = get_model(args.model)
     kw = dict(model=model, batch_size=args.batch_size, max_length=args.max_length, num_layers=args.layers,
               dim=args.dim, normalize=False if args.no_normalize else None)
     emb = embed(texts, **kw)

@@ -77,6 +77,11 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     m = get_model(model)
     cfg = m.config
+    if max_length is not None and not m.tokenizer.n_special(False) < max_length <= cfg.max_position_embeddings:
+        raise ValueError(f"max_length {max_length} is outside {m.tokenizer.n_special(False) + 1}.."
+                         f"{cfg.max_position_embeddings} (max_position_embeddings of the model)")
+    if num_layers is not None and not 1 <= num_layers <= cfg.num_hidden_layers:
+        raise ValueError(f"num_layers {num_layers} is outside 1..{cfg.num_hidden_layers}")
     if dim is not None and not 1 <= dim <= cfg.hidden_size:
         raise ValueError(f"dim {dim} is outside 1..{cfg.hidden_size}")
     normalize = m.normalize if normalize is None else normalize
