@@ -167,3 +167,20 @@ def test_interrupted_save_leaves_the_old_folder(tmp_path, interrupt):
             raise interrupt
     assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir() if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "tiny-vocab.txt"]  # no temporary folder left
+
+
+def test_sharded_checkpoint_loads(tmp_path):
+    """model.safetensors.index.json + shards (how large checkpoints are saved) loads like the single file."""
+    model = tiny_model(tmp_path)
+    save(model, tmp_path / "m")
+    t = tensors(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    names = sorted(t)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, keys in shards.items():
+        safetensors.numpy.save_file({k: t[k] for k in keys}, str(tmp_path / "m" / file), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: file for file, keys in shards.items() for k in keys}}
+    (tmp_path / "m" / "model.safetensors.index.json").write_text(json.dumps(index))
+    loaded = flatten(load(tmp_path / "m").params)
+    for k, v in flatten(model.params).items():
+        assert np.array_equal(np.asarray(v), loaded[k]), k
