@@ -10,6 +10,7 @@ Weights keep torch's [out, in] layout, so loading a checkpoint is `unflatten` an
 Shape legend: B batch, T query tokens, S key tokens (= T), D hidden, H heads, K head size (D/H),
 F intermediate (FFN) size, V vocab, P max positions, N sentences.
 """
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -251,3 +252,13 @@ def sentence_embedding(params: dict, ids_BT, mask_BT, cfg: Config, type_ids_BT=N
 
 def num_params(params: dict) -> int:
     return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))
+
+
+def keep_layers(params: dict, cfg: Config, layers: tuple[int, ...]) -> tuple[dict, Config]:
+    """A smaller student made by keeping some layers of a model (e.g. (0, 2, 4) of six), renumbered from 0:
+    how nreimers/MiniLM-L6-H384-uncased was cut from the 12-layer MiniLM (ALGORITHMS.md section 3)."""
+    if not layers or any(not 0 <= i < cfg.num_hidden_layers for i in layers):
+        raise ValueError(f"layers {layers} must be indices in 0..{cfg.num_hidden_layers - 1}")
+    kept = [params["encoder"]["layer"][i] for i in layers]
+    return {**params, "encoder": {**params["encoder"], "layer": kept}}, \
+        dataclasses.replace(cfg, num_hidden_layers=len(layers))

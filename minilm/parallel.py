@@ -1,0 +1,52 @@
+"""Data parallelism on one mesh axis, 'data': params replicated, the batch split by rows across devices.
+
+The shard_map call itself, with its all_gather of candidate embeddings and its pmean, is written where it is used
+(train.py, distill.py); this module only builds the mesh and places arrays on it (ALGORITHMS.md section 7).
+
+Multi-host (a TPU pod slice, several GPU hosts): every process calls jax.distributed.initialize() first, builds the
+same mesh over all global devices, draws the same global batch (the sampler is deterministic from the seed), and
+hands only its own rows to `shard_rows`, which assembles one global array from every process's slice.
+"""
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = "data"
+
+
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+    """A 1-D mesh over the first num_devices devices (0: all of them, on every host)."""
+    devices = jax.devices()
+    n = num_devices or len(devices)
+    if not 1 <= n <= len(devices):
+        hint = " (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=8 gives 8 virtual devices)" \
+            if devices[0].platform == "cpu" else ""
+        raise ValueError(f"--devices {n}: this run sees {len(devices)} {devices[0].platform} device(s){hint}")
+    if jax.process_count() > 1 and n != len(devices):
+        raise ValueError("--devices must be 0 (all) in a multi-host run: every host's devices hold part of the batch")
+    # Explicit axis types (jax.make_mesh's default in 0.10): arrays must be placed to match the shard_map specs.
+    return jax.make_mesh((n,), (AXIS,), axis_types=(AxisType.Explicit,), devices=devices[:n])
+
+
+def replicate(tree, mesh):
+    """Every device holds the whole tree (params, optimizer state)."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def process_rows(global_rows: int) -> slice:
+    """The rows of a global batch this process loads: a disjoint, equal slice per process, in process order."""
+    n, i = jax.process_count(), jax.process_index()
+    if global_rows % n:
+        raise ValueError(f"batch size {global_rows} is not divisible by the {n} processes")
+    per = global_rows // n
+    return slice(i * per, (i + 1) * per)
+
+
+def shard_rows(local: np.ndarray, mesh, row_axis: int = 1) -> jax.Array:
+    """One global array whose axis `row_axis` (the batch rows) is split across the mesh, from this process's rows."""
+    spec = [None] * local.ndim
+    spec[row_axis] = AXIS
+    global_shape = list(local.shape)
+    global_shape[row_axis] *= jax.process_count()
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, P(*spec)), local, tuple(global_shape))
