@@ -234,8 +234,11 @@ class StopRequest:
 
     def __init__(self):
         self.requested = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self.handle)
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def handle(self, signum, frame):
         if self.requested:
@@ -324,7 +327,6 @@ def train(args: Args) -> int:
     metrics = open(out / "metrics.jsonl", "a") if leader else None
     rows = parallel.process_rows(args.batch_size)
     base_key = jax.random.key(args.seed)
-    stop = StopRequest()
     last_saved, step = None, start
     t_start = t_log = time.perf_counter()
     sentences = tokens = 0
@@ -338,46 +340,52 @@ def train(args: Args) -> int:
         return save_checkpoint(out, step, dataclasses.replace(model, params=params), opt_state, sampler, args) \
             if leader else None
 
-    while step < args.steps:
-        examples = next(sampler)[rows]
-        ids, mask = tokenize_columns(model.tokenizer, examples, args.max_length)
-        key = jax.random.fold_in(base_key, step) if args.dropout else None
-        new_params, new_opt, stats = step_fn(params, opt_state, parallel.shard_rows(ids, mesh),
-                                             parallel.shard_rows(mask, mesh), key)
-        loss = float(stats["loss"])
-        if not math.isfinite(loss):
-            print(f"train.py: error: the loss is {loss} at step {step + 1}; stopping without saving. The last good "
-                  f"checkpoint is {last_saved or 'none (none was saved yet)'}", file=sys.stderr)
-            return 1
-        params, opt_state, step = new_params, new_opt, step + 1
-        sentences += ids.shape[0] * ids.shape[1] * jax.process_count()
-        tokens += int(mask.sum()) * jax.process_count()
-        if step % args.log_every == 0 or step == args.steps:
-            now = time.perf_counter()
-            record = {"step": step, "loss": loss, "lr": float(stats["lr"]),
-                      "grad_norm": float(stats["grad_norm"]), "sentences_per_s": sentences / (now - t_log),
-                      "tokens_per_s": tokens / (now - t_log), "elapsed_s": now - t_start}
-            if leader:
-                print(f"step {step:>6}/{args.steps}  loss {loss:.4f}  lr {record['lr']:.2e}  grad_norm "
-                      f"{record['grad_norm']:.3f}  {record['sentences_per_s']:.1f} sentences/s  "
-                      f"{record['tokens_per_s']:.0f} tokens/s", flush=True)
-            log(record)
-            t_log, sentences, tokens = now, 0, 0
-        if sts and ((args.eval_every and step % args.eval_every == 0) or step == args.steps):
-            result = evaluate(dataclasses.replace(model, params=params), sts)
-            if leader:
-                print(f"step {step:>6}  STS spearman {result['spearman']:.2f}  pearson {result['pearson']:.2f}")
-            log({"step": step, "sts_spearman": result["spearman"], "sts_pearson": result["pearson"]})
-        timed_out = args.time_limit and time.perf_counter() - t_start > 60 * args.time_limit
-        if (args.save_every and step % args.save_every == 0) or step == args.steps or stop.requested or timed_out:
-            last_saved = checkpoint(step)
-            if leader:
-                print(f"saved {last_saved}")
-        if stop.requested or timed_out:
-            print("stopped early: " + ("interrupted" if stop.requested else f"--time-limit {args.time_limit} min"),
-                  file=sys.stderr)
-            return 130 if stop.requested else 0
-    return 0
+    stop = StopRequest()
+    try:
+        while step < args.steps:
+            examples = next(sampler)[rows]
+            ids, mask = tokenize_columns(model.tokenizer, examples, args.max_length)
+            key = jax.random.fold_in(base_key, step) if args.dropout else None
+            new_params, new_opt, stats = step_fn(params, opt_state, parallel.shard_rows(ids, mesh),
+                                                 parallel.shard_rows(mask, mesh), key)
+            loss = float(stats["loss"])
+            if not math.isfinite(loss):
+                print(f"train.py: error: the loss is {loss} at step {step + 1}; stopping without saving. The last good "
+                      f"checkpoint is {last_saved or 'none (none was saved yet)'}", file=sys.stderr)
+                return 1
+            params, opt_state, step = new_params, new_opt, step + 1
+            sentences += ids.shape[0] * ids.shape[1] * jax.process_count()
+            tokens += int(mask.sum()) * jax.process_count()
+            if step % args.log_every == 0 or step == args.steps:
+                now = time.perf_counter()
+                record = {"step": step, "loss": loss, "lr": float(stats["lr"]),
+                          "grad_norm": float(stats["grad_norm"]), "sentences_per_s": sentences / (now - t_log),
+                          "tokens_per_s": tokens / (now - t_log), "elapsed_s": now - t_start}
+                if leader:
+                    print(f"step {step:>6}/{args.steps}  loss {loss:.4f}  lr {record['lr']:.2e}  grad_norm "
+                          f"{record['grad_norm']:.3f}  {record['sentences_per_s']:.1f} sentences/s  "
+                          f"{record['tokens_per_s']:.0f} tokens/s", flush=True)
+                log(record)
+                t_log, sentences, tokens = now, 0, 0
+            if sts and ((args.eval_every and step % args.eval_every == 0) or step == args.steps):
+                result = evaluate(dataclasses.replace(model, params=params), sts)
+                if leader:
+                    print(f"step {step:>6}  STS spearman {result['spearman']:.2f}  pearson {result['pearson']:.2f}")
+                log({"step": step, "sts_spearman": result["spearman"], "sts_pearson": result["pearson"]})
+            timed_out = args.time_limit and time.perf_counter() - t_start > 60 * args.time_limit
+            if (args.save_every and step % args.save_every == 0) or step == args.steps or stop.requested or timed_out:
+                last_saved = checkpoint(step)
+                if leader:
+                    print(f"saved {last_saved}")
+            if stop.requested or timed_out:
+                print("stopped early: " + ("interrupted" if stop.requested else f"--time-limit {args.time_limit} min"),
+                      file=sys.stderr)
+                return 130 if stop.requested else 0
+        return 0
+    finally:
+        stop.restore()
+        if metrics:
+            metrics.close()
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,140 @@
+"""train.py end to end on a tiny random model and tiny data made here: flags, errors, checkpoints, resume,
+Ctrl-C and NaN handling. (The math of the step is in test_train_step.py.)"""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+import train
+from minilm.checkpoint import load, save
+from tests.conftest import REPO
+from tests.tiny import tiny_model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny model folder and a JSONL file of 64 pairs with distinct texts."""
+    tmp = tmp_path_factory.mktemp("train")
+    save(tiny_model(tmp), tmp / "model")
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "dog", "sat", "on", "mat", "man", "woman", "is", "eating", "food", "music", "plays"]
+    lines = []
+    for i in range(64):
+        a, p = (" ".join(rng.choice(words, rng.integers(2, 8))) for _ in range(2))
+        lines.append(json.dumps({"anchor": f"{a} {i}", "positive": f"{p} {i} !"}))
+    (tmp / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp
+
+
+def run(setup, *flags, out="out"):
+    return train.main(["--model", str(setup / "model"), "--data", str(setup / "pairs.jsonl"), "--batch-size", "8",
+                       "--max-length", "16", "--warmup", "2", "--lr", "1e-3", "--log-every", "1",
+                       "--out", str(setup / out), *flags])
+
+
+def params_of(folder):
+    return safetensors.numpy.load_file(str(folder / "model.safetensors"))
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit) as done:
+        train.main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(train.Args):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in text, flag
+    comments = train.cli.field_comments(train.Args)
+    assert set(comments) == {f.name for f in dataclasses.fields(train.Args)}  # every field has its help text
+
+
+def test_two_steps_resume_two_steps_equals_four_steps(setup, capsys):
+    assert run(setup, "--steps", "4", out="straight") == 0
+    assert run(setup, "--steps", "4", "--save-every", "2", "--time-limit", "0", out="first") == 0
+    # resume from the step-2 checkpoint of a 4-step run: same schedule, data position and dropout keys
+    assert run(setup, "--steps", "4", "--resume", str(setup / "first" / "step-0000002"), out="second") == 0
+    a, b = params_of(setup / "straight" / "step-0000004"), params_of(setup / "second" / "step-0000004")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k  # bit for bit
+    start = params_of(setup / "model")
+    assert any(not np.array_equal(a[k], start[k]) for k in a)  # training did change the weights
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "step      4/4  loss" in out
+
+
+def test_checkpoint_folder_and_metrics(setup):
+    assert run(setup, "--steps", "3", "--save-every", "1", "--keep", "2", out="ckpt") == 0
+    out = setup / "ckpt"
+    assert sorted(p.name for p in out.glob("step-*")) == ["step-0000002", "step-0000003"]
+    assert (out / "latest").read_text().strip() == "step-0000003"
+    state = json.loads((out / "step-0000003" / "trainer_state.json").read_text())
+    assert state["step"] == 3 and state["data"]["batches"] == 3
+    model = load(out / "step-0000003")  # loadable by embed.py
+    assert model.config.num_hidden_layers == 2
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) and r["sentences_per_s"] > 0 and r["tokens_per_s"] > 0 for r in records)
+
+
+def test_keep_layers_and_eval(setup, tmp_path, capsys):
+    sts = tmp_path / "sts.csv"
+    sts.write_text("the cat sat,the cat sat on the mat,4.5\nthe man is eating,music plays,0.5\n"
+                   "a dog,the dog,4.0\nthe woman plays,the man plays,2.5\n")
+    assert run(setup, "--steps", "2", "--keep-layers", "1", "--eval-sts", str(sts), out="small") == 0
+    assert load(setup / "small" / "step-0000002").config.num_hidden_layers == 1
+    assert "STS spearman" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--data", "MISSING.jsonl"], "MISSING.jsonl: cannot read"),
+    (["--data", "EMPTY.jsonl"], "EMPTY.jsonl: no examples"),
+    (["--batch-size", "12"], "--batch-size 12 must be at least 2 and divisible by the 8 devices"),
+    (["--model", "NOWHERE"], "NOWHERE: not a folder"),
+    (["--mini-batch-size", "3"], "--mini-batch-size 3 must divide the 1 rows per device"),
+])
+def test_bad_input_is_a_one_line_error(setup, capsys, flags, message):
+    (setup / "EMPTY.jsonl").write_text("")
+    flags = [f.replace("MISSING", str(setup / "missing")).replace("EMPTY", str(setup / "EMPTY"))
+             .replace("NOWHERE", str(setup / "nowhere")) for f in flags]
+    assert run(setup, "--steps", "1", *flags, out="bad") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.py: error: ") and message.split(":")[-1] in err[0], err
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, capsys):
+    """An absurd learning rate overflows the weights: the run stops with a message naming the last checkpoint,
+    which stays the latest."""
+    code = run(setup, "--steps", "20", "--lr", "1e38", "--warmup", "0", "--max-grad-norm", "0", "--save-every", "1",
+               out="nan")
+    err = capsys.readouterr().err
+    assert code == 1 and "the loss is nan" in err.lower()
+    latest = (setup / "nan" / "latest").read_text().strip()
+    assert f"The last good checkpoint is {setup / 'nan' / latest}" in err
+    assert load(setup / "nan" / latest)  # complete and loadable
+
+
+def test_ctrl_c_saves_and_exits(setup):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, str(REPO / "train.py"), "--model", str(setup / "model"), "--data",
+           str(setup / "pairs.jsonl"), "--batch-size", "8", "--max-length", "16", "--steps", "100000",
+           "--log-every", "1", "--out", str(setup / "ctrlc")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = setup / "ctrlc" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    latest = setup / "ctrlc" / (setup / "ctrlc" / "latest").read_text().strip()
+    state = json.loads((latest / "trainer_state.json").read_text())
+    assert state["step"] >= 2 and load(latest)
+    assert "saving a checkpoint" in err and "stopped early: interrupted" in err
