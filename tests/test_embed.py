@@ -49,7 +49,8 @@ def test_input_file_to_npy_keeps_line_order(run, reference, tmp_path):
     x = np.load(tmp_path / "x.npy")
     assert code == 0 and "10 x 384 float32" in err
     assert x.dtype == np.float32 and x.shape == (10, 384)
-    np.testing.assert_allclose(x, reference, rtol=0, atol=1e-6)  # sorted by length in batches of 3, returned in input order
+    # sorted by length in batches of 3, returned in input order
+    np.testing.assert_allclose(x, reference, rtol=0, atol=1e-6)
 
 
 def test_stdin_to_jsonl(run, reference, tmp_path, monkeypatch):

@@ -65,10 +65,10 @@ def test_layer_kl(batch):
     final, layer, _ = batch
     t = 0.3
     expected = 0.0
-    for f, l in zip(final, layer):  # T * KL(softmax(f/T) || softmax(l/T)), mean over rows
+    for f, h in zip(final, layer):  # T * KL(softmax(f/T) || softmax(l/T)), mean over rows
         p = np.exp(f / t - np.max(f / t))
         p /= p.sum()
-        q = np.exp(l / t - np.max(l / t))
+        q = np.exp(h / t - np.max(h / t))
         q /= q.sum()
         expected += t * float(np.sum(p * np.log(p / q)))
     expected /= len(final)

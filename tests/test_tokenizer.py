@@ -33,7 +33,8 @@ STRIDES = [0, 1, 3]
 # (Encoding.merge_with), so its memory grows with the cube of the window counts: two long texts at max_length 8
 # exhaust 24 GB. Pairs here keep at least one side short enough for that.
 PAIRS = [("four", "four"), ("four", "eight"), ("eight", "four"), ("eight", "eight"), ("one", "long"),
-         ("long", "one"), ("medium", "medium"), ("medium", "long"), ("cjk", "emoji"), ("empty", "plain"), ("plain", "empty"),
+         ("long", "one"), ("medium", "medium"), ("medium", "long"), ("cjk", "emoji"), ("empty", "plain"),
+         ("plain", "empty"),
          ("accents", "control"), ("blank", "punct")]
 
 
