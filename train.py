@@ -226,7 +226,7 @@ def resolve_resume(path: str) -> pathlib.Path:
 def evaluate(model: Model, pairs) -> dict:
     from minilm.evaluate import evaluate_sts
     host = dataclasses.replace(model, params=jax.device_get(model.params))
-    return evaluate_sts(pairs, host, batch_size=64)
+    return evaluate_sts(pairs, host, batch_size=64, progress=False)
 
 
 class StopRequest:
