@@ -138,3 +138,19 @@ def test_ctrl_c_saves_and_exits(setup):
     state = json.loads((latest / "trainer_state.json").read_text())
     assert state["step"] >= 2 and load(latest)
     assert "saving a checkpoint" in err and "stopped early: interrupted" in err
+
+
+def test_matryoshka_adaptive_and_gradcache_runs_load_everywhere(setup, capsys):
+    """The optional losses and GradCache run end to end; a training checkpoint loads in sentence-transformers
+    with the embeddings minilm gives (1e-5), and embed.py's --layers/--dim serve it."""
+    from tests.conftest import need
+    st = need("sentence_transformers")
+    assert run(setup, "--steps", "2", "--matryoshka-dims", "32,16", "--adaptive-layers", out="m2d") == 0
+    assert run(setup, "--steps", "2", "--mini-batch-size", "1", "--symmetric", out="cached") == 0
+    folder = setup / "m2d" / "step-0000002"
+    texts = ["the cat sat on the mat", "a man is eating food", ""]
+    from minilm.inference import embed
+    np.testing.assert_allclose(embed(texts, load(folder)), st.SentenceTransformer(str(folder), device="cpu")
+                               .encode(texts), rtol=0, atol=1e-5)
+    small = embed(texts, load(folder), num_layers=1, dim=16)
+    assert small.shape == (3, 16) and np.allclose(np.linalg.norm(small, axis=1), 1, atol=1e-6)
