@@ -13,22 +13,15 @@ On a TPU pod slice, start the same command on every host with --distributed (see
 """
 import dataclasses
 import functools
-import json
-import math
-import os
-import pathlib
-import shutil
-import signal
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from minilm import cli, optim, parallel
-from minilm.checkpoint import Model, atomic_dir, load, write_model
+from minilm import cli, optim, parallel, runs
+from minilm.checkpoint import load
 from minilm.losses import contrastive_loss, layer_kl, matryoshka_loss
 from minilm.model import encode, keep_layers, l2_normalize, mean_pool
 from minilm.tokenizer import bucket_length, pad_batch
@@ -193,61 +186,6 @@ def tokenize_columns(tokenizer, examples, max_length: int) -> tuple[np.ndarray, 
     return np.stack([b.ids_BT for b in batches]), np.stack([b.mask_BT for b in batches])
 
 
-def save_checkpoint(out: pathlib.Path, step: int, model: Model, opt_state, sampler, args: Args) -> pathlib.Path:
-    """out/step-N: a model folder (embed.py and sentence-transformers load it) plus optimizer.safetensors and
-    trainer_state.json (step, data position, seed). Written to a temporary folder and renamed; then `latest` is
-    rewritten (also by rename), so a crash at any point leaves the previous checkpoint as the latest."""
-    folder = out / f"step-{step:07d}"
-    host_model = dataclasses.replace(model, params=jax.device_get(model.params))
-    with atomic_dir(folder) as tmp:
-        write_model(host_model, tmp)
-        optim.save_state(jax.device_get(opt_state), tmp / "optimizer.safetensors")
-        state = {"step": step, "seed": args.seed, "data": sampler.state(), "args": dataclasses.asdict(args)}
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
-    latest_tmp = out / f".latest.tmp-{os.getpid()}"
-    latest_tmp.write_text(folder.name + "\n")
-    os.replace(latest_tmp, out / "latest")
-    old = sorted(p for p in out.glob("step-*") if p.is_dir())[:-args.keep] if args.keep > 0 else []
-    for p in old:
-        shutil.rmtree(p, ignore_errors=True)
-    return folder
-
-
-def resolve_resume(path: str) -> pathlib.Path:
-    folder = pathlib.Path(path)
-    if (folder / "latest").is_file():  # an --out folder: its newest complete checkpoint
-        folder = folder / (folder / "latest").read_text().strip()
-    if not (folder / "trainer_state.json").is_file():
-        raise FileNotFoundError(f"{path}: no trainer_state.json (expected a checkpoint folder step-N or an --out "
-                                "folder with a 'latest' file)")
-    return folder
-
-
-def evaluate(model: Model, pairs) -> dict:
-    from minilm.evaluate import evaluate_sts
-    host = dataclasses.replace(model, params=jax.device_get(model.params))
-    return evaluate_sts(pairs, host, batch_size=64, progress=False)
-
-
-class StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current step and save; a second one stops now."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore(self):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (again to stop at once)",
-              file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The run.
 
@@ -280,10 +218,8 @@ def train(args: Args) -> int:
         jax.distributed.initialize()
     mesh = parallel.make_mesh(args.devices)
     check_args(args, mesh.size)
-    out = pathlib.Path(args.out)
-    leader = jax.process_index() == 0
 
-    resume_from = resolve_resume(args.resume) if args.resume else None
+    resume_from = runs.resolve_resume(args.resume) if args.resume else None
     model = load(resume_from or args.model or default_model_dir())
     if args.keep_layers and not resume_from:
         params, cfg = keep_layers(model.params, model.config, args.keep_layers)
@@ -312,93 +248,28 @@ def train(args: Args) -> int:
     opt_state = optim.init(model.params)
     start = 0
     if resume_from:
-        state = json.loads((resume_from / "trainer_state.json").read_text())
-        opt_state = optim.load_state(resume_from / "optimizer.safetensors", model.params)
-        sampler.load_state(state["data"])
-        start = int(state["step"])
+        start, data_state, opt_state = runs.read_resume_state(resume_from, model.params)
+        sampler.load_state(data_state)
         print(f"resumed from {resume_from} at step {start}")
     opt_state = parallel.replicate(opt_state, mesh)
 
-    if leader:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=1) + "\n")
+    if jax.process_index() == 0:
         print(f"training {cfg.num_hidden_layers}-layer model ({sum(x.size for x in jax.tree.leaves(model.params)):,} "
               f"params) on {mesh.size} {jax.devices()[0].platform} device(s), {jax.process_count()} process(es)")
         cli.print_args(args)
-    metrics = open(out / "metrics.jsonl", "a") if leader else None
     rows = parallel.process_rows(args.batch_size)
-    base_key = jax.random.key(args.seed)
-    last_saved, step = None, start
-    t_start = t_log = time.perf_counter()
-    sentences = tokens = 0
 
-    def log(record):
-        if leader:
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
+    def next_batch():
+        ids, mask = tokenize_columns(model.tokenizer, next(sampler)[rows], args.max_length)
+        arrays = (parallel.shard_rows(ids, mesh), parallel.shard_rows(mask, mesh))
+        return arrays, ids.shape[0] * ids.shape[1] * jax.process_count(), int(mask.sum()) * jax.process_count()
 
-    def checkpoint(step):
-        return save_checkpoint(out, step, dataclasses.replace(model, params=params), opt_state, sampler, args) \
-            if leader else None
-
-    stop = StopRequest()
-    try:
-        while step < args.steps:
-            examples = next(sampler)[rows]
-            ids, mask = tokenize_columns(model.tokenizer, examples, args.max_length)
-            key = jax.random.fold_in(base_key, step) if args.dropout else None
-            new_params, new_opt, stats = step_fn(params, opt_state, parallel.shard_rows(ids, mesh),
-                                                 parallel.shard_rows(mask, mesh), key)
-            loss = float(stats["loss"])
-            if not math.isfinite(loss):
-                print(f"train.py: error: the loss is {loss} at step {step + 1}; stopping without saving. The last good "
-                      f"checkpoint is {last_saved or 'none (none was saved yet)'}", file=sys.stderr)
-                return 1
-            params, opt_state, step = new_params, new_opt, step + 1
-            sentences += ids.shape[0] * ids.shape[1] * jax.process_count()
-            tokens += int(mask.sum()) * jax.process_count()
-            if step % args.log_every == 0 or step == args.steps:
-                now = time.perf_counter()
-                record = {"step": step, "loss": loss, "lr": float(stats["lr"]),
-                          "grad_norm": float(stats["grad_norm"]), "sentences_per_s": sentences / (now - t_log),
-                          "tokens_per_s": tokens / (now - t_log), "elapsed_s": now - t_start}
-                if leader:
-                    print(f"step {step:>6}/{args.steps}  loss {loss:.4f}  lr {record['lr']:.2e}  grad_norm "
-                          f"{record['grad_norm']:.3f}  {record['sentences_per_s']:.1f} sentences/s  "
-                          f"{record['tokens_per_s']:.0f} tokens/s", flush=True)
-                log(record)
-                t_log, sentences, tokens = now, 0, 0
-            if sts and ((args.eval_every and step % args.eval_every == 0) or step == args.steps):
-                result = evaluate(dataclasses.replace(model, params=params), sts)
-                if leader:
-                    print(f"step {step:>6}  STS spearman {result['spearman']:.2f}  pearson {result['pearson']:.2f}")
-                log({"step": step, "sts_spearman": result["spearman"], "sts_pearson": result["pearson"]})
-            timed_out = args.time_limit and time.perf_counter() - t_start > 60 * args.time_limit
-            if (args.save_every and step % args.save_every == 0) or step == args.steps or stop.requested or timed_out:
-                last_saved = checkpoint(step)
-                if leader:
-                    print(f"saved {last_saved}")
-            if stop.requested or timed_out:
-                print("stopped early: " + ("interrupted" if stop.requested else f"--time-limit {args.time_limit} min"),
-                      file=sys.stderr)
-                return 130 if stop.requested else 0
-        return 0
-    finally:
-        stop.restore()
-        if metrics:
-            metrics.close()
+    return runs.run_loop(args, script="train.py", model=model, params=params, opt_state=opt_state, start=start,
+                         step_fn=step_fn, next_batch=next_batch, data_state=sampler.state, sts=sts)
 
 
 def main(argv=None) -> int:
-    args, _ = cli.parse(Args, argv, description=__doc__)
-    try:
-        return train(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint written stays the latest
-        print("train.py: interrupted", file=sys.stderr)
-        return 130
+    return runs.main("train.py", lambda argv: train(cli.parse(Args, argv, description=__doc__)[0]), argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,162 @@
+"""What train.py and distill.py share around their step: the loop, logging, evaluation, checkpoints, resuming,
+Ctrl-C and NaN handling.
+
+A checkpoint out/step-N/ is a model folder (embed.py, sentence-transformers and transformers load it) plus
+optimizer.safetensors and trainer_state.json (step, data position, seed, args). It is written to a temporary folder
+and renamed, then out/latest is rewritten by rename, so a crash at any moment leaves a complete latest checkpoint.
+The random state needs no file: dropout keys are fold_in(key(seed), step), and the data order is a function of the
+seed and the saved position.
+"""
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import shutil
+import signal
+import sys
+import time
+
+import jax
+
+from minilm import optim
+from minilm.checkpoint import Model, atomic_dir, write_model
+
+
+def save_checkpoint(out: pathlib.Path, step: int, model: Model, opt_state, data_state: dict, args,
+                    keep: int = 3) -> pathlib.Path:
+    folder = out / f"step-{step:07d}"
+    host_model = dataclasses.replace(model, params=jax.device_get(model.params))
+    with atomic_dir(folder) as tmp:
+        write_model(host_model, tmp)
+        optim.save_state(jax.device_get(opt_state), tmp / "optimizer.safetensors")
+        state = {"step": step, "seed": args.seed, "data": data_state, "args": dataclasses.asdict(args)}
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
+    latest_tmp = out / f".latest.tmp-{os.getpid()}"
+    latest_tmp.write_text(folder.name + "\n")
+    os.replace(latest_tmp, out / "latest")
+    for old in sorted(p for p in out.glob("step-*") if p.is_dir())[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def resolve_resume(path: str) -> pathlib.Path:
+    """A checkpoint folder, or an --out folder (its `latest` checkpoint)."""
+    folder = pathlib.Path(path)
+    if (folder / "latest").is_file():
+        folder = folder / (folder / "latest").read_text().strip()
+    if not (folder / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"{path}: no trainer_state.json (expected a checkpoint folder step-N or an --out "
+                                "folder with a 'latest' file)")
+    return folder
+
+
+def read_resume_state(folder: pathlib.Path, params) -> tuple[int, dict, optim.OptState]:
+    """(step, data position, optimizer state) of a checkpoint."""
+    state = json.loads((folder / "trainer_state.json").read_text())
+    return int(state["step"]), state["data"], optim.load_state(folder / "optimizer.safetensors", params)
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current step and save; a second one stops now."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def evaluate(model: Model, params, pairs) -> dict:
+    from minilm.evaluate import evaluate_sts
+    return evaluate_sts(pairs, dataclasses.replace(model, params=jax.device_get(params)), batch_size=64,
+                        progress=False)
+
+
+def run_loop(args, *, script: str, model: Model, params, opt_state, start: int, step_fn, next_batch, data_state,
+             sts=None) -> int:
+    """Run steps start+1 .. args.steps. next_batch() -> (arrays for step_fn, texts in it, real tokens in it);
+    step_fn(params, opt_state, *arrays, key) -> (params, opt_state, {"loss", "lr", "grad_norm", ...}).
+    Returns the exit status: 0 done (or --time-limit), 1 NaN loss, 130 interrupted (after saving)."""
+    out = pathlib.Path(args.out)
+    leader = jax.process_index() == 0
+    if leader:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=1) + "\n")
+    metrics = open(out / "metrics.jsonl", "a") if leader else None
+
+    def log(record: dict, line: str | None = None):
+        if leader:
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            if line:
+                print(line, flush=True)
+
+    base_key = jax.random.key(args.seed)
+    last_saved, step = None, start
+    t_start = t_log = time.perf_counter()
+    texts = tokens = 0
+    stop = StopRequest()
+    try:
+        while step < args.steps:
+            arrays, n_texts, n_tokens = next_batch()
+            key = jax.random.fold_in(base_key, step) if args.dropout else None
+            new_params, new_opt, stats = step_fn(params, opt_state, *arrays, key)
+            loss = float(stats["loss"])
+            if not math.isfinite(loss):
+                print(f"{script}: error: the loss is {loss} at step {step + 1}; stopping without saving. The last "
+                      f"good checkpoint is {last_saved or 'none (none was saved yet)'}", file=sys.stderr)
+                return 1
+            params, opt_state, step = new_params, new_opt, step + 1
+            texts, tokens = texts + n_texts, tokens + n_tokens
+            if step % args.log_every == 0 or step == args.steps:
+                now = time.perf_counter()
+                record = {"step": step, **{k: float(v) for k, v in stats.items()},
+                          "sentences_per_s": texts / (now - t_log), "tokens_per_s": tokens / (now - t_log),
+                          "elapsed_s": now - t_start}
+                extra = "".join(f"  {k} {float(v):.4f}" for k, v in stats.items() if k not in ("loss", "lr",
+                                                                                               "grad_norm"))
+                log(record, f"step {step:>6}/{args.steps}  loss {loss:.4f}{extra}  lr {record['lr']:.2e}  "
+                            f"grad_norm {record['grad_norm']:.3f}  {record['sentences_per_s']:.1f} sentences/s  "
+                            f"{record['tokens_per_s']:.0f} tokens/s")
+                t_log, texts, tokens = now, 0, 0
+            if sts and ((args.eval_every and step % args.eval_every == 0) or step == args.steps):
+                result = evaluate(model, params, sts)
+                log({"step": step, "sts_spearman": result["spearman"], "sts_pearson": result["pearson"]},
+                    f"step {step:>6}  STS spearman {result['spearman']:.2f}  pearson {result['pearson']:.2f}")
+            timed_out = args.time_limit and time.perf_counter() - t_start > 60 * args.time_limit
+            if (args.save_every and step % args.save_every == 0) or step == args.steps or stop.requested or timed_out:
+                if leader:
+                    last_saved = save_checkpoint(out, step, dataclasses.replace(model, params=params), opt_state,
+                                                 data_state(), args, args.keep)
+                    print(f"saved {last_saved}", flush=True)
+            if stop.requested or timed_out:
+                print("stopped early: " + ("interrupted" if stop.requested else f"--time-limit {args.time_limit} min"),
+                      file=sys.stderr)
+                return 130 if stop.requested else 0
+        return 0
+    finally:
+        stop.restore()
+        if metrics:
+            metrics.close()
+
+
+def main(script: str, run, argv=None) -> int:
+    """Call run(argv) and turn the errors users cause into one line and exit status 1."""
+    try:
+        return run(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"{script}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint written stays the latest
+        print(f"{script}: interrupted", file=sys.stderr)
+        return 130
