@@ -264,3 +264,71 @@ class BatchSampler:
         self.batches = state["batches"]
         self.epoch = [d["epoch"] for d in state["datasets"]]
         self.position = [d["position"] for d in state["datasets"]]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Unlabeled text for distillation: one sentence or paragraph a line.
+
+
+def read_texts(path) -> list[str]:
+    """The non-blank lines of a .txt or .txt.gz file (UTF-8); a bad byte is an error naming file and line."""
+    name = str(path)
+    texts = []
+    try:
+        with (gzip.open if name.endswith(".gz") else open)(name, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                raw = raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw
+                try:
+                    line = raw.removesuffix(b"\n").removesuffix(b"\r").decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"{name}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                                     f"{e.start + 1})") from None
+                if line.strip():
+                    texts.append(line)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{name}: not a valid gzip file ({e})") from None
+    except OSError as e:
+        raise ValueError(f"{name}: cannot read ({e.strerror or e})") from None
+    if not texts:
+        raise ValueError(f"{name}: no text (every line is blank)")
+    return texts
+
+
+class TextSampler:
+    """Batches of texts from several files taken as one pool, in a new order each epoch: the order of epoch e is
+    rng(seed, e).permutation, so state() is just (epoch, position)."""
+
+    def __init__(self, paths: list[str], batch_size: int, seed: int = 0):
+        if not paths:
+            raise ValueError("no text files given")
+        self.paths, self.batch_size, self.seed = [str(p) for p in paths], batch_size, seed
+        self.texts = [t for p in self.paths for t in read_texts(p)]
+        self.epoch, self.position = 0, 0
+        self.order = self._order(0)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.texts))
+
+    def __next__(self) -> list[str]:
+        batch = []
+        while len(batch) < self.batch_size:
+            if self.position == len(self.texts):
+                self.epoch, self.position = self.epoch + 1, 0
+                self.order = self._order(self.epoch)
+            batch.append(self.texts[self.order[self.position]])
+            self.position += 1
+        return batch
+
+    def __iter__(self):
+        return self
+
+    def state(self) -> dict:
+        return {"paths": self.paths, "epoch": self.epoch, "position": self.position}
+
+    def load_state(self, state: dict) -> None:
+        if state.get("paths") != self.paths:
+            raise ValueError(f"the checkpoint's data files {state.get('paths')} are not this run's {self.paths}")
+        if not 0 <= int(state["position"]) <= len(self.texts):
+            raise ValueError(f"data position {state['position']} is outside these files' {len(self.texts)} texts")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.order = self._order(self.epoch)

@@ -274,3 +274,29 @@ def test_state_round_trip_resumes_exactly():
     state["datasets"][1]["position"] = 5
     with pytest.raises(ValueError, match=r"q: data state position 5 is past its 5 examples"):
         b.load_state(state)
+
+
+def test_text_sampler_epochs_state_and_errors(tmp_path):
+    from minilm.data import TextSampler, read_texts
+    f = tmp_path / "t.txt.gz"
+    with gzip.open(f, "wt", encoding="utf-8") as g:
+        g.write("\ufeffone\n\n  \ntwo\r\nthree\nfour\nfive\n")
+    assert read_texts(f) == ["one", "two", "three", "four", "five"]
+    s = TextSampler([str(f)], batch_size=2, seed=1)
+    first_epoch = next(s) + next(s) + next(s)[:1]
+    assert sorted(first_epoch) == ["five", "four", "one", "three", "two"]  # each text once per epoch
+    state = json.loads(json.dumps(s.state()))
+    later = [next(s) for _ in range(4)]
+    again = TextSampler([str(f)], batch_size=2, seed=1)
+    again.load_state(state)
+    assert [next(again) for _ in range(4)] == later
+    assert TextSampler([str(f)], batch_size=5, seed=2).order.tolist() != TextSampler([str(f)], 5, seed=1).order.tolist()
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n\xfe nope\n")
+    with pytest.raises(ValueError, match=r"bad\.txt:2: not valid UTF-8"):
+        read_texts(bad)
+    (tmp_path / "blank.txt").write_text("\n \n")
+    with pytest.raises(ValueError, match="no text"):
+        read_texts(tmp_path / "blank.txt")
+    with pytest.raises(ValueError, match="cannot read"):
+        read_texts(tmp_path / "missing.txt")
