@@ -61,7 +61,7 @@ def test_eight_devices_equal_one_device(setup, relations, r):
         parallel.shard_rows(ids, mesh, 0), parallel.shard_rows(mask, mesh, 0), None)
     (l1, parts1), g1 = one
     (l8, parts8), g8 = eight
-    assert abs(float(l1) - float(l8)) <= 1e-5 and float(l1) > 1e-3
+    assert abs(float(l1) - float(l8)) <= 1e-5 and float(l1) > 1e-6
     assert parts1.keys() == parts8.keys() == {name for name, _ in rel}
     g1, g8 = flatten(g1), flatten(g8)
     worst = max(float(jnp.abs(g1[k] - g8[k]).max()) for k in g1)
@@ -111,10 +111,10 @@ def test_v1_with_mismatched_heads_is_a_clear_error(setup, capsys):
 
 
 def test_kept_layers_resume_equals_straight_run(setup):
-    assert run(setup, "--student-layers", "1", "--steps", "4", out="straight") == 0
-    assert run(setup, "--student-layers", "1", "--steps", "4", "--save-every", "2", out="first") == 0
-    assert run(setup, "--student-layers", "1", "--steps", "4", "--resume", str(setup / "first" / "step-0000002"),
-               out="second") == 0
+    flags = ("--student-layers", "1", "--steps", "4", "--num-relation-heads", "8")
+    assert run(setup, *flags, out="straight") == 0
+    assert run(setup, *flags, "--save-every", "2", out="first") == 0
+    assert run(setup, *flags, "--resume", str(setup / "first" / "step-0000002"), out="second") == 0
     a = flatten(load(setup / "straight" / "step-0000004").params)
     b = flatten(load(setup / "second" / "step-0000004").params)
     assert all(np.array_equal(a[k], b[k]) for k in a)
