@@ -50,11 +50,11 @@ def relation_logits(x_BTD, y_BTD, num_heads: int, mask_BT) -> jax.Array:
 
 
 def relation_kl(teacher_BRTT, student_BRTT, mask_BT) -> jax.Array:
-    """Scalar: KL(softmax(teacher) || softmax(student)) per query row, computed as sum_j p_T (log p_T - log_softmax(student))
-    with 0*log 0 = 0 (no NaN on masked keys, including a fully padded row); rows of padded QUERIES excluded; per example
-    sum over heads and rows divided by (R * n_b) with n_b the example's number of real tokens (max(n_b,1)); then the
-    mean over examples (ALGORITHMS.md 2.4, the Bloomberg minilmv2.bb reduction). The teacher side is wrapped in
-    jax.lax.stop_gradient."""
+    """Scalar: KL(softmax(teacher) || softmax(student)) per query row, computed as
+    sum_j p_T (log p_T - log_softmax(student)) with 0*log 0 = 0 (no NaN on masked keys, including a fully padded row);
+    rows of padded QUERIES excluded; per example sum over heads and rows divided by (R * n_b) with n_b the example's
+    number of real tokens (max(n_b,1)); then the mean over examples (ALGORITHMS.md 2.4, the Bloomberg minilmv2.bb
+    reduction). The teacher side is wrapped in jax.lax.stop_gradient."""
     log_p_BRTS = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_BRTT).astype(jnp.float32), axis=-1)
     log_q_BRTS = jax.nn.log_softmax(student_BRTT.astype(jnp.float32), axis=-1)
     p_BRTS = jnp.exp(log_p_BRTS)
@@ -67,10 +67,10 @@ def relation_kl(teacher_BRTT, student_BRTT, mask_BT) -> jax.Array:
 
 
 def relation_heads(relations, t_cfg, s_cfg, num_relation_heads: int | None) -> tuple[int, int]:
-    """(teacher heads, student heads) to split into. num_relation_heads None = MiniLM v1: per attention head, which needs
-    t_cfg.num_attention_heads == s_cfg.num_attention_heads, else ValueError with a clear message naming both head
-    counts and suggesting --num-relation-heads R (MiniLMv2). Given R: both hidden sizes must divide by R, else ValueError
-    naming both sizes and R. Returns (R, R) or (H, H)."""
+    """(teacher heads, student heads) to split into. num_relation_heads None = MiniLM v1: per attention head, which
+    needs t_cfg.num_attention_heads == s_cfg.num_attention_heads, else ValueError with a clear message naming both head
+    counts and suggesting --num-relation-heads R (MiniLMv2). Given R: both hidden sizes must divide by R, else
+    ValueError naming both sizes and R. Returns (R, R) or (H, H). Relation names are checked too."""
     check_names(name for name, _ in relations)
     if num_relation_heads is None:
         H_t, H_s = t_cfg.num_attention_heads, s_cfg.num_attention_heads
@@ -93,9 +93,9 @@ def check_names(names) -> None:
 
 def distill_loss(t_qkv: dict, s_qkv: dict, mask_BT, relations: tuple[tuple[str, float], ...], heads: tuple[int, int]
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """sum over (name, weight) in relations of weight * relation_kl(relation_logits(teacher X,Y), relation_logits(student X,Y)),
-    names from RELATIONS (unknown name -> ValueError listing the valid ones); returns (total, {name: value}), the
-    values unweighted."""
+    """sum over (name, weight) in relations of
+    weight * relation_kl(relation_logits(teacher X,Y), relation_logits(student X,Y)), names from RELATIONS (unknown
+    name -> ValueError listing the valid ones); returns (total, {name: value}), the values unweighted."""
     check_names(name for name, _ in relations)
     total, parts = jnp.zeros((), jnp.float32), {}
     for name, weight in relations:
