@@ -129,11 +129,12 @@ def run_loop(args, *, script: str, model: Model, params, opt_state, start: int, 
                             f"grad_norm {record['grad_norm']:.3f}  {record['sentences_per_s']:.1f} sentences/s  "
                             f"{record['tokens_per_s']:.0f} tokens/s")
                 t_log, texts, tokens = now, 0, 0
-            if sts and ((args.eval_every and step % args.eval_every == 0) or step == args.steps):
+            timed_out = args.time_limit and time.perf_counter() - t_start > 60 * args.time_limit
+            last = step == args.steps or timed_out  # (not on Ctrl-C: the user is waiting)
+            if sts and ((args.eval_every and step % args.eval_every == 0) or last):
                 result = evaluate(model, params, sts)
                 log({"step": step, "sts_spearman": result["spearman"], "sts_pearson": result["pearson"]},
                     f"step {step:>6}  STS spearman {result['spearman']:.2f}  pearson {result['pearson']:.2f}")
-            timed_out = args.time_limit and time.perf_counter() - t_start > 60 * args.time_limit
             if (args.save_every and step % args.save_every == 0) or step == args.steps or stop.requested or timed_out:
                 if leader:
                     last_saved = save_checkpoint(out, step, dataclasses.replace(model, params=params), opt_state,
