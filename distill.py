@@ -159,12 +159,7 @@ def distill(args: Args) -> int:
                              max_grad_norm=args.max_grad_norm or None)
     step = make_distill_step(mesh, t_cfg, s_cfg, relations, heads, t_layer, s_layer, adam)
     t_params = parallel.replicate(teacher.params, mesh)
-    params, opt_state, start = parallel.replicate(student.params, mesh), optim.init(student.params), 0
-    if resume_from:
-        start, data_state, opt_state = runs.read_resume_state(resume_from, student.params)
-        sampler.load_state(data_state)
-        print(f"resumed from {resume_from} at step {start}")
-    opt_state = parallel.replicate(opt_state, mesh)
+    params, opt_state, start = runs.start_state(student.params, sampler, mesh, resume_from)
     if jax.process_index() == 0:
         print(f"distilling teacher layer {t_layer} ({t_cfg.num_hidden_layers}x{t_cfg.hidden_size}, "
               f"{t_cfg.num_attention_heads} heads) into student layer {s_layer} ({s_cfg.num_hidden_layers}x"

@@ -244,14 +244,7 @@ def train(args: Args) -> int:
     opts = LossOptions(scale=args.scale, symmetric=args.symmetric, matryoshka_dims=args.matryoshka_dims,
                        matryoshka_weights=args.matryoshka_weights, adaptive_layers=args.adaptive_layers)
     step_fn = make_train_step(mesh, cfg, opts, adam, args.mini_batch_size)
-    params = parallel.replicate(model.params, mesh)
-    opt_state = optim.init(model.params)
-    start = 0
-    if resume_from:
-        start, data_state, opt_state = runs.read_resume_state(resume_from, model.params)
-        sampler.load_state(data_state)
-        print(f"resumed from {resume_from} at step {start}")
-    opt_state = parallel.replicate(opt_state, mesh)
+    params, opt_state, start = runs.start_state(model.params, sampler, mesh, resume_from)
 
     if jax.process_index() == 0:
         print(f"training {cfg.num_hidden_layers}-layer model ({sum(x.size for x in jax.tree.leaves(model.params)):,} "

@@ -18,7 +18,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from minilm.config import Config
+from minilm.config import Config, read_json
 from minilm.model import POOLING_MODES, flatten, param_shapes, unflatten
 from minilm.tokenizer import Tokenizer
 
@@ -45,15 +45,6 @@ class Model:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Loading.
-
-
-def read_json(path: pathlib.Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not UTF-8 text") from None
 
 
 def canonical_name(name: str) -> str:

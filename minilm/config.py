@@ -10,6 +10,16 @@ import pathlib
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")  # HF ACT2FN names this encoder implements
 
 
+def read_json(path: pathlib.Path):
+    """A JSON file of a model folder; a bad file is a ValueError naming it (and the line)."""
+    try:
+        return json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     vocab_size: int = 30522
@@ -65,10 +75,7 @@ class Config:
     @classmethod
     def from_json(cls, path) -> "Config":
         path = pathlib.Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        d = read_json(path)
         if not isinstance(d, dict):
             raise ValueError(f"{path}: expected a JSON object")
         return cls.from_dict(d, source=str(path))

@@ -19,7 +19,7 @@ import time
 
 import jax
 
-from minilm import optim
+from minilm import optim, parallel
 from minilm.checkpoint import Model, atomic_dir, write_model
 
 
@@ -51,10 +51,16 @@ def resolve_resume(path: str) -> pathlib.Path:
     return folder
 
 
-def read_resume_state(folder: pathlib.Path, params) -> tuple[int, dict, optim.OptState]:
-    """(step, data position, optimizer state) of a checkpoint."""
-    state = json.loads((folder / "trainer_state.json").read_text())
-    return int(state["step"]), state["data"], optim.load_state(folder / "optimizer.safetensors", params)
+def start_state(params, sampler, mesh, resume_from: pathlib.Path | None):
+    """(params, optimizer state, first step) on the mesh: fresh, or a checkpoint's optimizer state and step with
+    the sampler moved to its data position."""
+    opt_state, start = optim.init(params), 0
+    if resume_from:
+        state = json.loads((resume_from / "trainer_state.json").read_text())
+        start, opt_state = int(state["step"]), optim.load_state(resume_from / "optimizer.safetensors", params)
+        sampler.load_state(state["data"])
+        print(f"resumed from {resume_from} at step {start}")
+    return parallel.replicate(params, mesh), parallel.replicate(opt_state, mesh), start
 
 
 class StopRequest:

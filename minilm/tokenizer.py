@@ -21,6 +21,8 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from minilm.config import read_json
+
 STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
 DIRECTIONS = ("right", "left")
 BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)  # padded lengths: one jitted shape per bucket
@@ -287,9 +289,5 @@ def pad_batch(encodings: list[Encoding], length: int | None = None, rows: int | 
 
 
 def _read_json(path: pathlib.Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    """An optional JSON file of a model folder: {} when absent."""
+    return read_json(path) if path.is_file() else {}
