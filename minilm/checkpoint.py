@@ -4,13 +4,19 @@ A folder holds config.json, model.safetensors (HF BertModel keys), tokenizer.jso
 sentence_bert_config.json (max_seq_length), modules.json (Transformer -> Pooling -> Normalize) and
 1_Pooling/config.json. Hub weights load here; what `save` writes loads in transformers and sentence-transformers.
 Only JSON and safetensors are ever read: no pickle (`pytorch_model.bin`) and no code from the folder.
+
+Fault injection for the crash tests: MINILM_FAULT=kill:NAME:N kills this process with SIGKILL while it saves a
+folder named NAME (e.g. step-0000004), once N of its files are written and synced but before the folder is renamed
+into place; MINILM_FAULT=disk-full:NAME:N raises OSError(ENOSPC) there instead, as a full disk would.
 """
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import pathlib
 import shutil
+import signal
 import tempfile
 
 import jax
@@ -61,7 +67,7 @@ def weight_files(folder: pathlib.Path) -> list[pathlib.Path]:
     if single.is_file():
         return [single]
     if index.is_file():  # a sharded checkpoint: the index maps each tensor to its shard
-        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+        shards = sorted(set(read_json(index, dict).get("weight_map", {}).values()))
         return [folder / s for s in shards]
     if (folder / "pytorch_model.bin").exists():
         raise ValueError(f"{folder}: has pytorch_model.bin but no model.safetensors; minilm reads safetensors only "
@@ -119,7 +125,9 @@ def read_head(folder: pathlib.Path) -> tuple[str, bool]:
     modules_file = folder / "modules.json"
     if not modules_file.is_file():
         return "mean", True
-    modules = read_json(modules_file)
+    modules = read_json(modules_file, list)
+    if not all(isinstance(m, dict) for m in modules):
+        raise ValueError(f"{modules_file}: expected a JSON array of objects (one per module)")
     kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
     unknown = [k for k in kinds if k not in ST_MODULES]
     if unknown:
@@ -130,7 +138,7 @@ def read_head(folder: pathlib.Path) -> tuple[str, bool]:
             cfg_file = folder / m.get("path", "1_Pooling") / "config.json"
             if not cfg_file.is_file():
                 raise FileNotFoundError(f"{cfg_file}: missing (modules.json lists a Pooling module)")
-            pc = read_json(cfg_file)
+            pc = read_json(cfg_file, dict)
             modes = [mode for mode, key in ST_POOLING_KEYS.items() if pc.get(key)]
             others = [k for k, v in pc.items() if k.startswith("pooling_mode") and v and k not in
                       ST_POOLING_KEYS.values()]
@@ -152,6 +160,9 @@ def load(folder, max_length: int | None = None) -> Model:
     config = Config.from_json(folder / "config.json")
     params = load_params(folder, config)
     tokenizer = Tokenizer.from_dir(folder, max_length=max_length)
+    if tokenizer.vocab_size > config.vocab_size:  # its ids past vocab_size would silently read a clamped row
+        raise ValueError(f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but config.json vocab_size is "
+                         f"{config.vocab_size}; tokenizer.json / vocab.txt belong to another model")
     if tokenizer.max_length > config.max_position_embeddings:
         raise ValueError(f"{folder}: max_length {tokenizer.max_length} exceeds max_position_embeddings "
                          f"{config.max_position_embeddings}")
@@ -174,10 +185,13 @@ def atomic_dir(path):
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
+        synced = 0
         for root, _, files in os.walk(tmp):  # make the bytes durable before the rename publishes them
             for name in files:
                 with open(os.path.join(root, name), "rb") as f:
                     os.fsync(f.fileno())
+                synced += 1
+                inject_fault(path.name, synced)
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"
@@ -188,6 +202,15 @@ def atomic_dir(path):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def inject_fault(name: str, files: int) -> None:
+    """The MINILM_FAULT test hook (see the module docstring); does nothing unless it names this folder and count."""
+    fault = os.environ.get("MINILM_FAULT", "")
+    if fault == f"kill:{name}:{files}":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault == f"disk-full:{name}:{files}":
+        raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def write_json(path: pathlib.Path, obj) -> None:

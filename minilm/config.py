@@ -8,16 +8,23 @@ import json
 import pathlib
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")  # HF ACT2FN names this encoder implements
+SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+         "max_position_embeddings", "type_vocab_size")  # each must be >= 1
 
 
-def read_json(path: pathlib.Path):
-    """A JSON file of a model folder; a bad file is a ValueError naming it (and the line)."""
+def read_json(path: pathlib.Path, kind: type | None = None):
+    """A JSON file of a model folder; a bad file (or one whose top level is not `kind`: dict or list) is a
+    ValueError naming it (and the line)."""
     try:
-        return json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+        value = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text") from None
+    if kind is not None and not isinstance(value, kind):
+        raise ValueError(f"{path}: expected a JSON {'object' if kind is dict else 'array'}, "
+                         f"got {type(value).__name__}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +45,9 @@ class Config:
     position_embedding_type: str = "absolute"
 
     def __post_init__(self):
+        for name in SIZES:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
                              f"num_attention_heads {self.num_attention_heads}")
@@ -57,6 +67,13 @@ class Config:
         model_type = d.get("model_type", "bert")
         if model_type != "bert":
             raise ValueError(f"{source}: model_type {model_type!r} is not supported; minilm implements 'bert'")
+        architectures = d.get("architectures") or []
+        if not isinstance(architectures, list) or not all(isinstance(a, str) and "Bert" in a for a in architectures):
+            raise ValueError(f"{source}: architectures {architectures!r} is not supported; minilm implements BERT "
+                             "(e.g. 'BertModel')")
+        if "auto_map" in d:  # transformers would import modeling_*.py from the folder (trust_remote_code)
+            raise ValueError(f"{source}: auto_map {d['auto_map']!r} asks for custom model code from the folder; "
+                             "minilm never runs code from a model folder and implements only the standard BertModel")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in fields}
         for name, value in kwargs.items():  # JSON gives ints where floats are expected and vice versa
@@ -75,9 +92,7 @@ class Config:
     @classmethod
     def from_json(cls, path) -> "Config":
         path = pathlib.Path(path)
-        d = read_json(path)
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a JSON object")
+        d = read_json(path, dict)
         return cls.from_dict(d, source=str(path))
 
     def to_dict(self) -> dict:

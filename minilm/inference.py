@@ -1,9 +1,13 @@
-"""Text in, embeddings out: batching by length, one jitted forward per padded shape, similarity and search.
+"""Text in, embeddings out: texts packed or padded into a few shapes (batching.py), one jitted forward per shape,
+similarity and search.
 
 `embed(texts)` is the Python form of `python embed.py ...`: it returns float32 [N, dim] in input order, equal to
 sentence-transformers' `model.encode(texts)` to float32 rounding.
 """
+import collections
 import functools
+import itertools
+import os
 import pathlib
 import sys
 import time
@@ -12,8 +16,8 @@ import jax
 import numpy as np
 
 from minilm.checkpoint import Model, load
-from minilm.model import encode, l2_normalize, pool
-from minilm.tokenizer import pad_batch
+from minilm.batching import Forward, plan_packed, plan_padded
+from minilm.model import PACKED_POOLING_MODES, encode, l2_normalize, pool, pool_segments
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -44,27 +48,36 @@ def get_model(model=None, max_length: int | None = None) -> Model:
     return _load_cached(str(folder.resolve()), max_length)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "pooling", "normalize", "num_layers", "dim"))
-def embed_batch(params, ids_BT, type_ids_BT, mask_BT, *, cfg, pooling, normalize, num_layers=None, dim=None):
-    """The jitted entry point: one padded batch -> emb_BD. `dim` keeps the first D dimensions (Matryoshka),
-    truncating before the L2 normalisation so the shorter vector has unit length."""
-    h_BTD = encode(params, ids_BT, mask_BT, cfg, type_ids_BT, num_layers=num_layers).last_hidden_state
-    emb_BD = pool(h_BTD, mask_BT, pooling)[:, :dim]
-    return l2_normalize(emb_BD) if normalize else emb_BD
+TRACES = collections.Counter()  # (rows, length, slots) -> times embed_rows was traced: each is one compilation
 
 
-def batch_rows(n: int, batch_size: int) -> int:
-    """Rows of a padded batch: a power of two up to batch_size, so a short last batch costs few shapes."""
-    return min(batch_size, 1 << max(n - 1, 0).bit_length())
+@functools.partial(jax.jit, static_argnames=("cfg", "pooling", "normalize", "num_layers", "dim", "slots"))
+def embed_rows(params, ids_BT, positions_BT, segments_BT, *, cfg, pooling, normalize, num_layers=None, dim=None,
+               slots=1):
+    """The jitted entry point: rows of one or more texts -> emb_BND, one vector per (row, slot). Segment s + 1
+    of a row is the text in slot s (0 = padding). `dim` keeps the first D dimensions (Matryoshka), truncating
+    before the L2 normalisation so the shorter vector has unit length."""
+    TRACES[ids_BT.shape + (slots,)] += 1  # runs while tracing only, not on each call
+    h_BTD = encode(params, ids_BT, segments_BT > 0, cfg, num_layers=num_layers, positions_BT=positions_BT,
+                   segments_BT=segments_BT).last_hidden_state
+    if pooling == "max":  # one text per row: pool over its tokens as usual
+        emb_BND = pool(h_BTD, segments_BT > 0, "max")[:, None]
+    else:
+        emb_BND = pool_segments(h_BTD, segments_BT, positions_BT, slots, pooling)
+    emb_BND = emb_BND[..., :dim]
+    return l2_normalize(emb_BND) if normalize else emb_BND
 
 
 def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = None, normalize: bool | None = None,
-          num_layers: int | None = None, dim: int | None = None, progress: bool | None = None) -> np.ndarray:
+          num_layers: int | None = None, dim: int | None = None, pack: bool = True,
+          progress: bool | None = None) -> np.ndarray:
     """Embed a list of strings -> float32 [N, dim], row i for texts[i].
 
     model: a Model, a folder, or None for all-MiniLM-L6-v2. max_length: tokens including [CLS]/[SEP]
     (default: the folder's max_seq_length, 256). normalize: None follows the folder (Normalize module).
-    Texts are sorted by length so that each batch pads little, then put back in input order."""
+    pack: several texts share a row (batching.plan_packed), batch_size x 128 tokens per forward; without it,
+    batch_size texts per forward, sorted by length and padded (batching.plan_padded). Either way the output is
+    in input order and equal to sentence-transformers' to float32 rounding."""
     if isinstance(texts, str):
         raise TypeError("embed() takes a list of strings; wrap a single text in a list")
     texts = list(texts)
@@ -85,38 +98,79 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     if dim is not None and not 1 <= dim <= cfg.hidden_size:
         raise ValueError(f"dim {dim} is outside 1..{cfg.hidden_size}")
     normalize = m.normalize if normalize is None else normalize
-    encodings = m.tokenizer.encode_batch(texts, max_length=max_length)
-    order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))  # longest first: the slow shapes early
+    ids = [e.ids for e in m.tokenizer.encode_batch(texts, max_length=max_length)]
+    lengths = [len(x) for x in ids]
+    pack = pack and m.pooling in PACKED_POOLING_MODES
+    plan = plan_packed(lengths, tokens=batch_size * 128) if pack else plan_padded(lengths, batch_size)
     out = np.zeros((len(texts), dim or cfg.hidden_size), np.float32)
     report = Progress(len(texts), enabled=len(texts) >= 1000 if progress is None else progress)
+    done, pending = 0, None
+
+    def collect(fwd: Forward, emb_BND):  # the host waits here for the device, one forward behind
+        nonlocal done
+        out[fwd.index] = np.asarray(emb_BND)[fwd.row, fwd.slot]
+        done += len(fwd.index)
+        report(done)
+
     # Parity with torch needs full float32 matmuls (GPUs default to TF32 and TPUs to bf16 passes).
     with jax.default_matmul_precision("highest"):
-        for start in range(0, len(texts), batch_size):
-            idx = order[start:start + batch_size]
-            batch = pad_batch([encodings[i] for i in idx], rows=batch_rows(len(idx), batch_size),
-                              pad_id=m.tokenizer.pad_id)
-            emb = embed_batch(m.params, batch.ids_BT, batch.type_ids_BT, batch.mask_BT, cfg=cfg, pooling=m.pooling,
-                              normalize=normalize, num_layers=num_layers, dim=dim)
-            out[idx] = np.asarray(emb)[: len(idx)]
-            report(start + len(idx))
+        for fwd in plan:  # dispatch is asynchronous: the next batch is built while this one computes
+            emb_BND = embed_rows(m.params, *fwd.arrays(ids, m.tokenizer.pad_id), cfg=cfg, pooling=m.pooling,
+                                 normalize=normalize, num_layers=num_layers, dim=dim, slots=fwd.slots)
+            if pending:
+                collect(*pending)
+            pending = (fwd, emb_BND)
+        collect(*pending)
     return out
+
+
+def embed_stream(texts, model=None, *, chunk_size: int = 16384, progress: bool = False, **options):
+    """Embed an iterable of strings chunk by chunk -> yields (texts, float32 [n, dim]) in input order. Memory
+    stays flat however long the input (embed.py streams files through this). options: those of embed()."""
+    model = get_model(model)
+    report = Progress(None, enabled=progress, quiet_for=2.0)
+    chunk, done = [], 0
+    for text in itertools.chain(texts, [None]):  # None marks the end
+        if text is not None:
+            chunk.append(text)
+        if chunk and (len(chunk) == chunk_size or text is None):
+            yield chunk, embed(chunk, model, progress=False, **options)
+            done += len(chunk)
+            report(done, final=text is None)
+            chunk = []
+
+
+def enable_compilation_cache(path: str | None = None) -> str | None:
+    """JAX's persistent compilation cache, so that a second process loads its compiled forwards from disk instead
+    of compiling them again. Folder: `path`, else $MINILM_COMPILE_CACHE, else ~/.cache/minilm/jax; the variable
+    set to 0 turns it off. Returns the folder used (None: off)."""
+    path = path or os.environ.get("MINILM_COMPILE_CACHE", str(pathlib.Path.home() / ".cache" / "minilm" / "jax"))
+    if path in ("0", ""):
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # our compiles take 0.1-1 s: keep all
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
 
 
 class Progress:
     """A progress line on stderr: rewritten in place on a terminal, one line every few seconds otherwise."""
 
-    def __init__(self, total: int, enabled: bool, every: float = 2.0):
-        self.total, self.enabled, self.every = total, enabled, every
+    def __init__(self, total: int | None, enabled: bool, every: float = 2.0, quiet_for: float = 0.0):
+        self.total, self.enabled, self.every, self.quiet_for = total, enabled, every, quiet_for  # quiet: no line
+        # at all for a job shorter than quiet_for seconds
         self.start = self.last = time.perf_counter()
 
-    def __call__(self, done: int):
+    def __call__(self, done: int, final: bool | None = None):
         now = time.perf_counter()
-        if not self.enabled or (now - self.last < self.every and done < self.total):
+        final = done == self.total if final is None else final
+        if not self.enabled or (now - self.last < self.every and not final) or now - self.start < self.quiet_for:
             return
         self.last = now
-        end = "\r" if sys.stderr.isatty() and done < self.total else "\n"
+        end = "\r" if sys.stderr.isatty() and not final else "\n"
         rate = done / max(now - self.start, 1e-9)
-        print(f"embedded {done}/{self.total} texts ({rate:.0f}/s)", end=end, file=sys.stderr, flush=True)
+        of = f"/{self.total}" if self.total else ""
+        print(f"embedded {done}{of} texts ({rate:.0f}/s)", end=end, file=sys.stderr, flush=True)
 
 
 def cosine_similarity(a_ND: np.ndarray, b_MD: np.ndarray) -> np.ndarray:

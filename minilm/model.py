@@ -145,15 +145,18 @@ def fold(key: jax.Array | None, i: int) -> jax.Array | None:
 # The encoder.
 
 
-def embed_tokens(p: dict, ids_BT: jax.Array, type_ids_BT: jax.Array, cfg: Config, key=None) -> jax.Array:
-    """x0 = LN(word[ids] + type[tt] + pos[t]) with positions 0..T-1 (right padding); HF adds word + type first,
-    then position, and float32 addition order matters for bit-level agreement."""
+def embed_tokens(p: dict, ids_BT: jax.Array, type_ids_BT: jax.Array, cfg: Config, key=None,
+                 positions_BT: jax.Array | None = None) -> jax.Array:
+    """x0 = LN(word[ids] + type[tt] + pos[t]) with positions 0..T-1 (right padding), or `positions_BT` (packed rows,
+    where each text's positions restart at 0). HF adds word + type first, then position, and float32 addition
+    order matters for bit-level agreement."""
     T = ids_BT.shape[1]
-    if T > cfg.max_position_embeddings:
+    if positions_BT is None and T > cfg.max_position_embeddings:
         raise ValueError(f"sequence length {T} exceeds max_position_embeddings {cfg.max_position_embeddings}; "
                          "truncate the input (max_length) or use a model with more positions")
     x_BTD = p["word_embeddings"]["weight"][ids_BT] + p["token_type_embeddings"]["weight"][type_ids_BT]
-    x_BTD = x_BTD + p["position_embeddings"]["weight"][:T][None]
+    pos_table = p["position_embeddings"]["weight"]
+    x_BTD = x_BTD + (pos_table[:T][None] if positions_BT is None else pos_table[positions_BT])
     x_BTD = layer_norm(p["LayerNorm"], x_BTD, cfg.layer_norm_eps)
     return dropout(x_BTD, cfg.hidden_dropout_prob, key)
 
@@ -174,8 +177,16 @@ def attention_bias(mask_BT: jax.Array, dtype=jnp.float32) -> jax.Array:
     return jnp.where(mask_BT[:, None, None, :] > 0, 0.0, jnp.finfo(dtype).min).astype(dtype)  # B11S
 
 
+def packed_attention_bias(segments_BT: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """Sequence packing: several texts share a row, segment s = 1, 2, ... (0 = padding). A token attends only to
+    keys of its own text: a block-diagonal mask, so each text sees exactly what it would see alone."""
+    same_B1TS = (segments_BT[:, None, :, None] == segments_BT[:, None, None, :]) & (segments_BT[:, None, None, :] > 0)
+    return jnp.where(same_B1TS, 0.0, jnp.finfo(dtype).min).astype(dtype)
+
+
 def layer(p: dict, h_BTD: jax.Array, bias_B11S: jax.Array, cfg: Config, key=None) -> jax.Array:
-    """One post-LN transformer layer: a = LN(x + attn(x)); x' = LN(a + W2 gelu(W1 a))."""
+    """One post-LN transformer layer: a = LN(x + attn(x)); x' = LN(a + W2 gelu(W1 a)). The bias is B11S (padding)
+    or B1TS (packed rows)."""
     B, T, D = h_BTD.shape
     q_BTHK, k_BSHK, v_BSHK = attention_qkv(p, h_BTD, cfg)
     scores_BHTS = jnp.einsum("BTHK,BSHK->BHTS", q_BTHK, k_BSHK) * cfg.head_size**-0.5 + bias_B11S
@@ -194,16 +205,20 @@ class Encoded(NamedTuple):
 
 
 def encode(params: dict, ids_BT: jax.Array, mask_BT: jax.Array, cfg: Config, type_ids_BT: jax.Array | None = None,
-           key: jax.Array | None = None, num_layers: int | None = None) -> Encoded:
+           key: jax.Array | None = None, num_layers: int | None = None, positions_BT: jax.Array | None = None,
+           segments_BT: jax.Array | None = None) -> Encoded:
     """BertModel forward. Dropout runs only when `key` is given. `num_layers` runs only the first N layers
-    (adaptive-layer training and `embed.py --layers N`)."""
+    (adaptive-layer training and `embed.py --layers N`). Packed rows pass `segments_BT` (which text each token
+    belongs to, 0 for padding; mask_BT is then unused) and `positions_BT` (restarting at 0 for each text)."""
     if type_ids_BT is None:
         type_ids_BT = jnp.zeros_like(ids_BT)
     n = cfg.num_hidden_layers if num_layers is None else num_layers
     if not 1 <= n <= cfg.num_hidden_layers:
         raise ValueError(f"num_layers {n} is outside 1..{cfg.num_hidden_layers}")
-    h_BTD = embed_tokens(params["embeddings"], ids_BT, type_ids_BT, cfg, fold(key, cfg.num_hidden_layers))
-    bias_B11S = attention_bias(mask_BT, h_BTD.dtype)
+    h_BTD = embed_tokens(params["embeddings"], ids_BT, type_ids_BT, cfg, fold(key, cfg.num_hidden_layers),
+                         positions_BT)
+    bias_B11S = attention_bias(mask_BT, h_BTD.dtype) if segments_BT is None else \
+        packed_attention_bias(segments_BT, h_BTD.dtype)
     hiddens = [h_BTD]
     for i, p in enumerate(params["encoder"]["layer"][:n]):
         h_BTD = layer(p, h_BTD, bias_B11S, cfg, fold(key, i))
@@ -231,6 +246,26 @@ def pool(h_BTD: jax.Array, mask_BT: jax.Array, mode: str = "mean") -> jax.Array:
     if mode == "mean_sqrt_len":
         return summed_BD / jnp.sqrt(count_B1)
     raise ValueError(f"pooling mode {mode!r} is not supported; expected one of {POOLING_MODES}")
+
+
+PACKED_POOLING_MODES = ("mean", "cls", "mean_sqrt_len")
+
+
+def pool_segments(h_BTD: jax.Array, segments_BT: jax.Array, positions_BT: jax.Array, num_segments: int,
+                  mode: str = "mean") -> jax.Array:
+    """Packed rows -> one vector per text: emb_BND[b, n] pools the tokens of segment n+1 of row b (zeros for an
+    empty slot). The same sums as `pool`, as a [B, T, N] one-hot matmul."""
+    if mode not in PACKED_POOLING_MODES:
+        raise ValueError(f"pooling mode {mode!r} cannot pool packed rows; expected one of {PACKED_POOLING_MODES}")
+    member_BTN = segments_BT[..., None] == jnp.arange(1, num_segments + 1)
+    if mode == "cls":
+        member_BTN = member_BTN & (positions_BT[..., None] == 0)
+    member_BTN = member_BTN.astype(h_BTD.dtype)
+    summed_BND = jnp.einsum("BTN,BTD->BND", member_BTN, h_BTD)
+    count_BN1 = jnp.maximum(member_BTN.sum(axis=1), 1e-9)[..., None]
+    if mode == "cls":
+        return summed_BND
+    return summed_BND / (count_BN1 if mode == "mean" else jnp.sqrt(count_BN1))
 
 
 def mean_pool(h_BTD: jax.Array, mask_BT: jax.Array) -> jax.Array:

@@ -5,7 +5,9 @@ A checkpoint out/step-N/ is a model folder (embed.py, sentence-transformers and 
 optimizer.safetensors and trainer_state.json (step, data position, seed, args). It is written to a temporary folder
 and renamed, then out/latest is rewritten by rename, so a crash at any moment leaves a complete latest checkpoint.
 The random state needs no file: dropout keys are fold_in(key(seed), step), and the data order is a function of the
-seed and the saved position.
+seed and the saved position. Temporary folders (.step-N.tmp-*) that a killed save leaves are never named by
+`latest`, so --resume ignores them, and the next successful save deletes them. A save that fails (a full disk) is an
+error naming the folder, and `latest` still names the previous checkpoint.
 """
 import dataclasses
 import json
@@ -18,6 +20,7 @@ import sys
 import time
 
 import jax
+import safetensors
 
 from minilm import optim, parallel
 from minilm.checkpoint import Model, atomic_dir, write_model
@@ -27,15 +30,22 @@ def save_checkpoint(out: pathlib.Path, step: int, model: Model, opt_state, data_
                     keep: int = 3) -> pathlib.Path:
     folder = out / f"step-{step:07d}"
     host_model = dataclasses.replace(model, params=jax.device_get(model.params))
-    with atomic_dir(folder) as tmp:
-        write_model(host_model, tmp)
-        optim.save_state(jax.device_get(opt_state), tmp / "optimizer.safetensors")
-        state = {"step": step, "seed": args.seed, "data": data_state, "args": dataclasses.asdict(args)}
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
-    latest_tmp = out / f".latest.tmp-{os.getpid()}"
-    latest_tmp.write_text(folder.name + "\n")
-    os.replace(latest_tmp, out / "latest")
-    for old in sorted(p for p in out.glob("step-*") if p.is_dir())[:-keep] if keep > 0 else []:
+    try:
+        with atomic_dir(folder) as tmp:
+            write_model(host_model, tmp)
+            optim.save_state(jax.device_get(opt_state), tmp / "optimizer.safetensors")
+            state = {"step": step, "seed": args.seed, "data": data_state, "args": dataclasses.asdict(args)}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
+        latest_tmp = out / f".latest.tmp-{os.getpid()}"
+        latest_tmp.write_text(folder.name + "\n")
+        os.replace(latest_tmp, out / "latest")
+    except (OSError, safetensors.SafetensorError) as e:  # a full disk (safetensors reports it as SafetensorError)
+        reason = getattr(e, "strerror", None) or e
+        raise ValueError(f"{folder}: cannot save the checkpoint ({out / 'latest'} is unchanged): {reason}") from None
+    stale = list(out.glob(".step-*.tmp-*"))  # saves that a killed run left unfinished; `latest` never names them
+    if keep > 0:
+        stale += sorted(p for p in out.glob("step-*") if p.is_dir())[:-keep]
+    for old in stale:
         shutil.rmtree(old, ignore_errors=True)
     return folder
 
@@ -67,13 +77,13 @@ class StopRequest:
     """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current step and save; a second one stops now."""
 
     def __init__(self):
-        self.requested = False
+        self.requested, self.signum = False, 0
         self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
         print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (again to stop at once)",
               file=sys.stderr, flush=True)
 
@@ -92,7 +102,7 @@ def run_loop(args, *, script: str, model: Model, params, opt_state, start: int, 
              sts=None) -> int:
     """Run steps start+1 .. args.steps. next_batch() -> (arrays for step_fn, texts in it, real tokens in it);
     step_fn(params, opt_state, *arrays, key) -> (params, opt_state, {"loss", "lr", "grad_norm", ...}).
-    Returns the exit status: 0 done (or --time-limit), 1 NaN loss, 130 interrupted (after saving)."""
+    Returns the exit status: 0 done (or --time-limit), 1 NaN loss, 130 / 143 after Ctrl-C / SIGTERM (saved)."""
     out = pathlib.Path(args.out)
     leader = jax.process_index() == 0
     if leader:
@@ -149,7 +159,7 @@ def run_loop(args, *, script: str, model: Model, params, opt_state, start: int, 
             if stop.requested or timed_out:
                 print("stopped early: " + ("interrupted" if stop.requested else f"--time-limit {args.time_limit} min"),
                       file=sys.stderr)
-                return 130 if stop.requested else 0
+                return 128 + stop.signum if stop.requested else 0  # 130 for Ctrl-C, 143 for SIGTERM
         return 0
     finally:
         stop.restore()
@@ -163,6 +173,9 @@ def main(script: str, run, argv=None) -> int:
         return run(argv)
     except (ValueError, FileNotFoundError) as e:
         print(f"{script}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # e.g. a full disk while writing metrics.jsonl
+        print(f"{script}: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint written stays the latest
         print(f"{script}: interrupted", file=sys.stderr)

@@ -152,8 +152,9 @@ class Tokenizer:
         else:
             raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt")
         if max_length is None:
-            model_max = tok_cfg.get("model_max_length", 512)
-            max_length = st_cfg.get("max_seq_length") or (model_max if model_max < 1e6 else 512)
+            model_max = _length(tok_cfg, "model_max_length", path / "tokenizer_config.json") or 512
+            max_length = (_length(st_cfg, "max_seq_length", path / "sentence_bert_config.json")
+                          or (model_max if model_max < 1e6 else 512))
         return cls(tok, int(max_length), bool(st_cfg.get("do_lower_case", False)))
 
     def save(self, path):
@@ -179,7 +180,19 @@ class Tokenizer:
         """Text -> word-piece ids, no special tokens (the library's batch call runs on all cores)."""
         if self.do_lower_case:
             texts = [t.lower() for t in texts]
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+        try:
+            encodings = self.tok.encode_batch(texts, add_special_tokens=False)
+        except TypeError:  # the library's message ("TextEncodeInput must be Union[...]") names neither text nor cause
+            for i, t in enumerate(texts):
+                if not isinstance(t, str):
+                    raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str") from None
+                try:
+                    t.encode("utf-8")
+                except UnicodeEncodeError as e:  # a lone surrogate, e.g. from bytes decoded with surrogateescape
+                    raise ValueError(f"texts[{i}] has a lone surrogate U+{ord(t[e.start]):04X} at character "
+                                     f"{e.start}, which is not valid Unicode text") from None
+            raise
+        return [e.ids for e in encodings]
 
     def encode(self, text: str, pair: str | None = None, **options) -> Encoding:
         """One row: [CLS] text [SEP] (or [CLS] text [SEP] pair [SEP]) truncated as the options say."""
@@ -290,4 +303,12 @@ def pad_batch(encodings: list[Encoding], length: int | None = None, rows: int | 
 
 def _read_json(path: pathlib.Path) -> dict:
     """An optional JSON file of a model folder: {} when absent."""
-    return read_json(path) if path.is_file() else {}
+    return read_json(path, dict) if path.is_file() else {}
+
+
+def _length(cfg: dict, key: str, file: pathlib.Path):
+    """A length field of a JSON file (None when absent), checked to be a positive number."""
+    value = cfg.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1):
+        raise ValueError(f"{file}: field {key!r} should be a positive integer, got {value!r}")
+    return value

@@ -2,7 +2,6 @@
 made three ways, and the script end to end on tiny models and text made here."""
 import dataclasses
 import functools
-import gzip
 import json
 
 import jax
@@ -13,28 +12,20 @@ from jax.sharding import PartitionSpec as P
 
 import distill
 from minilm import parallel
-from minilm.checkpoint import load, save
+from minilm.checkpoint import load
 from minilm.model import flatten
 from minilm.relations import parse_relations
-from tests.tiny import tiny_model
-
-WORDS = ["the", "cat", "dog", "sat", "on", "mat", "man", "woman", "is", "eating", "food", "music", "plays"]
+from tests.tiny import DATA_WORDS, distill_folder
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("distill")
-    save(tiny_model(tmp, seed=3), tmp / "teacher")  # 2 layers, width 32, 4 heads
-    rng = np.random.default_rng(0)
-    lines = [" ".join(rng.choice(WORDS, rng.integers(1, 12))) for _ in range(200)]
-    with gzip.open(tmp / "text.txt.gz", "wt", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n\n")
-    return tmp
+    return distill_folder(tmp_path_factory.mktemp("distill"))
 
 
 def batch(teacher, n=16, seed=0):
     rng = np.random.default_rng(seed)
-    texts = [" ".join(rng.choice(WORDS, rng.integers(1, 12))) for _ in range(n)]
+    texts = [" ".join(rng.choice(DATA_WORDS, rng.integers(1, 12))) for _ in range(n)]
     b = teacher.tokenizer.batch(texts, max_length=24)
     return b.ids_BT, b.mask_BT
 

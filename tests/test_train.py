@@ -13,24 +13,15 @@ import pytest
 import safetensors.numpy
 
 import train
-from minilm.checkpoint import load, save
+from minilm.checkpoint import load
 from tests.conftest import REPO
-from tests.tiny import tiny_model
+from tests.tiny import train_folder
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny model folder and a JSONL file of 64 pairs with distinct texts."""
-    tmp = tmp_path_factory.mktemp("train")
-    save(tiny_model(tmp), tmp / "model")
-    rng = np.random.default_rng(0)
-    words = ["the", "cat", "dog", "sat", "on", "mat", "man", "woman", "is", "eating", "food", "music", "plays"]
-    lines = []
-    for i in range(64):
-        a, p = (" ".join(rng.choice(words, rng.integers(2, 8))) for _ in range(2))
-        lines.append(json.dumps({"anchor": f"{a} {i}", "positive": f"{p} {i} !"}))
-    (tmp / "pairs.jsonl").write_text("\n".join(lines) + "\n")
-    return tmp
+    return train_folder(tmp_path_factory.mktemp("train"))
 
 
 def run(setup, *flags, out="out"):

@@ -1,9 +1,13 @@
-"""A tiny random sentence-transformers model with its own WordPiece vocabulary, for fast checkpoint and CLI tests."""
+"""A tiny random sentence-transformers model with its own WordPiece vocabulary, and tiny training data, for fast
+checkpoint and CLI tests."""
+import gzip
+import json
+
 import jax
 import numpy as np
 import tokenizers
 
-from minilm.checkpoint import Model
+from minilm.checkpoint import Model, save
 from minilm.config import Config
 from minilm.model import flatten, init_params, unflatten
 from minilm.tokenizer import Tokenizer, wordpiece_from_vocab
@@ -27,3 +31,28 @@ def tiny_model(tmp_path, seed: int = 0, max_length: int = 24, **config) -> Model
     tok = Tokenizer(wordpiece_from_vocab(vocab), max_length=max_length)
     assert isinstance(tok.tok, tokenizers.Tokenizer)
     return Model(cfg, unflatten(flat), tok)
+
+
+DATA_WORDS = ["the", "cat", "dog", "sat", "on", "mat", "man", "woman", "is", "eating", "food", "music", "plays"]
+
+
+def train_folder(tmp):
+    """tmp/model: a tiny model; tmp/pairs.jsonl: 64 pairs with distinct texts. For train.py."""
+    save(tiny_model(tmp), tmp / "model")
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(64):
+        a, p = (" ".join(rng.choice(DATA_WORDS, rng.integers(2, 8))) for _ in range(2))
+        lines.append(json.dumps({"anchor": f"{a} {i}", "positive": f"{p} {i} !"}))
+    (tmp / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp
+
+
+def distill_folder(tmp):
+    """tmp/teacher: a tiny model (2 layers, width 32, 4 heads); tmp/text.txt.gz: 200 lines. For distill.py."""
+    save(tiny_model(tmp, seed=3), tmp / "teacher")
+    rng = np.random.default_rng(0)
+    lines = [" ".join(rng.choice(DATA_WORDS, rng.integers(1, 12))) for _ in range(200)]
+    with gzip.open(tmp / "text.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n\n")
+    return tmp

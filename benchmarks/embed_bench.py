@@ -1,0 +1,303 @@
+"""Embedding speed: minilm against sentence-transformers (torch) and ONNX Runtime, on the same sentences, in one run.
+
+    pip install -e ".[test,bench]"      # sentence-transformers (torch CPU) and onnxruntime are the peers
+    python benchmarks/embed_bench.py --sts ../shared/data/stsb/stsb-en-test.csv
+
+Sentences: the unique sentences of an STS file (the STS-b test split: 2,552). For each engine and batch size:
+sentences/s end to end (tokenization included) and model only (pre-tokenized), min / median / max over --repeats
+runs, and the largest difference from sentence-transformers' embeddings. Then: the useful GFLOP/s (the matmuls and
+attention of real tokens only, no padding) as a fraction of the matmul peak measured here on the model's shapes;
+minilm's first-call time (compilation); and the whole-process time of `python embed.py "one sentence"` against a
+sentence-transformers one-liner. Peers that are not installed are skipped. Timings are wall-clock; run it on an
+otherwise idle machine.
+"""
+import argparse
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from minilm import inference  # noqa: E402
+from minilm.batching import plan_packed, plan_padded  # noqa: E402
+from minilm.evaluate import read_sts  # noqa: E402
+
+
+def unique_sentences(path) -> list[str]:
+    pairs = read_sts(path)
+    return list(dict.fromkeys(t for pair in zip(pairs.sentences1, pairs.sentences2) for t in pair))
+
+
+def timed(fn, repeats: int, *args) -> list[float]:
+    """Seconds of each of `repeats` calls fn(*args)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def useful_flops(lengths, cfg) -> float:
+    """Multiply-adds x 2 of the real tokens: per layer and token the Q, K, V, output and two FFN matmuls, and per
+    text n^2 D twice in attention (scores and the weighted sum of values)."""
+    D, F, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    n = np.asarray(lengths, np.float64)
+    return float(L * (2 * n.sum() * (4 * D * D + 2 * D * F) + 4 * (n * n).sum() * D))
+
+
+matmul = jax.jit(lambda x, w: x @ w)
+
+
+def matmul_peak(cfg, repeats: int = 20) -> float:
+    """Best GFLOP/s of one jitted float32 matmul on the model's shapes ([M, D] x [D, D], [D, F], [F, D])."""
+    D, F, M = cfg.hidden_size, cfg.intermediate_size, 4096
+    best = 0.0
+    for k, n in ((D, D), (D, F), (F, D)):
+        x, w = jnp.ones((M, k), jnp.float32), jnp.ones((k, n), jnp.float32)
+        run = lambda x, w: matmul(x, w).block_until_ready()
+        run(x, w)
+        t = min(timed(run, repeats, x, w))
+        best = max(best, 2 * M * k * n / t / 1e9)
+    return best
+
+
+class Minilm:
+    name = "minilm"
+
+    def __init__(self, model_dir, pack: bool):
+        self.model = inference.get_model(model_dir)
+        self.pack = pack
+        self.name = "minilm packed" if pack else "minilm padded"
+
+    def end_to_end(self, texts, batch_size):
+        return inference.embed(texts, self.model, batch_size=batch_size, pack=self.pack, progress=False)
+
+    def prepare(self, texts, batch_size):
+        """Tokenize and plan once, so that model_only times the forwards alone."""
+        m = self.model
+        ids = [e.ids for e in m.tokenizer.encode_batch(texts)]
+        lengths = [len(x) for x in ids]
+        plan = plan_packed(lengths, batch_size * 128) if self.pack else plan_padded(lengths, batch_size)
+        arrays = [fwd.arrays(ids, m.tokenizer.pad_id) for fwd in plan]
+        return plan, arrays
+
+    def model_only(self, prepared):
+        plan, arrays = prepared
+        m = self.model
+        with jax.default_matmul_precision("highest"):
+            outs = [inference.embed_rows(m.params, *a, cfg=m.config, pooling=m.pooling, normalize=m.normalize,
+                                         slots=fwd.slots) for fwd, a in zip(plan, arrays)]
+        jax.block_until_ready(outs)
+
+
+class SentenceTransformers:
+    name = "sentence-transformers"
+
+    def __init__(self, model_dir):
+        import torch
+        from sentence_transformers import SentenceTransformer
+        torch.set_num_threads(os.cpu_count())
+        self.model = SentenceTransformer(str(model_dir), device="cpu")
+
+    def end_to_end(self, texts, batch_size):
+        return self.model.encode(texts, batch_size=batch_size, convert_to_numpy=True)
+
+    def prepare(self, texts, batch_size):  # the same length-sorted batches encode() makes, tokenized in advance
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        return [self.model.tokenize([texts[i] for i in order[b:b + batch_size]])
+                for b in range(0, len(texts), batch_size)]
+
+    def model_only(self, prepared):
+        import torch
+        with torch.inference_mode():
+            for features in prepared:
+                self.model(features)
+
+
+class OnnxRuntime:
+    """The model exported from transformers' BertModel to ONNX, fused by onnxruntime's BERT optimizer, on the CPU
+    provider; tokenization by `tokenizers`, length-sorted batches padded to their longest text, mean pooling and
+    L2 normalisation in numpy: the usual ONNX serving path."""
+    name = "onnxruntime"
+
+    def __init__(self, model_dir, work: pathlib.Path):
+        import onnxruntime as ort
+        import torch
+        from tokenizers import Tokenizer
+        from transformers import BertModel
+        bert = BertModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+        path = work / "model.onnx"
+        ids = torch.ones((2, 8), dtype=torch.long)
+        class LastHidden(torch.nn.Module):  # keyword arguments: BertModel's positional order changes across versions
+            def __init__(self):
+                super().__init__()
+                self.bert = bert
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                                 token_type_ids=token_type_ids).last_hidden_state
+
+        with torch.no_grad():
+            torch.onnx.export(LastHidden().eval(), (ids, ids, torch.zeros_like(ids)), str(path), dynamo=False,
+                              opset_version=17, input_names=["input_ids", "attention_mask", "token_type_ids"],
+                              output_names=["last_hidden_state"],
+                              dynamic_axes={n: {0: "batch", 1: "seq"} for n in
+                                            ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")})
+        try:
+            from onnxruntime.transformers.optimizer import optimize_model
+            cfg = bert.config
+            optimized = optimize_model(str(path), model_type="bert", num_heads=cfg.num_attention_heads,
+                                       hidden_size=cfg.hidden_size)
+            path = work / "model.opt.onnx"
+            optimized.save_model_to_file(str(path))
+            self.name = "onnxruntime (fused)"
+        except Exception as e:  # an older onnxruntime without the optimizer: the plain graph, ORT_ENABLE_ALL
+            print(f"onnxruntime transformer optimizer unavailable ({e}); using the plain graph", file=sys.stderr)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = os.cpu_count()
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.tokenizer = Tokenizer.from_file(str(pathlib.Path(model_dir) / "tokenizer.json"))
+        self.tokenizer.enable_truncation(256)
+        self.tokenizer.no_padding()
+
+    def batches(self, texts, batch_size):
+        enc = self.tokenizer.encode_batch(texts)
+        order = np.argsort([-len(e.ids) for e in enc], kind="stable")
+        for b in range(0, len(texts), batch_size):
+            idx = order[b:b + batch_size]
+            T = len(enc[idx[0]].ids)
+            ids = np.zeros((len(idx), T), np.int64)
+            mask = np.zeros((len(idx), T), np.int64)
+            for r, i in enumerate(idx):
+                n = len(enc[i].ids)
+                ids[r, :n], mask[r, :n] = enc[i].ids, 1
+            yield idx, ids, mask
+
+    def run(self, ids, mask):
+        h = self.session.run(None, {"input_ids": ids, "attention_mask": mask,
+                                    "token_type_ids": np.zeros_like(ids)})[0]
+        m = mask[..., None].astype(np.float32)
+        emb = (h * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+    def end_to_end(self, texts, batch_size):
+        out = np.zeros((len(texts), 384), np.float32)
+        for idx, ids, mask in self.batches(texts, batch_size):
+            out[idx] = self.run(ids, mask)
+        return out
+
+    def prepare(self, texts, batch_size):
+        return list(self.batches(texts, batch_size))
+
+    def model_only(self, prepared):
+        for _, ids, mask in prepared:
+            self.run(ids, mask)
+
+
+def cold_start(model_dir, repeats: int) -> dict:
+    """Whole-process seconds of `python embed.py "one sentence"` (a fresh compilation cache for the first run, then
+    warm) and of a sentence-transformers one-liner (median of the warm runs)."""
+    cache = tempfile.mkdtemp(prefix="minilm-cache-")
+    env = {**os.environ, "MINILM_COMPILE_CACHE": cache}
+    ours = [*timed(lambda: subprocess.run([sys.executable, str(REPO / "embed.py"), "--model", str(model_dir),
+                                           "one sentence"], env=env, check=True, capture_output=True),
+                   repeats + 1)]
+    shutil.rmtree(cache, ignore_errors=True)
+    result = {"embed.py, first run (compiles)": ours[0], "embed.py, cache warm": statistics.median(ours[1:])}
+    one_liner = ("from sentence_transformers import SentenceTransformer; "
+                 f"print(SentenceTransformer({str(model_dir)!r}, device='cpu').encode(['one sentence'])[0][:3])")
+    try:
+        theirs = timed(lambda: subprocess.run([sys.executable, "-c", one_liner], check=True, capture_output=True,
+                                              env={**os.environ, "HF_HUB_OFFLINE": "1"}), repeats + 1)
+        result["sentence-transformers one-liner"] = statistics.median(theirs[1:])
+    except subprocess.CalledProcessError as e:
+        print(f"sentence-transformers one-liner failed: {e.stderr.decode()[-300:]}", file=sys.stderr)
+    return result
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sts", default=str(REPO.parent / "shared/data/stsb/stsb-en-test.csv"))
+    p.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2)")
+    p.add_argument("--batch-sizes", default="32,128")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--engines", default="minilm,st,ort", help="any of minilm,st,ort")
+    p.add_argument("--no-cold-start", action="store_true")
+    args = p.parse_args(argv)
+
+    model_dir = pathlib.Path(args.model) if args.model else inference.default_model_dir()
+    texts = unique_sentences(args.sts)
+    model = inference.get_model(model_dir)
+    lengths = [len(e.ids) for e in model.tokenizer.encode_batch(texts)]
+    flops = useful_flops(lengths, model.config)
+    print(f"{len(texts)} sentences, {sum(lengths):,} tokens (mean {np.mean(lengths):.1f}), useful work "
+          f"{flops / 1e9:.0f} GFLOP; {os.cpu_count()} CPU cores; jax {jax.__version__} on {jax.devices()[0].platform}")
+    peak = matmul_peak(model.config)
+    print(f"matmul peak measured on the model's shapes: {peak:.0f} GFLOP/s")
+
+    engines = []
+    names = args.engines.split(",")
+    if "minilm" in names:
+        t = time.perf_counter()
+        inference.embed(texts, model, batch_size=32, progress=False)
+        first = time.perf_counter() - t
+        print(f"minilm first call (tokenize, compile {len(inference.TRACES)} shapes, run): {first:.2f} s")
+        engines += [Minilm(model_dir, pack=True), Minilm(model_dir, pack=False)]
+    work = pathlib.Path(tempfile.mkdtemp(prefix="embed-bench-"))
+    for name, make in (("st", lambda: SentenceTransformers(model_dir)), ("ort", lambda: OnnxRuntime(model_dir, work))):
+        if name in names:
+            try:
+                engines.append(make())
+            except ImportError as e:
+                print(f"skipping {name}: {e}", file=sys.stderr)
+
+    reference = {}
+    rows = []
+    for bs in [int(b) for b in args.batch_sizes.split(",")]:
+        for eng in engines:
+            emb = eng.end_to_end(texts, bs)  # also the warm-up (compiles any new shape)
+            if eng.name == "sentence-transformers":
+                reference[bs] = emb
+            e2e = timed(eng.end_to_end, args.repeats, texts, bs)
+            prepared = eng.prepare(texts, bs)
+            eng.model_only(prepared)
+            only = timed(eng.model_only, args.repeats, prepared)
+            rows.append((bs, eng.name, e2e, only, emb))
+    shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\n{'batch':>5}  {'engine':<22} {'end to end, sentences/s (min / median / max)':>44}  "
+          f"{'model only, median':>18}  {'max |diff| vs ST':>16}  useful GFLOP/s (% of peak)")
+    for bs, name, e2e, only, emb in rows:
+        rate = lambda t: len(texts) / t
+        diff = f"{np.abs(emb - reference[bs]).max():.1e}" if bs in reference else "-"
+        med = statistics.median(only)
+        print(f"{bs:>5}  {name:<22} {rate(max(e2e)):>14.0f} / {rate(statistics.median(e2e)):>6.0f} / "
+              f"{rate(min(e2e)):>6.0f}            {rate(med):>12.0f}        {diff:>16}  "
+              f"{flops / med / 1e9:.0f} ({100 * flops / med / 1e9 / peak:.0f}%)")
+    print("\nratios of median end-to-end throughput (minilm / peer):")
+    for bs in sorted({r[0] for r in rows}):
+        by = {name: len(texts) / statistics.median(e2e) for b, name, e2e, _, _ in rows if b == bs}
+        for ours in [n for n in by if n.startswith("minilm")]:
+            print(f"  batch {bs}: {ours}: " + ", ".join(f"{by[ours] / v:.2f}x {n}" for n, v in by.items()
+                                                         if not n.startswith("minilm")))
+    if not args.no_cold_start:
+        print("\ncold start, whole process, seconds:")
+        for k, v in cold_start(model_dir, 3).items():
+            print(f"  {k:<34} {v:.2f}")
+
+
+if __name__ == "__main__":
+    main()

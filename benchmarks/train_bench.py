@@ -1,0 +1,112 @@
+"""Training speed: train.py and distill.py steps/s and tokens/s at a fixed batch, against sentence-transformers'
+training step with the same loss, batch, data and model (torch, CPU).
+
+    python benchmarks/train_bench.py --steps 40 --batch-size 64
+
+train.py and distill.py run as users run them (subprocesses, one device) and their own metrics.jsonl gives the
+throughput of the logged intervals after the first (which holds the compilation). The peer is the plainest
+sentence-transformers loop, with nothing around it to slow it down: tokenize the batch (padded to its longest text),
+MultipleNegativesRankingLoss (cosine x 20, in-batch negatives), backward, gradient clipping, AdamW. Throughput
+counts real (non-padding) tokens, so both sides are measured on the same work.
+"""
+import argparse
+import gzip
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"
+PAIRS = DATA / "flickr30k_captions" / "flickr30k_caption_pairs.jsonl.gz"
+TEXT = DATA / "unlabeled_text" / "wiki_sentences.txt.gz"
+
+
+def script_throughput(argv: list[str], out: pathlib.Path, skip: int) -> dict:
+    """Run a script; from its metrics.jsonl, the median steps/s, sentences/s and tokens/s of the log intervals
+    after the first `skip` (compilation)."""
+    t = time.perf_counter()
+    subprocess.run([sys.executable, *argv, "--out", str(out)], check=True, cwd=REPO, capture_output=True)
+    wall = time.perf_counter() - t
+    logs = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "tokens_per_s" in r][skip:]
+    steps = [(b["step"] - a["step"]) / (b["elapsed_s"] - a["elapsed_s"]) for a, b in zip(logs, logs[1:])]
+    return {"steps_per_s": statistics.median(steps), "sentences_per_s": statistics.median(r["sentences_per_s"]
+                                                                                        for r in logs),
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in logs), "wall_s": wall}
+
+
+def sentence_transformers_throughput(model_dir, pairs: list[tuple[str, str]], batch_size: int, steps: int,
+                                     max_length: int, skip: int) -> dict:
+    import torch
+    from sentence_transformers import SentenceTransformer, losses
+    torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(0)
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    model.max_seq_length = max_length
+    model.train()
+    loss_fn = losses.MultipleNegativesRankingLoss(model)  # scale 20, cosine similarity
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
+    times, tokens = [], []
+    for s in range(steps):
+        batch = pairs[s * batch_size:(s + 1) * batch_size]
+        t = time.perf_counter()
+        features = [model.tokenize([p[c] for p in batch]) for c in range(2)]
+        loss = loss_fn(features, labels=None)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t)
+        tokens.append(sum(int(f["attention_mask"].sum()) for f in features))
+    times, tokens = times[skip:], tokens[skip:]
+    return {"steps_per_s": len(times) / sum(times), "sentences_per_s": 2 * batch_size * len(times) / sum(times),
+            "tokens_per_s": sum(tokens) / sum(times), "wall_s": sum(times)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2)")
+    p.add_argument("--skip", type=int, default=2, help="log intervals / steps left out as warm-up")
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    from minilm.inference import default_model_dir
+    model_dir = pathlib.Path(args.model) if args.model else default_model_dir()
+    log_every = max(1, args.steps // 10)
+    common = ["--model", str(model_dir), "--steps", str(args.steps), "--batch-size",
+              str(args.batch_size), "--max-length", str(args.max_length), "--log-every", str(log_every),
+              "--warmup", "5", "--lr", "5e-5"]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        results["train.py"] = script_throughput(["train.py", "--data", str(PAIRS), *common], tmp / "train",
+                                                args.skip)
+        results["distill.py"] = script_throughput(
+            ["distill.py", "--data", str(TEXT), "--student-layers", "0,2,4",
+             *[("--teacher" if a == "--model" else a) for a in common]], tmp / "distill", args.skip)
+    with gzip.open(PAIRS, "rt", encoding="utf-8") as f:
+        pairs = [(r["anchor"], r["positive"]) for r in map(json.loads, f)][: args.steps * args.batch_size]
+    try:
+        results["sentence-transformers"] = sentence_transformers_throughput(
+            model_dir, pairs, args.batch_size, args.steps, args.max_length, args.skip * log_every)
+    except ImportError as e:
+        print(f"skipping sentence-transformers: {e}", file=sys.stderr)
+    print(f"batch {args.batch_size} pairs (train.py, sentence-transformers; 2 x {args.batch_size} texts a step) or "
+          f"texts (distill.py: teacher 6 layers + student 3 layers), max_length {args.max_length}, {args.steps} steps, "
+          f"{os.cpu_count()} CPU cores")
+    print(f"{'':<24}{'steps/s':>9}{'sentences/s':>13}{'tokens/s':>10}")
+    for name, r in results.items():
+        print(f"{name:<24}{r['steps_per_s']:>9.2f}{r['sentences_per_s']:>13.1f}{r['tokens_per_s']:>10.0f}")
+    if "sentence-transformers" in results:
+        ratio = results["train.py"]["tokens_per_s"] / results["sentence-transformers"]["tokens_per_s"]
+        print(f"train.py / sentence-transformers tokens/s: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

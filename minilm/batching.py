@@ -1,0 +1,114 @@
+"""How texts become forward passes: sort by length, pad to a few lengths, or pack several texts into one row.
+
+A jitted function compiles once per input shape, so every forward here has one of a bounded set of shapes: rows are
+a power of two (up to the batch) and lengths come from `LENGTHS`. Two plans:
+
+- padded: texts sorted by length, `batch_size` per forward, each row one text padded to the next length in
+  `LENGTHS` (steps of 8 up to 128 tokens, then 32, then 128). Sorting makes neighbours nearly equal in length.
+- packed: several texts share a row of `PACK_LENGTHS` tokens, each with its own positions (restarting at 0) and a
+  block-diagonal attention mask (model.packed_attention_bias), so each text is computed exactly as if alone.
+  Rows are filled best-fit, longest text first, short texts filling the room that long ones leave; a forward
+  holds `tokens // T` rows of T tokens. Almost no token is padding, and there are few shapes.
+
+A `Forward` says where each text goes (row, slot, first token); `arrays` builds its numpy inputs.
+"""
+import dataclasses
+
+import numpy as np
+
+LENGTHS = (*range(8, 129, 8), 160, 192, 224, 256, 320, 384, 448, 512)  # padded lengths beyond: multiples of 128
+PACK_LENGTHS = (64, 128, 256, 512)  # row lengths of packed forwards (a new row: the shortest that holds its text)
+
+
+def padded_length(n: int) -> int:
+    """The shortest length in LENGTHS that holds n tokens (beyond 512: the next multiple of 128)."""
+    for length in LENGTHS:
+        if n <= length:
+            return length
+    return -(-n // 128) * 128
+
+
+def pow2_rows(n: int, most: int) -> int:
+    """Rows of a forward holding n rows of data: the next power of two, at most `most` (bounded shapes)."""
+    return min(most, 1 << max(n - 1, 0).bit_length())
+
+
+@dataclasses.dataclass(frozen=True)
+class Forward:
+    """One forward pass of shape [rows, length] holding texts index[i] at (row[i], slot[i]), tokens from start[i].
+    slots: texts per row at most (the pooled output is [rows, slots, dim])."""
+    rows: int
+    length: int
+    slots: int
+    index: np.ndarray
+    row: np.ndarray
+    slot: np.ndarray
+    start: np.ndarray
+
+    def arrays(self, ids: list, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids_BT, positions_BT, segments_BT) for token-id sequences ids[i]; segment = slot + 1, 0 is padding."""
+        ids_BT = np.full((self.rows, self.length), pad_id, np.int32)
+        positions_BT = np.zeros((self.rows, self.length), np.int32)
+        segments_BT = np.zeros((self.rows, self.length), np.int32)
+        for i, r, s, t in zip(self.index, self.row, self.slot, self.start):
+            seq = ids[i]
+            n = len(seq)
+            ids_BT[r, t:t + n] = seq
+            positions_BT[r, t:t + n] = np.arange(n)
+            segments_BT[r, t:t + n] = s + 1
+        return ids_BT, positions_BT, segments_BT
+
+
+def plan_padded(lengths: list[int], batch_size: int) -> list[Forward]:
+    """batch_size texts per forward, longest first (the slow shapes compile early), one text per row."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    forwards = []
+    for b in range(0, len(order), batch_size):
+        index = np.array(order[b:b + batch_size])
+        n = len(index)
+        forwards.append(Forward(rows=pow2_rows(n, batch_size), length=padded_length(lengths[index[0]]), slots=1,
+                                index=index, row=np.arange(n), slot=np.zeros(n, int), start=np.zeros(n, int)))
+    return forwards
+
+
+def pack_rows(lengths: list[int], row_lengths: list[int]) -> list[tuple[int, list[int]]]:
+    """Best-fit decreasing: each text, longest first, goes into the open row with the least room that still holds
+    it (and has a free slot), else opens a row of the shortest length in row_lengths that holds it. A row of T
+    tokens holds at most T // 4 texts. Returns (row length, texts) per row."""
+    rows: list[tuple[int, list[int]]] = []
+    room: list[int] = []  # free tokens of each row
+    by_room: list[list[int]] = [[] for _ in range(max(row_lengths) + 1)]  # by_room[k]: open rows with k free
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[i]
+        r = next((by_room[k].pop() for k in range(n, len(by_room)) if by_room[k]), None)
+        if r is None:
+            r = len(rows)
+            rows.append((next(t for t in row_lengths if n <= t), []))
+            room.append(rows[r][0])
+        rows[r][1].append(i)
+        room[r] -= n
+        if len(rows[r][1]) < rows[r][0] // 4:
+            by_room[room[r]].append(r)
+    return rows
+
+
+def plan_packed(lengths: list[int], tokens: int) -> list[Forward]:
+    """Texts packed into rows of PACK_LENGTHS tokens (pack_rows), about `tokens` tokens per forward."""
+    top = max(PACK_LENGTHS[0], padded_length(max(lengths, default=0)))  # the row length of the longest texts
+    rows = pack_rows(lengths, [t for t in PACK_LENGTHS if t < top] + [top])
+    forwards = []
+    for T in sorted({t for t, _ in rows}, reverse=True):
+        same = [texts for t, texts in rows if t == T]
+        per_forward = max(1, tokens // T)
+        for b in range(0, len(same), per_forward):
+            chunk = same[b:b + per_forward]
+            index, row, slot, start = [], [], [], []
+            for r, texts in enumerate(chunk):
+                offset = 0
+                for s, i in enumerate(texts):
+                    index.append(i), row.append(r), slot.append(s), start.append(offset)
+                    offset += lengths[i]
+            forwards.append(Forward(rows=pow2_rows(len(chunk), per_forward), length=T, slots=max(1, T // 4),
+                                    index=np.array(index), row=np.array(row), slot=np.array(slot),
+                                    start=np.array(start)))
+    return forwards
