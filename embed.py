@@ -143,6 +143,8 @@ def parse_args(argv=None):
     p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix of the texts")
     p.add_argument("--query", action="append", metavar="Q", help="print the texts nearest to Q (repeatable)")
     p.add_argument("--top-k", type=int, default=5, help="results per query (default 5)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="compute dtype (bfloat16: for GPUs and TPUs; float32, the default, is the parity reference)")
     p.add_argument("--no-pack", action="store_true", help="one text per row, padded (default: several short texts "
                                                           "share a row, with a block-diagonal attention mask)")
     args = p.parse_args(argv)
@@ -161,7 +163,7 @@ def run(args) -> None:
     enable_compilation_cache()
     model = get_model(args.model)
     kw = dict(batch_size=args.batch_size, max_length=args.max_length, num_layers=args.layers, dim=args.dim,
-              normalize=False if args.no_normalize else None, pack=not args.no_pack)
+              normalize=False if args.no_normalize else None, pack=not args.no_pack, dtype=args.dtype)
     texts = itertools.chain(args.texts, iter_lines(args.input) if args.input else ())
     if args.similarity:
         texts = list(texts)

@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 
 LENGTHS = (*range(8, 129, 8), 160, 192, 224, 256, 320, 384, 448, 512)  # padded lengths beyond: multiples of 128
-PACK_LENGTHS = (64, 128, 256, 512)  # row lengths of packed forwards (a new row: the shortest that holds its text)
+PACK_LENGTHS = (32, 64, 128, 256, 512)  # row lengths of packed forwards (a new row: the shortest that holds its text)
 
 
 def padded_length(n: int) -> int:

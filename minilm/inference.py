@@ -13,6 +13,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from minilm.checkpoint import Model, load
@@ -59,7 +60,7 @@ def embed_rows(params, ids_BT, positions_BT, segments_BT, *, cfg, pooling, norma
     before the L2 normalisation so the shorter vector has unit length."""
     TRACES[ids_BT.shape + (slots,)] += 1  # runs while tracing only, not on each call
     h_BTD = encode(params, ids_BT, segments_BT > 0, cfg, num_layers=num_layers, positions_BT=positions_BT,
-                   segments_BT=segments_BT).last_hidden_state
+                   segments_BT=segments_BT).last_hidden_state.astype(jnp.float32)  # pool in float32
     if pooling == "max":  # one text per row: pool over its tokens as usual
         emb_BND = pool(h_BTD, segments_BT > 0, "max")[:, None]
     else:
@@ -68,8 +69,14 @@ def embed_rows(params, ids_BT, positions_BT, segments_BT, *, cfg, pooling, norma
     return l2_normalize(emb_BND) if normalize else emb_BND
 
 
+@functools.lru_cache(maxsize=2)
+def cast_params(model: Model, dtype: str):
+    """The model's params in another dtype, cast once per model (a Model hashes by identity)."""
+    return jax.tree.map(lambda x: x.astype(dtype), model.params)
+
+
 def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = None, normalize: bool | None = None,
-          num_layers: int | None = None, dim: int | None = None, pack: bool = True,
+          num_layers: int | None = None, dim: int | None = None, pack: bool = True, dtype: str = "float32",
           progress: bool | None = None) -> np.ndarray:
     """Embed a list of strings -> float32 [N, dim], row i for texts[i].
 
@@ -77,7 +84,8 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     (default: the folder's max_seq_length, 256). normalize: None follows the folder (Normalize module).
     pack: several texts share a row (batching.plan_packed), batch_size x 128 tokens per forward; without it,
     batch_size texts per forward, sorted by length and padded (batching.plan_padded). Either way the output is
-    in input order and equal to sentence-transformers' to float32 rounding."""
+    in input order and equal to sentence-transformers' to float32 rounding. dtype "bfloat16" computes the encoder
+    in bfloat16 (for GPUs and TPUs; LayerNorm, softmax and pooling stay float32); float32 is the reference."""
     if isinstance(texts, str):
         raise TypeError("embed() takes a list of strings; wrap a single text in a list")
     texts = list(texts)
@@ -98,6 +106,9 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     if dim is not None and not 1 <= dim <= cfg.hidden_size:
         raise ValueError(f"dim {dim} is outside 1..{cfg.hidden_size}")
     normalize = m.normalize if normalize is None else normalize
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype {dtype!r} is not supported; expected float32 or bfloat16")
+    params = m.params if dtype == "float32" else cast_params(m, dtype)
     ids = [e.ids for e in m.tokenizer.encode_batch(texts, max_length=max_length)]
     lengths = [len(x) for x in ids]
     pack = pack and m.pooling in PACKED_POOLING_MODES
@@ -115,7 +126,7 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     # Parity with torch needs full float32 matmuls (GPUs default to TF32 and TPUs to bf16 passes).
     with jax.default_matmul_precision("highest"):
         for fwd in plan:  # dispatch is asynchronous: the next batch is built while this one computes
-            emb_BND = embed_rows(m.params, *fwd.arrays(ids, m.tokenizer.pad_id), cfg=cfg, pooling=m.pooling,
+            emb_BND = embed_rows(params, *fwd.arrays(ids, m.tokenizer.pad_id), cfg=cfg, pooling=m.pooling,
                                  normalize=normalize, num_layers=num_layers, dim=dim, slots=fwd.slots)
             if pending:
                 collect(*pending)

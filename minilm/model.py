@@ -113,10 +113,12 @@ def linear(p: dict, x_BTD: jax.Array) -> jax.Array:
 
 
 def layer_norm(p: dict, x: jax.Array, eps: float) -> jax.Array:
-    """LayerNorm over the last axis with the biased variance, as torch; eps comes from the config (1e-12)."""
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * p["weight"] + p["bias"]
+    """LayerNorm over the last axis with the biased variance, as torch; eps comes from the config (1e-12).
+    Statistics in float32 also when x is bfloat16 (the --dtype bfloat16 path); a no-op cast for float32."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + eps) * p["weight"] + p["bias"]).astype(x.dtype)
 
 
 def activation(name: str, x: jax.Array) -> jax.Array:
@@ -190,7 +192,8 @@ def layer(p: dict, h_BTD: jax.Array, bias_B11S: jax.Array, cfg: Config, key=None
     B, T, D = h_BTD.shape
     q_BTHK, k_BSHK, v_BSHK = attention_qkv(p, h_BTD, cfg)
     scores_BHTS = jnp.einsum("BTHK,BSHK->BHTS", q_BTHK, k_BSHK) * cfg.head_size**-0.5 + bias_B11S
-    probs_BHTS = dropout(jax.nn.softmax(scores_BHTS, axis=-1), cfg.attention_probs_dropout_prob, fold(key, 0))
+    probs_BHTS = jax.nn.softmax(scores_BHTS.astype(jnp.float32), axis=-1).astype(h_BTD.dtype)  # float32 softmax
+    probs_BHTS = dropout(probs_BHTS, cfg.attention_probs_dropout_prob, fold(key, 0))
     ctx_BTD = jnp.einsum("BHTS,BSHK->BTHK", probs_BHTS, v_BSHK).reshape(B, T, D)
     attn_BTD = dropout(linear(p["attention"]["output"]["dense"], ctx_BTD), cfg.hidden_dropout_prob, fold(key, 1))
     a_BTD = layer_norm(p["attention"]["output"]["LayerNorm"], h_BTD + attn_BTD, cfg.layer_norm_eps)

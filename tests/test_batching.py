@@ -68,6 +68,18 @@ def test_new_texts_of_known_lengths_compile_nothing_new(tiny):
                             batch_size=16, pack=pack)
             assert inference.TRACES == shapes
         assert all(n == 1 for n in inference.TRACES.values())  # each shape traced once
-    # a shape is (rows, length, slots); a batch of 16 packed has rows of 64 tokens, 16 x 128 / 64 = 32 per forward
-    assert {s for s in inference.TRACES if s[2] > 1} <= {(r, 64, 16) for r in (1, 2, 4, 8, 16, 32)}
+    # a shape is (rows, length, slots); a batch of 16 packed: rows of 32 tokens, and of 40 for the longest texts
+    # (texts of 33-40 tokens), 16 x 128 / T rows per forward, or a power of two fewer for the last one
+    assert {s for s in inference.TRACES if s[2] > 1} <= {(r, T, T // 4) for T in (32, 40)
+                                                          for r in (1, 2, 4, 8, 16, 32, 2048 // T)}
     assert {s for s in inference.TRACES if s[2] == 1} <= {(r, n, 1) for r in (1, 2, 4, 8, 16) for n in LENGTHS}
+
+
+def test_bfloat16_is_close_to_float32(tiny):
+    texts = texts_of([2, 5, 9, 17, 40, 12], seed=5)
+    full, half = inference.embed(texts, tiny), inference.embed(texts, tiny, dtype="bfloat16")
+    assert half.dtype == np.float32 and np.isfinite(half).all()
+    cosine = (full * half).sum(1)  # both unit length
+    assert cosine.min() > 0.995 and np.abs(full - half).max() > 1e-6  # close, yet really computed in bfloat16
+    with pytest.raises(ValueError, match="dtype 'float16' is not supported"):
+        inference.embed(texts, tiny, dtype="float16")
