@@ -140,14 +140,14 @@ def embed_stream(texts, model=None, *, chunk_size: int = 16384, progress: bool =
     stays flat however long the input (embed.py streams files through this). options: those of embed()."""
     model = get_model(model)
     report = Progress(None, enabled=progress, quiet_for=2.0)
-    chunk, done = [], 0
-    for text in itertools.chain(texts, [None]):  # None marks the end
-        if text is not None:
+    chunk, done, end = [], 0, object()
+    for text in itertools.chain(texts, [end]):  # `end` marks the end (a None in the input is an error in embed)
+        if text is not end:
             chunk.append(text)
-        if chunk and (len(chunk) == chunk_size or text is None):
+        if chunk and (len(chunk) == chunk_size or text is end):
             yield chunk, embed(chunk, model, progress=False, **options)
             done += len(chunk)
-            report(done, final=text is None)
+            report(done, final=text is end)
             chunk = []
 
 

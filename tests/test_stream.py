@@ -1,6 +1,6 @@
 """embed.py streams: a long input file goes through in chunks, the .npy is written as it goes (its header fixed
-at the end), and peak memory does not grow with the file. Fast here on 80k lines; the 1-million-line run is
-marked slow (`python -m pytest -m slow tests/test_stream.py -s` prints its peak RSS)."""
+at the end), the input is read lazily, and peak memory does not grow with the file: asserted on the 1-million-line
+run, marked slow (`python -m pytest -m slow tests/test_stream.py -s` prints its peak RSS)."""
 import subprocess
 import sys
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from minilm import embed
+from minilm.inference import embed_stream
 from minilm.checkpoint import save
 from tests.conftest import REPO
 from tests.tiny import DATA_WORDS, tiny_model
@@ -52,8 +53,25 @@ def test_streamed_npy_equals_embed_and_memory_does_not_grow(tiny_dir, tmp_path):
     lines = (tmp_path / "big.txt").read_text(encoding="utf-8").splitlines()
     picks = [0, 1, 16_383, 16_384, 79_999]  # chunk edges (16,384 texts a chunk)
     np.testing.assert_allclose(x[picks], embed([lines[i] for i in picks], tiny_dir), rtol=0, atol=1e-6)
+    # printed, not asserted: at this size the RSS varies by tens of MiB from run to run (allocator, compiled shapes);
+    # the 1-million-line test below asserts it, and the streaming itself is checked exactly in the next test
     print(f"\npeak RSS: {small:.0f} MiB for 20,000 lines, {big:.0f} MiB for 80,000 lines")
-    assert big < 1.1 * small  # 4x the lines, not more memory
+
+
+def test_embed_stream_reads_its_input_lazily(tiny_dir):
+    """Each chunk is embedded and handed on before the next is read: the input is never all in memory."""
+    read = []
+
+    def lines():
+        for i in range(10):
+            read.append(i)
+            yield f"the cat {i}"
+
+    stream = embed_stream(lines(), tiny_dir, chunk_size=4)
+    chunk, emb = next(stream)
+    assert chunk == ["the cat 0", "the cat 1", "the cat 2", "the cat 3"] and emb.shape == (4, 32)
+    assert read == [0, 1, 2, 3]  # not one line more than the first chunk
+    assert [len(c) for c, _ in stream] == [4, 2]
 
 
 @pytest.mark.slow
@@ -65,4 +83,4 @@ def test_one_million_lines(tiny_dir, tmp_path):
     x = np.load(tmp_path / "million.npy", mmap_mode="r")
     assert x.shape == (1_000_000, 32) and np.isfinite(x[-1000:]).all()
     print(f"\npeak RSS: {small:.0f} MiB for 20,000 lines, {big:.0f} MiB for 1,000,000 lines")
-    assert big < 1.15 * small
+    assert big < small + 100  # 50x the lines; keeping ~100 bytes a line would already add 95 MiB
