@@ -50,14 +50,6 @@ def iter_lines(path: str):
             f.close()
 
 
-def read_lines(path: str) -> list[str]:
-    """All lines of iter_lines(path); an empty input is an error."""
-    texts = list(iter_lines(path))
-    if not texts:
-        raise ValueError(f"{'<stdin>' if path == '-' else path}: is empty; there is nothing to embed")
-    return texts
-
-
 def vector_json(row: np.ndarray) -> str:
     return "[" + ",".join(f"{x:.9g}" for x in row.tolist()) + "]"  # 9 significant digits round-trip float32
 

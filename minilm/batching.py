@@ -16,16 +16,15 @@ import dataclasses
 
 import numpy as np
 
+from minilm.tokenizer import bucket_length
+
 LENGTHS = (*range(8, 129, 8), 160, 192, 224, 256, 320, 384, 448, 512)  # padded lengths beyond: multiples of 128
 PACK_LENGTHS = (32, 64, 128, 256, 512)  # row lengths of packed forwards (a new row: the shortest that holds its text)
 
 
 def padded_length(n: int) -> int:
     """The shortest length in LENGTHS that holds n tokens (beyond 512: the next multiple of 128)."""
-    for length in LENGTHS:
-        if n <= length:
-            return length
-    return -(-n // 128) * 128
+    return bucket_length(n, LENGTHS)
 
 
 def pow2_rows(n: int, most: int) -> int:

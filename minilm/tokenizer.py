@@ -275,9 +275,10 @@ def wordpiece_from_vocab(vocab_path, lowercase: bool = True, strip_accents: bool
 # ----------------------------------------------------------------------------------------------------------------
 # Padding
 
-def bucket_length(n: int) -> int:
-    """The padded length for a longest row of n tokens: the next bucket, or beyond 512 the next multiple of 128."""
-    for b in BUCKETS:
+def bucket_length(n: int, buckets: tuple[int, ...] = BUCKETS) -> int:
+    """The padded length for a longest row of n tokens: the next of `buckets`, or beyond them the next multiple
+    of 128."""
+    for b in buckets:
         if n <= b:
             return b
     return -(-n // 128) * 128
