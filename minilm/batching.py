@@ -101,13 +101,18 @@ def plan_packed(lengths: list[int], tokens: int) -> list[Forward]:
         per_forward = max(1, tokens // T)
         for b in range(0, len(same), per_forward):
             chunk = same[b:b + per_forward]
-            index, row, slot, start = [], [], [], []
-            for r, texts in enumerate(chunk):
-                offset = 0
-                for s, i in enumerate(texts):
-                    index.append(i), row.append(r), slot.append(s), start.append(offset)
-                    offset += lengths[i]
-            forwards.append(Forward(rows=pow2_rows(len(chunk), per_forward), length=T, slots=max(1, T // 4),
-                                    index=np.array(index), row=np.array(row), slot=np.array(slot),
-                                    start=np.array(start)))
+            forwards.append(packed_forward(chunk, lengths, pow2_rows(len(chunk), per_forward), T))
     return forwards
+
+
+def packed_forward(rows: list[list[int]], lengths: list[int], num_rows: int, length: int) -> Forward:
+    """A Forward of num_rows rows of `length` tokens from rows[r] = the texts of row r (pack_rows), each text
+    starting where the one before it in the row ends."""
+    index, row, slot, start = [], [], [], []
+    for r, texts in enumerate(rows):
+        offset = 0
+        for s, i in enumerate(texts):
+            index.append(i), row.append(r), slot.append(s), start.append(offset)
+            offset += lengths[i]
+    return Forward(rows=num_rows, length=length, slots=max(1, length // 4), index=np.array(index, int),
+                   row=np.array(row, int), slot=np.array(slot, int), start=np.array(start, int))

@@ -50,3 +50,12 @@ def shard_rows(local: np.ndarray, mesh, row_axis: int = 1) -> jax.Array:
     global_shape = list(local.shape)
     global_shape[row_axis] *= jax.process_count()
     return jax.make_array_from_process_local_data(NamedSharding(mesh, P(*spec)), local, tuple(global_shape))
+
+
+def agree_max(*values: int) -> tuple[int, ...]:
+    """The largest of each value over all processes (one small all-gather per call in a multi-host run), for shapes
+    that every process must choose alike."""
+    if jax.process_count() == 1:
+        return values
+    from jax.experimental import multihost_utils
+    return tuple(int(v) for v in multihost_utils.process_allgather(np.array(values)).max(axis=0))

@@ -18,11 +18,14 @@ from tests.tiny import tiny_model
 B = 16  # global rows: 2 per device on 8 devices
 
 
-def make_batch(model, columns: int, seed: int = 0):
+def make_examples(columns: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     words = ["the", "cat", "dog", "sat", "on", "mat", "man", "woman", "is", "eating", "food", "music", "plays"]
-    examples = [tuple(" ".join(rng.choice(words, rng.integers(1, 9))) for _ in range(columns)) for _ in range(B)]
-    return train.tokenize_columns(model.tokenizer, examples, 24)
+    return [tuple(" ".join(rng.choice(words, rng.integers(1, 9))) for _ in range(columns)) for _ in range(B)]
+
+
+def make_batch(model, columns: int, seed: int = 0):
+    return train.tokenize_columns(model.tokenizer, make_examples(columns, seed), 24)
 
 
 OPTIONS = {
@@ -40,22 +43,20 @@ def single_device_fn(cfg, opts):
     return jax.jit(jax.value_and_grad(functools.partial(train.device_loss, cfg=cfg, opts=opts, axis_name=None)))
 
 
-def single_device(model, ids, mask, opts, key=None):
-    return single_device_fn(model.config, opts)(model.params, jnp.asarray(ids), jnp.asarray(mask), key)
+def single_device(model, batch, opts, key=None):
+    return single_device_fn(model.config, opts)(model.params, jax.tree.map(jnp.asarray, batch), key)
 
 
-def sharded(model, ids, mask, opts, n, mini=0, key=None):
+def sharded(model, batch, opts, n, mini=0, key=None):
     mesh = parallel.make_mesh(n)
-    spec = P(None, parallel.AXIS)
-    specs = dict(mesh=mesh, in_specs=(P(), spec, spec, P()))
+    specs = dict(mesh=mesh, in_specs=(P(), train.batch_spec(batch), P()))
     if mini:
         body = functools.partial(train.cached_device_loss_and_grads, cfg=model.config, opts=opts, mini=mini)
         fn = jax.shard_map(body, out_specs=(P(), P()), **specs)
     else:
         body = functools.partial(train.device_loss, cfg=model.config, opts=opts)
         fn = jax.value_and_grad(jax.shard_map(body, out_specs=P(), **specs))
-    return jax.jit(fn)(parallel.replicate(model.params, mesh), parallel.shard_rows(ids, mesh),
-                       parallel.shard_rows(mask, mesh), key)
+    return jax.jit(fn)(parallel.replicate(model.params, mesh), train.shard_batch(batch, mesh), key)
 
 
 def assert_same(a, b, atol=1e-5):
@@ -73,18 +74,18 @@ def assert_same(a, b, atol=1e-5):
 def test_eight_devices_equal_one_device(tmp_path, name):
     columns, opts = OPTIONS[name]
     model = tiny_model(tmp_path)
-    ids, mask = make_batch(model, columns)
-    assert_same(sharded(model, ids, mask, opts, 8), single_device(model, ids, mask, opts))
+    batch = make_batch(model, columns)
+    assert_same(sharded(model, batch, opts, 8), single_device(model, batch, opts))
 
 
 def test_negatives_span_every_device(tmp_path):
     """Without the all_gather each device would see only its own 2 rows: the loss would differ."""
     model = tiny_model(tmp_path)
-    ids, mask = make_batch(model, 2)
+    batch = make_batch(model, 2)
     opts = train.LossOptions()
-    local_only = np.mean([float(single_device(model, ids[:, i:i + 2], mask[:, i:i + 2], opts)[0])
+    local_only = np.mean([float(single_device(model, train.Padded(*(x[:, i:i + 2] for x in batch)), opts)[0])
                           for i in range(0, B, 2)])
-    assert abs(float(sharded(model, ids, mask, opts, 8)[0]) - local_only) > 0.1
+    assert abs(float(sharded(model, batch, opts, 8)[0]) - local_only) > 0.1
 
 
 @pytest.mark.parametrize("name", ["pairs-symmetric", "triplets", "matryoshka"])
@@ -92,25 +93,62 @@ def test_negatives_span_every_device(tmp_path):
 def test_gradcache_equals_plain_step(tmp_path, name, n, mini):
     columns, opts = OPTIONS[name]
     model = tiny_model(tmp_path)
-    ids, mask = make_batch(model, columns)
-    assert_same(sharded(model, ids, mask, opts, n, mini=mini), single_device(model, ids, mask, opts))
+    batch = make_batch(model, columns)
+    assert_same(sharded(model, batch, opts, n, mini=mini), single_device(model, batch, opts))
 
 
 def test_gradcache_replays_the_same_dropout(tmp_path):
     """With dropout on, the cached gradient equals the ordinary gradient of the loss on chunk-wise embeddings
     computed with the same per-chunk keys: the replay saw exactly the dropout of the first pass."""
     model = tiny_model(tmp_path)
-    ids, mask = (jnp.asarray(x) for x in make_batch(model, 2))
+    batch = jax.tree.map(jnp.asarray, make_batch(model, 2))
     opts, mini = train.LossOptions(symmetric=True), 4
     cached = jax.jit(functools.partial(train.cached_device_loss_and_grads, cfg=model.config, opts=opts, mini=mini,
                                        axis_name=None))
-    with_dropout = cached(model.params, ids, mask, jax.random.key(7))
+    with_dropout = cached(model.params, batch, jax.random.key(7))
 
     def reference(params):
-        chunks, embed_chunk = train.chunk_embedder(ids, mask, model.config, jax.random.key(7), mini)
+        chunks, embed_chunk = train.chunk_embedder(batch, model.config, jax.random.key(7), mini)
         emb = jnp.concatenate([embed_chunk(params, j) for j in range(len(chunks))], axis=1)
         return train.column_loss(emb, opts, None)
 
     assert_same(with_dropout, jax.jit(jax.value_and_grad(reference))(model.params))
-    without = cached(model.params, ids, mask, None)
+    without = cached(model.params, batch, None)
     assert abs(float(with_dropout[0]) - float(without[0])) > 1e-4  # dropout did change the loss
+
+
+@pytest.mark.parametrize("name", ["pairs-symmetric", "triplets", "adaptive-layers"])
+@pytest.mark.parametrize("n", [1, 8])
+def test_packed_equals_padded(tmp_path, name, n):
+    """Sequence packing (train.py's default): texts share rows with a block-diagonal mask and restarting
+    positions; loss and gradients equal the padded batch's on one device, whether packed for 1 or 8 devices."""
+    columns, opts = OPTIONS[name]
+    model = tiny_model(tmp_path)
+    examples = make_examples(columns, seed=3)
+    packed = train.pack_columns(model.tokenizer, examples, 24, parts=n)
+    padded = train.tokenize_columns(model.tokenizer, examples, 24)
+    assert packed.segments_RL.max() >= 4  # rows do hold several texts
+    assert_same(sharded(model, packed, opts, n), single_device(model, padded, opts))
+
+
+def test_pack_columns_places_every_text_once(tmp_path):
+    model = tiny_model(tmp_path)
+    examples = [(" ".join(["word"] * k), " ".join(["cat"] * (3 * k % 40))) for k in range(1, B + 1)]
+    parts = 4
+    packed = train.pack_columns(model.tokenizer, examples, 48, parts=parts)
+    R, L = packed.ids_RL.shape[0] // parts, packed.ids_RL.shape[1]
+    assert R % 4 == 0 and L == 64
+    b, N = B // parts, L // 4
+    seen = set()
+    for c in range(2):
+        for r, ex in enumerate(examples):
+            d = r // b
+            row, slot = divmod(int(packed.where_CB[c, r]), N)
+            seg = packed.segments_RL[d * R + row]
+            tokens = packed.ids_RL[d * R + row][seg == slot + 1]
+            assert tokens.tolist() == list(model.tokenizer.encode_batch([ex[c]], max_length=48)[0].ids)
+            assert packed.positions_RL[d * R + row][seg == slot + 1].tolist() == list(range(len(tokens)))
+            seen.add((d * R + row, slot))
+    assert len(seen) == 2 * B  # no two texts share a slot
+    assert int((packed.segments_RL > 0).sum()) == sum(
+        len(e.ids) for c in range(2) for e in model.tokenizer.encode_batch([ex[c] for ex in examples], max_length=48))
