@@ -4,10 +4,11 @@ training step with the same loss, batch, data and model (torch, CPU).
     python benchmarks/train_bench.py --steps 40 --batch-size 64
 
 train.py and distill.py run as users run them (subprocesses, one device) and their own metrics.jsonl gives the
-throughput of the logged intervals after the first (which holds the compilation). The peer is the plainest
-sentence-transformers loop, with nothing around it to slow it down: tokenize the batch (padded to its longest text),
-MultipleNegativesRankingLoss (cosine x 20, in-batch negatives), backward, gradient clipping, AdamW. Throughput
-counts real (non-padding) tokens, so both sides are measured on the same work.
+throughput of the logged intervals after the first (which holds the compilation). train.py runs twice: with
+sequence packing (its default) and with --no-pack (one text per row, padded like sentence-transformers). The peer
+is the plainest sentence-transformers loop, with nothing around it to slow it down: tokenize the batch (padded to
+its longest text), MultipleNegativesRankingLoss (cosine x 20, in-batch negatives), backward, gradient clipping,
+AdamW. Throughput counts real (non-padding) tokens, so both sides are measured on the same work.
 """
 import argparse
 import gzip
@@ -87,6 +88,8 @@ def main(argv=None):
         tmp = pathlib.Path(tmp)
         results["train.py"] = script_throughput(["train.py", "--data", str(PAIRS), *common], tmp / "train",
                                                 args.skip)
+        results["train.py --no-pack"] = script_throughput(["train.py", "--data", str(PAIRS), "--no-pack", *common],
+                                                          tmp / "train-padded", args.skip)
         results["distill.py"] = script_throughput(
             ["distill.py", "--data", str(TEXT), "--student-layers", "0,2,4",
              *[("--teacher" if a == "--model" else a) for a in common]], tmp / "distill", args.skip)
