@@ -19,7 +19,7 @@ import sys
 import jax
 from jax.sharding import PartitionSpec as P
 
-from minilm import cli, optim, parallel, runs
+from minilm import cli, optim, parallel, runs, xla
 from minilm.checkpoint import Model, load
 from minilm.model import encode, init_params, keep_layers
 from minilm.relations import distill_loss, layer_qkv, parse_relations, relation_heads
@@ -86,7 +86,7 @@ def make_distill_step(mesh, t_cfg, s_cfg, relations, heads, t_layer, s_layer, ad
     sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), rows, rows, P()), out_specs=(P(), P()))
     loss_and_grads = jax.value_and_grad(sharded, has_aux=True)  # with respect to the student only (argument 0)
 
-    @jax.jit
+    @xla.jit
     def step(s_params, opt_state, t_params, ids_BT, mask_BT, key):
         (loss, parts), grads = loss_and_grads(s_params, t_params, ids_BT, mask_BT, key)
         s_params, opt_state, stats = optim.update(s_params, grads, opt_state, adam)

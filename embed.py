@@ -150,7 +150,8 @@ def parse_args(argv=None):
 
 
 def run(args) -> None:
-    from minilm.inference import embed, embed_stream, enable_compilation_cache, get_model, search  # jax loads here
+    from minilm.inference import embed, embed_stream, get_model, search  # jax loads here
+    from minilm.xla import enable_compilation_cache
 
     enable_compilation_cache()
     model = get_model(args.model)

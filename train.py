@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from minilm import cli, optim, parallel, runs
+from minilm import cli, optim, parallel, runs, xla
 from minilm.checkpoint import load
 from minilm.losses import contrastive_loss, layer_kl, matryoshka_loss
 from minilm.batching import PACK_LENGTHS, pack_rows, packed_forward
@@ -212,7 +212,7 @@ def make_train_step(mesh, cfg, opts: LossOptions, adam: optim.AdamWConfig, mini:
         body = functools.partial(device_loss, cfg=cfg, opts=opts)
         return jax.value_and_grad(jax.shard_map(body, out_specs=P(), **specs))(params, batch, key)
 
-    @jax.jit
+    @xla.jit
     def step(params, opt_state, batch, key):
         loss, grads = loss_and_grads(params, batch, key)
         params, opt_state, stats = optim.update(params, grads, opt_state, adam)

@@ -7,7 +7,6 @@ sentence-transformers' `model.encode(texts)` to float32 rounding.
 import collections
 import functools
 import itertools
-import os
 import pathlib
 import sys
 import time
@@ -16,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from minilm import xla
 from minilm.checkpoint import Model, load
 from minilm.batching import Forward, plan_packed, plan_padded
 from minilm.model import PACKED_POOLING_MODES, encode, l2_normalize, pool, pool_segments
@@ -52,7 +52,7 @@ def get_model(model=None, max_length: int | None = None) -> Model:
 TRACES = collections.Counter()  # (rows, length, slots) -> times embed_rows was traced: each is one compilation
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "pooling", "normalize", "num_layers", "dim", "slots"))
+@xla.jit(static_argnames=("cfg", "pooling", "normalize", "num_layers", "dim", "slots"))
 def embed_rows(params, ids_BT, positions_BT, segments_BT, *, cfg, pooling, normalize, num_layers=None, dim=None,
                slots=1):
     """The jitted entry point: rows of one or more texts -> emb_BND, one vector per (row, slot). Segment s + 1
@@ -149,19 +149,6 @@ def embed_stream(texts, model=None, *, chunk_size: int = 16384, progress: bool =
             done += len(chunk)
             report(done, final=text is end)
             chunk = []
-
-
-def enable_compilation_cache(path: str | None = None) -> str | None:
-    """JAX's persistent compilation cache, so that a second process loads its compiled forwards from disk instead
-    of compiling them again. Folder: `path`, else $MINILM_COMPILE_CACHE, else ~/.cache/minilm/jax; the variable
-    set to 0 turns it off. Returns the folder used (None: off)."""
-    path = path or os.environ.get("MINILM_COMPILE_CACHE", str(pathlib.Path.home() / ".cache" / "minilm" / "jax"))
-    if path in ("0", ""):
-        return None
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # our compiles take 0.1-1 s: keep all
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return path
 
 
 class Progress:
