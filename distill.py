@@ -17,12 +17,14 @@ import functools
 import sys
 
 import jax
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from minilm import cli, optim, parallel, runs, xla
+from minilm.batching import pack_columns
 from minilm.checkpoint import Model, load
 from minilm.model import encode, init_params, keep_layers
-from minilm.relations import distill_loss, layer_qkv, parse_relations, relation_heads
+from minilm.relations import count_texts, distill_loss, layer_qkv, parse_relations, relation_heads
 from minilm.tokenizer import pad_batch
 
 
@@ -50,6 +52,7 @@ class Args:
     max_grad_norm: float = 1.0  # global gradient-norm clipping (0: off)
     max_length: int = 128  # tokens per text including [CLS] and [SEP]
     dropout: bool = True  # student dropout while training (the teacher never drops out)
+    pack: bool = True  # sequence packing: many texts per row (block-diagonal attention), no padding compute
     devices: int = 0  # devices on the 'data' mesh axis (0: all)
     distributed: bool = False  # multi-host: call jax.distributed.initialize() first
     seed: int = 0  # data order, dropout and a from-scratch student's init derive from it
@@ -61,34 +64,42 @@ class Args:
     time_limit: float = 0.0  # minutes after which to save and stop (0: none)
 
 
-def device_loss(s_params, t_params, ids_BT, mask_BT, key, *, t_cfg, s_cfg, relations, heads, t_layer: int,
-                s_layer: int, axis_name="data"):
+def device_loss(s_params, t_params, ids_BT, positions_BT, segments_BT, key, *, t_cfg, s_cfg, relations, heads,
+                t_layer: int, s_layer: int, axis_name="data"):
     """This device's rows: the teacher's relations at t_layer (no dropout, never differentiated) against the
-    student's at s_layer; averaged over devices. Returns (loss, {relation: value})."""
+    student's at s_layer. Rows are packed (segments_BT: which text each token belongs to, positions restarting at 0
+    for each) or padded (one text a row: segments = the mask, positions 0..T-1); both give the same loss. The mean
+    over this device's texts, then over all devices' texts (devices may hold different numbers of packed texts).
+    Returns (loss, {relation: value})."""
     if key is not None and axis_name is not None:
         key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
     t_params = jax.lax.stop_gradient(t_params)
+    rows = dict(positions_BT=positions_BT, segments_BT=segments_BT)
     # Only the layers below the chosen one (and its Q/K/V projections) matter; hidden_states[l] is layer l's input.
-    t_hidden = encode(t_params, ids_BT, mask_BT, t_cfg, num_layers=max(t_layer, 1)).hidden_states
-    s_hidden = encode(s_params, ids_BT, mask_BT, s_cfg, key=key, num_layers=max(s_layer, 1)).hidden_states
+    t_hidden = encode(t_params, ids_BT, segments_BT > 0, t_cfg, num_layers=max(t_layer, 1), **rows).hidden_states
+    s_hidden = encode(s_params, ids_BT, segments_BT > 0, s_cfg, key=key, num_layers=max(s_layer, 1),
+                      **rows).hidden_states
+    n = count_texts(segments_BT)
     loss, parts = distill_loss(layer_qkv(t_params, t_hidden, t_layer, t_cfg),
-                               layer_qkv(s_params, s_hidden, s_layer, s_cfg), mask_BT, relations, heads)
+                               layer_qkv(s_params, s_hidden, s_layer, s_cfg), segments_BT, relations, heads, n)
     if axis_name is not None:
-        loss, parts = jax.lax.pmean((loss, parts), axis_name)
+        total = jax.lax.psum(n, axis_name)
+        loss, parts = jax.tree.map(lambda x: jax.lax.psum(x * n, axis_name) / total, (loss, parts))
     return loss, parts
 
 
 def make_distill_step(mesh, t_cfg, s_cfg, relations, heads, t_layer, s_layer, adam: optim.AdamWConfig):
-    """step(student, opt_state, teacher, ids_BT, mask_BT, key) -> (student, opt_state, stats), jitted."""
+    """step(student, opt_state, teacher, ids_BT, positions_BT, segments_BT, key) -> (student, opt_state, stats),
+    jitted."""
     rows = P(parallel.AXIS)
     body = functools.partial(device_loss, t_cfg=t_cfg, s_cfg=s_cfg, relations=relations, heads=heads,
                              t_layer=t_layer, s_layer=s_layer)
-    sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), rows, rows, P()), out_specs=(P(), P()))
+    sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), rows, rows, rows, P()), out_specs=(P(), P()))
     loss_and_grads = jax.value_and_grad(sharded, has_aux=True)  # with respect to the student only (argument 0)
 
     @xla.jit
-    def step(s_params, opt_state, t_params, ids_BT, mask_BT, key):
-        (loss, parts), grads = loss_and_grads(s_params, t_params, ids_BT, mask_BT, key)
+    def step(s_params, opt_state, t_params, ids_BT, positions_BT, segments_BT, key):
+        (loss, parts), grads = loss_and_grads(s_params, t_params, ids_BT, positions_BT, segments_BT, key)
         s_params, opt_state, stats = optim.update(s_params, grads, opt_state, adam)
         return s_params, opt_state, {"loss": loss, **parts, **stats}
 
@@ -170,10 +181,16 @@ def distill(args: Args) -> int:
 
     def next_batch():
         texts = next(sampler)[rows]
-        batch = pad_batch(teacher.tokenizer.encode_batch(texts, max_length=args.max_length),
-                          pad_id=teacher.tokenizer.pad_id)
-        arrays = (t_params, parallel.shard_rows(batch.ids_BT, mesh, 0), parallel.shard_rows(batch.mask_BT, mesh, 0))
-        return arrays, len(texts) * jax.process_count(), int(batch.mask_BT.sum()) * jax.process_count()
+        tok = teacher.tokenizer
+        if args.pack:  # each device's texts packed into rows of >= 64 tokens (as train.py)
+            packed = pack_columns(tok, [(t,) for t in texts], args.max_length, len(mesh.local_devices))
+            ids_BT, positions_BT, segments_BT = packed.ids_RL, packed.positions_RL, packed.segments_RL
+        else:  # one text a row, padded to the batch's longest
+            padded = pad_batch(tok.encode_batch(texts, max_length=args.max_length), pad_id=tok.pad_id)
+            ids_BT, segments_BT = padded.ids_BT, padded.mask_BT
+            positions_BT = np.broadcast_to(np.arange(ids_BT.shape[1], dtype=np.int32), ids_BT.shape)
+        arrays = (t_params, *(parallel.shard_rows(x, mesh, 0) for x in (ids_BT, positions_BT, segments_BT)))
+        return arrays, len(texts) * jax.process_count(), int((segments_BT > 0).sum()) * jax.process_count()
 
     return runs.run_loop(args, script="distill.py", model=student, params=params, opt_state=opt_state, start=start,
                          step_fn=step, next_batch=next_batch, data_state=sampler.state, sts=sts)

@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 from minilm import cli, optim, parallel, runs, xla
 from minilm.checkpoint import load
 from minilm.losses import contrastive_loss, layer_kl, matryoshka_loss
-from minilm.batching import PACK_LENGTHS, pack_rows, packed_forward
+from minilm.batching import Packed, pack_columns
 from minilm.model import encode, keep_layers, l2_normalize, mean_pool, pool_segments
 from minilm.tokenizer import bucket_length, pad_batch
 
@@ -86,17 +86,6 @@ class Padded(NamedTuple):
     """One text per row, every column padded to one length."""
     ids_CBT: np.ndarray | jax.Array
     mask_CBT: np.ndarray | jax.Array
-
-
-class Packed(NamedTuple):
-    """Sequence packing (batching.py): each device's C x b texts share R rows of L tokens, positions restarting at 0
-    for every text and segment = slot + 1 (0 = padding), so attention stays inside each text (block-diagonal) and
-    every text is computed exactly as if alone. Text (c, row r of the batch) is slot where_CB[c, r] of its device's
-    pooled [R x N] output. Training texts average ~15 tokens: padded rows are two-thirds padding, packed ones ~5%."""
-    ids_RL: np.ndarray | jax.Array  # [devices x R, L]
-    positions_RL: np.ndarray | jax.Array
-    segments_RL: np.ndarray | jax.Array
-    where_CB: np.ndarray | jax.Array  # [C, B]: index into the device's flattened [R * N] slots
 
 
 def batch_spec(batch) -> NamedTuple:
@@ -232,31 +221,6 @@ def tokenize_columns(tokenizer, examples, max_length: int) -> Padded:
     length = bucket_length(max(len(e.ids) for col in columns for e in col))
     batches = [pad_batch(col, length=length, pad_id=tokenizer.pad_id) for col in columns]
     return Padded(np.stack([b.ids_BT for b in batches]), np.stack([b.mask_BT for b in batches]))
-
-
-def pack_columns(tokenizer, examples, max_length: int, parts: int) -> Packed:
-    """Examples (tuples of C texts; B rows, `parts` equal slices, one per local device) -> a Packed batch: each
-    slice's C x B/parts texts packed best-fit into R rows of L tokens (batching.pack_rows). L: the packing length
-    that holds the longest text, at least 64 (short rows keep the block-diagonal attention cheap); R: the most rows
-    any slice needs, rounded up to a multiple of 4 (a bounded set of shapes). In a multi-host run every process
-    takes the largest R and L of all processes."""
-    C, B = len(examples[0]), len(examples)
-    b = B // parts
-    columns = [[e.ids for e in tokenizer.encode_batch([ex[c] for ex in examples], max_length=max_length)]
-               for c in range(C)]
-    L = bucket_length(max(64, *(len(ids) for col in columns for ids in col)), PACK_LENGTHS)
-    slices = [[columns[c][d * b + r] for c in range(C) for r in range(b)] for d in range(parts)]  # text c * b + r
-    rows = [pack_rows([len(ids) for ids in texts], [L]) for texts in slices]
-    R, L = parallel.agree_max(-(-max(len(r) for r in rows) // 4) * 4, L)
-    ids, positions, segments = (np.zeros((parts * R, L), np.int32) for _ in range(3))
-    where_CB = np.zeros((C, B), np.int32)
-    for d, (texts, packed) in enumerate(zip(slices, rows)):
-        fwd = packed_forward([members for _, members in packed], [len(ids) for ids in texts], R, L)
-        part = slice(d * R, (d + 1) * R)
-        ids[part], positions[part], segments[part] = fwd.arrays(texts, tokenizer.pad_id)
-        c, r = np.divmod(fwd.index, b)
-        where_CB[c, d * b + r] = fwd.row * fwd.slots + fwd.slot
-    return Packed(ids, positions, segments, where_CB)
 
 
 def shard_batch(batch, mesh):

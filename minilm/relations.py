@@ -6,8 +6,10 @@ v2 (MiniLMv2, arXiv 2012.15828): concatenate the heads, split D into R relation 
 transfer Q-Q, K-K, V-V relations softmax(A_r A_r^T / sqrt(d_r)), each side scaled by its own sqrt(D/R); the T x T
 relations then match whatever the two widths and head counts are.
 Each relation: per query row KL(teacher || student), padded keys masked, padded query rows dropped, per example
-sum / (R n_b), mean over examples (the Bloomberg minilmv2.bb reduction, ALGORITHMS.md 2.4). PaddleNLP instead
-sums padded query rows too and divides by R * T_pad * B, which differs whenever a batch has padding.
+sum / (R n_b), mean over examples (the Bloomberg minilmv2.bb reduction, ALGORITHMS.md 2.4). PaddleNLP instead sums
+padded query rows too and divides by R * T_pad * B, which differs whenever a batch has padding. Packed rows
+(several texts a row, batching.py) work alike: keys outside a query's text are masked, each text is normalised by
+its own length.
 Shape legend as model.py, plus R relation heads and S key tokens (= T).
 """
 import math
@@ -36,9 +38,17 @@ def layer_qkv(params, hidden_states, layer: int, cfg) -> dict[str, jax.Array]:
             for name, x in (("query", q_BTHK), ("key", k_BTHK), ("value", v_BTHK))}
 
 
-def relation_logits(x_BTD, y_BTD, num_heads: int, mask_BT) -> jax.Array:
+def same_text(segments_BT) -> jax.Array:
+    """[B,1,T,S] bool: key s is a real token of query t's text. segments_BT says which text each token belongs to
+    (1, 2, ... within a row; 0 = padding): a padded batch passes its mask (one text per row), a packed one its
+    segments (several texts per row, model.packed_attention_bias). Padded query rows see no key at all."""
+    return (segments_BT[:, None, :, None] == segments_BT[:, None, None, :]) & (segments_BT[:, None, None, :] > 0)
+
+
+def relation_logits(x_BTD, y_BTD, num_heads: int, segments_BT) -> jax.Array:
     """[B,R,T,T] float32: split D into R=num_heads contiguous chunks of d=D/R (ValueError naming D and R if it does not
-    divide), logits = x_r y_r^T / sqrt(d), padded KEYS (mask 0) set to a large finite negative (finfo(float32).min)."""
+    divide), logits = x_r y_r^T / sqrt(d), keys outside the query's text (padding, other packed texts) set to a large
+    finite negative (finfo(float32).min)."""
     B, T, D = x_BTD.shape
     R = num_heads
     if R < 1 or D % R:
@@ -46,24 +56,31 @@ def relation_logits(x_BTD, y_BTD, num_heads: int, mask_BT) -> jax.Array:
     split = lambda z_BTD: z_BTD.astype(jnp.float32).reshape(B, T, R, D // R)  # head r = features r*d..r*d+d-1
     logits_BRTS = jnp.einsum("BTRd,BSRd->BRTS", split(x_BTD), split(y_BTD)) / math.sqrt(D // R)
     # where, not +bias: adding finfo.min to a negative logit would overflow to -inf.
-    return jnp.where(mask_BT[:, None, None, :] > 0, logits_BRTS, jnp.finfo(jnp.float32).min)
+    return jnp.where(same_text(segments_BT), logits_BRTS, jnp.finfo(jnp.float32).min)
 
 
-def relation_kl(teacher_BRTT, student_BRTT, mask_BT) -> jax.Array:
+def relation_kl(teacher_BRTT, student_BRTT, segments_BT, num_texts=None) -> jax.Array:
     """Scalar: KL(softmax(teacher) || softmax(student)) per query row, computed as
     sum_j p_T (log p_T - log_softmax(student)) with 0*log 0 = 0 (no NaN on masked keys, including a fully padded row);
-    rows of padded QUERIES excluded; per example sum over heads and rows divided by (R * n_b) with n_b the example's
-    number of real tokens (max(n_b,1)); then the mean over examples (ALGORITHMS.md 2.4, the Bloomberg minilmv2.bb
-    reduction). The teacher side is wrapped in jax.lax.stop_gradient."""
+    rows of padded QUERIES excluded; per text, the sum over heads and its rows divided by (R * n) with n the text's
+    number of tokens; then the sum over texts divided by num_texts (ALGORITHMS.md 2.4, the Bloomberg minilmv2.bb
+    reduction). num_texts defaults to the rows B: a padded batch, one text per row, where an empty row still counts
+    in the mean. The teacher side is wrapped in jax.lax.stop_gradient."""
     log_p_BRTS = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_BRTT).astype(jnp.float32), axis=-1)
     log_q_BRTS = jax.nn.log_softmax(student_BRTT.astype(jnp.float32), axis=-1)
     p_BRTS = jnp.exp(log_p_BRTS)
     # Masked keys have p = 0 exactly; `where` keeps 0 * (finfo.min - finfo.min or -inf) from turning into NaN.
     kl_BRT = jnp.where(p_BRTS > 0, p_BRTS * (log_p_BRTS - log_q_BRTS), 0.0).sum(-1)
-    real_B1T = (mask_BT > 0)[:, None, :]
-    kl_B = jnp.where(real_B1T, kl_BRT, 0.0).sum((1, 2))
-    n_B = jnp.maximum((mask_BT > 0).sum(-1), 1).astype(jnp.float32)
-    return jnp.mean(kl_B / (teacher_BRTT.shape[1] * n_B))
+    n_B1T = same_text(segments_BT).sum(-1)  # each query token's text length (0 for padding)
+    kl_B1T = jnp.where(n_B1T > 0, kl_BRT, 0.0).sum(1, keepdims=True) / jnp.maximum(n_B1T, 1)
+    num_texts = teacher_BRTT.shape[0] if num_texts is None else num_texts
+    return kl_B1T.sum() / (teacher_BRTT.shape[1] * num_texts)
+
+
+def count_texts(segments_BT) -> jax.Array:
+    """The number of texts in a batch of rows (padded or packed): each token adds 1 / its text's length."""
+    n_B1T = same_text(segments_BT).sum(-1)
+    return jnp.round(jnp.where(n_B1T > 0, 1.0 / jnp.maximum(n_B1T, 1), 0.0).sum())
 
 
 def relation_heads(relations, t_cfg, s_cfg, num_relation_heads: int | None) -> tuple[int, int]:
@@ -91,18 +108,19 @@ def check_names(names) -> None:
             raise ValueError(f"unknown relation {name!r}; valid relations are {', '.join(RELATIONS)}")
 
 
-def distill_loss(t_qkv: dict, s_qkv: dict, mask_BT, relations: tuple[tuple[str, float], ...], heads: tuple[int, int]
-                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def distill_loss(t_qkv: dict, s_qkv: dict, segments_BT, relations: tuple[tuple[str, float], ...],
+                 heads: tuple[int, int], num_texts=None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """sum over (name, weight) in relations of
     weight * relation_kl(relation_logits(teacher X,Y), relation_logits(student X,Y)), names from RELATIONS (unknown
-    name -> ValueError listing the valid ones); returns (total, {name: value}), the values unweighted."""
+    name -> ValueError listing the valid ones); returns (total, {name: value}), the values unweighted.
+    segments_BT: a padded batch's mask, or a packed batch's segments (then pass num_texts, e.g. count_texts)."""
     check_names(name for name, _ in relations)
     total, parts = jnp.zeros((), jnp.float32), {}
     for name, weight in relations:
         x, y = RELATIONS[name]
-        t_BRTT = relation_logits(t_qkv[x], t_qkv[y], heads[0], mask_BT)
-        s_BRTT = relation_logits(s_qkv[x], s_qkv[y], heads[1], mask_BT)
-        parts[name] = relation_kl(t_BRTT, s_BRTT, mask_BT)
+        t_BRTT = relation_logits(t_qkv[x], t_qkv[y], heads[0], segments_BT)
+        s_BRTT = relation_logits(s_qkv[x], s_qkv[y], heads[1], segments_BT)
+        parts[name] = relation_kl(t_BRTT, s_BRTT, segments_BT, num_texts)
         total = total + weight * parts[name]
     return total, parts
 

@@ -1,5 +1,5 @@
-"""distill.py: the step on 8 virtual CPU devices against one device (loss and gradients within 1e-5), students
-made three ways, and the script end to end on tiny models and text made here."""
+"""distill.py: the step on 8 virtual CPU devices and on packed rows against one device with padded rows (loss and
+gradients within 1e-5), students made three ways, and the script end to end on tiny models and text made here."""
 import dataclasses
 import functools
 import json
@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 import distill
 from minilm import parallel
+from minilm.batching import pack_columns
 from minilm.checkpoint import load
 from minilm.model import flatten
 from minilm.relations import parse_relations
@@ -23,15 +24,21 @@ def setup(tmp_path_factory):
     return distill_folder(tmp_path_factory.mktemp("distill"))
 
 
-def batch(teacher, n=16, seed=0):
+def batch(teacher, parts: int, pack: bool, n=16, seed=0):
+    """(ids, positions, segments) of n random texts: padded (one a row, segments = mask) or packed, each of `parts`
+    device slices packed on its own as distill.py does."""
     rng = np.random.default_rng(seed)
     texts = [" ".join(rng.choice(DATA_WORDS, rng.integers(1, 12))) for _ in range(n)]
+    if pack:
+        packed = pack_columns(teacher.tokenizer, [(t,) for t in texts], 24, parts)
+        assert packed.segments_RL.max() > 1  # several texts share a row
+        return packed.ids_RL, packed.positions_RL, packed.segments_RL
     b = teacher.tokenizer.batch(texts, max_length=24)
-    return b.ids_BT, b.mask_BT
+    return b.ids_BT, np.broadcast_to(np.arange(b.ids_BT.shape[1], dtype=np.int32), b.ids_BT.shape), b.mask_BT
 
 
 @pytest.mark.parametrize("relations, r", [("qq,kk,vv", 8), ("qk,vv", None), ("qq:1,vv:0.5", 4)])
-def test_eight_devices_equal_one_device(setup, relations, r):
+def test_eight_devices_and_packing_equal_one_padded_device(setup, relations, r):
     teacher = load(setup / "teacher")
     if r is None:  # v1 needs equal head counts: a student of teacher layers
         student = distill.make_student(distill.Args(student_layers=(1,)), teacher)
@@ -41,22 +48,26 @@ def test_eight_devices_equal_one_device(setup, relations, r):
     rel = parse_relations(relations)
     heads = distill.relation_heads(rel, teacher.config, student.config, r)
     kw = dict(t_cfg=teacher.config, s_cfg=student.config, relations=rel, heads=heads, t_layer=1, s_layer=0)
-    ids, mask = batch(teacher)
-    one = jax.jit(jax.value_and_grad(functools.partial(distill.device_loss, axis_name=None, **kw), has_aux=True))(
-        student.params, teacher.params, jnp.asarray(ids), jnp.asarray(mask), None)
+    one = jax.jit(jax.value_and_grad(functools.partial(distill.device_loss, axis_name=None, **kw), has_aux=True))
     mesh = parallel.make_mesh(8)
-    body = functools.partial(distill.device_loss, **kw)
-    sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P("data"), P("data"), P()), out_specs=(P(), P()))
-    eight = jax.jit(jax.value_and_grad(sharded, has_aux=True))(
-        parallel.replicate(student.params, mesh), parallel.replicate(teacher.params, mesh),
-        parallel.shard_rows(ids, mesh, 0), parallel.shard_rows(mask, mesh, 0), None)
-    (l1, parts1), g1 = one
-    (l8, parts8), g8 = eight
-    assert abs(float(l1) - float(l8)) <= 1e-5 and float(l1) > 1e-6
-    assert parts1.keys() == parts8.keys() == {name for name, _ in rel}
-    g1, g8 = flatten(g1), flatten(g8)
-    worst = max(float(jnp.abs(g1[k] - g8[k]).max()) for k in g1)
-    assert worst <= 1e-5, worst
+    sharded = jax.shard_map(functools.partial(distill.device_loss, **kw), mesh=mesh,
+                            in_specs=(P(), P(), P("data"), P("data"), P("data"), P()), out_specs=(P(), P()))
+    eight = jax.jit(jax.value_and_grad(sharded, has_aux=True))
+    (l1, parts1), g1 = one(student.params, teacher.params, *map(jnp.asarray, batch(teacher, 1, pack=False)), None)
+    assert float(l1) > 1e-6 and parts1.keys() == {name for name, _ in rel}
+    g1 = flatten(g1)
+    runs = {"1 device, packed": one(student.params, teacher.params,
+                                    *map(jnp.asarray, batch(teacher, 1, pack=True)), None)}
+    for pack in (False, True):
+        runs[f"8 devices, {'packed' if pack else 'padded'}"] = eight(
+            parallel.replicate(student.params, mesh), parallel.replicate(teacher.params, mesh),
+            *(parallel.shard_rows(x, mesh, 0) for x in batch(teacher, 8, pack)), None)
+    for name, ((loss, parts), grads) in runs.items():
+        assert abs(float(l1) - float(loss)) <= 1e-5, name
+        assert all(abs(float(parts1[k]) - float(parts[k])) <= 1e-5 for k in parts1), name
+        grads = flatten(grads)
+        worst = max(float(jnp.abs(g1[k] - grads[k]).max()) for k in g1)
+        assert worst <= 1e-5, (name, worst)
 
 
 def test_students(setup):
