@@ -4,8 +4,9 @@ training step with the same loss, batch, data and model (torch, CPU).
     python benchmarks/train_bench.py --steps 40 --batch-size 64
 
 train.py and distill.py run as users run them (subprocesses, one device) and their own metrics.jsonl gives the
-throughput of the logged intervals after the first (which holds the compilation). train.py runs twice: with
-sequence packing (its default) and with --no-pack (one text per row, padded like sentence-transformers). The peer
+throughput of the logged intervals after the first (which holds the compilation). train.py and distill.py run
+twice each: with sequence packing (their default) and with --no-pack (one text per row, padded like
+sentence-transformers). The peer
 is the plainest sentence-transformers loop, with nothing around it to slow it down: tokenize the batch (padded to
 its longest text), MultipleNegativesRankingLoss (cosine x 20, in-batch negatives), backward, gradient clipping,
 AdamW. Throughput counts real (non-padding) tokens, so both sides are measured on the same work.
@@ -90,9 +91,10 @@ def main(argv=None):
                                                 args.skip)
         results["train.py --no-pack"] = script_throughput(["train.py", "--data", str(PAIRS), "--no-pack", *common],
                                                           tmp / "train-padded", args.skip)
-        results["distill.py"] = script_throughput(
-            ["distill.py", "--data", str(TEXT), "--student-layers", "0,2,4",
-             *[("--teacher" if a == "--model" else a) for a in common]], tmp / "distill", args.skip)
+        for flags, name in (((), "distill.py"), (("--no-pack",), "distill.py --no-pack")):
+            results[name] = script_throughput(
+                ["distill.py", "--data", str(TEXT), "--student-layers", "0,2,4", *flags,
+                 *[("--teacher" if a == "--model" else a) for a in common]], tmp / name.replace(" ", ""), args.skip)
     with gzip.open(PAIRS, "rt", encoding="utf-8") as f:
         pairs = [(r["anchor"], r["positive"]) for r in map(json.loads, f)][: args.steps * args.batch_size]
     try:
