@@ -6,10 +6,9 @@ training step with the same loss, batch, data and model (torch, CPU).
 train.py and distill.py run as users run them (subprocesses, one device) and their own metrics.jsonl gives the
 throughput of the logged intervals after the first (which holds the compilation). train.py and distill.py run
 twice each: with sequence packing (their default) and with --no-pack (one text per row, padded like
-sentence-transformers). The peer
-is the plainest sentence-transformers loop, with nothing around it to slow it down: tokenize the batch (padded to
-its longest text), MultipleNegativesRankingLoss (cosine x 20, in-batch negatives), backward, gradient clipping,
-AdamW. Throughput counts real (non-padding) tokens, so both sides are measured on the same work.
+sentence-transformers). The peer is the plainest sentence-transformers loop, with nothing around it to slow it
+down: tokenize the batch (padded to its longest text), MultipleNegativesRankingLoss (cosine x 20, in-batch
+negatives), backward, gradient clipping, AdamW. Throughput counts real (non-padding) tokens, so both sides are measured on the same work.
 """
 import argparse
 import gzip
