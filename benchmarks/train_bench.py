@@ -8,7 +8,8 @@ throughput of the logged intervals after the first (which holds the compilation)
 twice each: with sequence packing (their default) and with --no-pack (one text per row, padded like
 sentence-transformers). The peer is the plainest sentence-transformers loop, with nothing around it to slow it
 down: tokenize the batch (padded to its longest text), MultipleNegativesRankingLoss (cosine x 20, in-batch
-negatives), backward, gradient clipping, AdamW. Throughput counts real (non-padding) tokens, so both sides are measured on the same work.
+negatives), backward, gradient clipping, AdamW. Throughput counts real (non-padding) tokens, so both sides are
+measured on the same work.
 """
 import argparse
 import gzip
