@@ -89,7 +89,8 @@ class Minilm:
         m = self.model
         ids = [e.ids for e in m.tokenizer.encode_batch(texts)]
         lengths = [len(x) for x in ids]
-        plan = plan_packed(lengths, batch_size * 128) if self.pack else plan_padded(lengths, batch_size)
+        plan = plan_packed(lengths, inference.packed_tokens(batch_size)) if self.pack else \
+            plan_padded(lengths, batch_size)
         arrays = [fwd.arrays(ids, m.tokenizer.pad_id) for fwd in plan]
         return plan, arrays
 
