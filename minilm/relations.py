@@ -71,15 +71,20 @@ def relation_kl(teacher_BRTT, student_BRTT, segments_BT, num_texts=None) -> jax.
     p_BRTS = jnp.exp(log_p_BRTS)
     # Masked keys have p = 0 exactly; `where` keeps 0 * (finfo.min - finfo.min or -inf) from turning into NaN.
     kl_BRT = jnp.where(p_BRTS > 0, p_BRTS * (log_p_BRTS - log_q_BRTS), 0.0).sum(-1)
-    n_B1T = same_text(segments_BT).sum(-1)  # each query token's text length (0 for padding)
+    n_B1T = text_lengths(segments_BT)
     kl_B1T = jnp.where(n_B1T > 0, kl_BRT, 0.0).sum(1, keepdims=True) / jnp.maximum(n_B1T, 1)
     num_texts = teacher_BRTT.shape[0] if num_texts is None else num_texts
     return kl_B1T.sum() / (teacher_BRTT.shape[1] * num_texts)
 
 
+def text_lengths(segments_BT) -> jax.Array:
+    """[B,1,T]: each token's text length (0 for padding)."""
+    return same_text(segments_BT).sum(-1)
+
+
 def count_texts(segments_BT) -> jax.Array:
     """The number of texts in a batch of rows (padded or packed): each token adds 1 / its text's length."""
-    n_B1T = same_text(segments_BT).sum(-1)
+    n_B1T = text_lengths(segments_BT)
     return jnp.round(jnp.where(n_B1T > 0, 1.0 / jnp.maximum(n_B1T, 1), 0.0).sum())
 
 
