@@ -1,17 +1,20 @@
-"""Embedding speed: minilm against sentence-transformers (torch) and ONNX Runtime, on the same sentences, in one run.
+"""Embedding speed: minilm against sentence-transformers (torch) and ONNX Runtime, on the same texts, in one run.
 
     pip install -e ".[test,bench]"      # sentence-transformers (torch CPU) and onnxruntime are the peers
     python benchmarks/embed_bench.py --sts ../shared/data/stsb/stsb-en-test.csv
+    python benchmarks/embed_bench.py --texts ../shared/data/unlabeled_text/wiki_sentences.txt.gz --join 10 \
+        --limit 512 --no-cold-start     # paragraphs of ~250 tokens
 
-Sentences: the unique sentences of an STS file (the STS-b test split: 2,552). For each engine and batch size:
-sentences/s end to end (tokenization included) and model only (pre-tokenized), min / median / max over --repeats
-runs, and the largest difference from sentence-transformers' embeddings. Then: the useful GFLOP/s (the matmuls and
-attention of real tokens only, no padding) as a fraction of the matmul peak measured here on the model's shapes;
-minilm's first-call time (compilation); and the whole-process time of `python embed.py "one sentence"` against a
-sentence-transformers one-liner. Peers that are not installed are skipped. Timings are wall-clock; run it on an
-otherwise idle machine.
+Texts: the unique sentences of an STS file (the STS-b test split: 2,552), or the lines of a file. For each engine
+and batch size: texts/s end to end (tokenization included) and model only (pre-tokenized), min / median / max over
+--repeats runs, and the largest difference from sentence-transformers' embeddings. Then: the useful GFLOP/s (the
+matmuls and attention of real tokens only, no padding) as a fraction of the matmul peak, the best GFLOP/s that any
+matmul library here (XLA's, torch's) reaches on the model's shapes; minilm's first-call time (compilation); and the
+whole-process time of `python embed.py "one sentence"` against a sentence-transformers one-liner. Peers that are
+not installed are skipped. Timings are wall-clock; run it on an otherwise idle machine.
 """
 import argparse
+import gzip
 import os
 import pathlib
 import shutil
@@ -29,7 +32,7 @@ sys.path.insert(0, str(REPO))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from minilm import inference  # noqa: E402
+from minilm import inference, xla  # noqa: E402
 from minilm.batching import plan_packed, plan_padded  # noqa: E402
 from minilm.evaluate import read_sts  # noqa: E402
 
@@ -57,20 +60,47 @@ def useful_flops(lengths, cfg) -> float:
     return float(L * (2 * n.sum() * (4 * D * D + 2 * D * F) + 4 * (n * n).sum() * D))
 
 
-matmul = jax.jit(lambda x, w: x @ w)
-
-
-def matmul_peak(cfg, repeats: int = 20) -> float:
-    """Best GFLOP/s of one jitted float32 matmul on the model's shapes ([M, D] x [D, D], [D, F], [F, D])."""
+def matmul_peaks(cfg, repeats: int = 20) -> dict[str, float]:
+    """Best GFLOP/s of one float32 matmul on the model's shapes ([M, D] x [D, D], [D, F], [F, D], M = 4,096) with
+    each CPU matmul library XLA offers (minilm/xla.py) and with torch where installed. The machine's peak here is
+    the best of them: the fastest matmul any engine on this machine could use."""
     D, F, M = cfg.hidden_size, cfg.intermediate_size, 4096
-    best = 0.0
-    for k, n in ((D, D), (D, F), (F, D)):
-        x, w = jnp.ones((M, k), jnp.float32), jnp.ones((k, n), jnp.float32)
-        run = lambda x, w: matmul(x, w).block_until_ready()
-        run(x, w)
-        t = min(timed(run, repeats, x, w))
-        best = max(best, 2 * M * k * n / t / 1e9)
-    return best
+    shapes = ((D, D), (D, F), (F, D))
+    engines = {f"XLA {name}": jax.jit(lambda x, w: x @ w, compiler_options=options or None)
+               for name, options in xla.MATMUL_LIBRARIES.items()} if jax.default_backend() == "cpu" else \
+        {"XLA": jax.jit(lambda x, w: x @ w)}
+    def best(matmul, ones) -> float:  # best GFLOP/s of matmul(x, w) over the shapes; ones(shape) makes inputs
+        gflops = []
+        for k, n in shapes:
+            x, w = ones((M, k)), ones((k, n))
+            matmul(x, w)
+            gflops.append(2 * M * k * n / min(timed(matmul, repeats, x, w)) / 1e9)
+        return max(gflops)
+
+    peaks = {}
+    for name, jitted in engines.items():
+        try:
+            peaks[name] = best(lambda x, w, f=jitted: f(x, w).block_until_ready(),
+                               lambda shape: jnp.ones(shape, jnp.float32))
+        except Exception as e:  # noqa: BLE001 - a jaxlib that does not know the option
+            print(f"skipping the {name} matmul: {e}", file=sys.stderr)
+    try:
+        import torch
+        torch.set_num_threads(os.cpu_count())
+        peaks["torch"] = best(lambda x, w: x @ w, torch.ones)
+    except ImportError:
+        pass
+    return peaks
+
+
+def read_texts(path, join: int = 1, limit: int | None = None) -> list[str]:
+    """Texts of a file of one text per line (.gz read as gzip), `join` consecutive lines to a text (paragraphs
+    from a file of sentences), the first `limit` texts."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    texts = [" ".join(lines[i:i + join]) for i in range(0, len(lines) - join + 1, join)]
+    return texts[:limit]
 
 
 class Minilm:
@@ -232,6 +262,9 @@ def cold_start(model_dir, repeats: int) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sts", default=str(REPO.parent / "shared/data/stsb/stsb-en-test.csv"))
+    p.add_argument("--texts", default=None, help="instead of --sts: a file of one text per line (.gz too)")
+    p.add_argument("--join", type=int, default=1, help="with --texts: join this many lines into one text")
+    p.add_argument("--limit", type=int, default=None, help="with --texts: the first N texts")
     p.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2)")
     p.add_argument("--batch-sizes", default="32,128")
     p.add_argument("--repeats", type=int, default=5)
@@ -240,14 +273,16 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     model_dir = pathlib.Path(args.model) if args.model else inference.default_model_dir()
-    texts = unique_sentences(args.sts)
+    texts = read_texts(args.texts, args.join, args.limit) if args.texts else unique_sentences(args.sts)
     model = inference.get_model(model_dir)
     lengths = [len(e.ids) for e in model.tokenizer.encode_batch(texts)]
     flops = useful_flops(lengths, model.config)
-    print(f"{len(texts)} sentences, {sum(lengths):,} tokens (mean {np.mean(lengths):.1f}), useful work "
+    print(f"{len(texts)} texts, {sum(lengths):,} tokens (mean {np.mean(lengths):.1f}), useful work "
           f"{flops / 1e9:.0f} GFLOP; {os.cpu_count()} CPU cores; jax {jax.__version__} on {jax.devices()[0].platform}")
-    peak = matmul_peak(model.config)
-    print(f"matmul peak measured on the model's shapes: {peak:.0f} GFLOP/s")
+    peaks = matmul_peaks(model.config)
+    peak = max(peaks.values())
+    print("matmul on the model's shapes, best GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items())
+          + f"; peak {peak:.0f} (minilm's matmuls here: XLA {xla.matmul_library()})")
 
     engines = []
     names = args.engines.split(",")
@@ -279,7 +314,7 @@ def main(argv=None):
             rows.append((bs, eng.name, e2e, only, emb))
     shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{'batch':>5}  {'engine':<22} {'end to end, sentences/s (min / median / max)':>44}  "
+    print(f"\n{'batch':>5}  {'engine':<22} {'end to end, texts/s (min / median / max)':>44}  "
           f"{'model only, median':>18}  {'max |diff| vs ST':>16}  useful GFLOP/s (% of peak)")
     for bs, name, e2e, only, emb in rows:
         rate = lambda t: len(texts) / t

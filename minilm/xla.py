@@ -1,11 +1,18 @@
-"""How the jitted functions are compiled: XLA:CPU options and JAX's persistent compilation cache.
+"""How the jitted functions are compiled: which library computes the CPU matmuls, and JAX's persistent
+compilation cache.
 
-XLA:CPU hands matmuls to the YNNPACK library. By default it also fuses neighbouring reductions (LayerNorm's mean
-and variance) into those library calls, which on this model's shapes runs slower than XLA's own loops: a 6-layer
-forward of 4,096 packed tokens took 560-600 ms with the default and 500-510 ms with matmuls alone handed over
-(2-core Xeon, jax 0.10.2; `benchmarks/embed_bench.py` shows the end-to-end effect). `jit` below asks for the
-latter on the CPU. The option only changes which kernels compute the same float32 operations; embeddings stay
-equal to sentence-transformers' to float32 rounding (the parity tests run with it).
+On the CPU the matmuls are about three quarters of a forward, and which library computes them matters more than
+anything else we control. jaxlib 0.10.2 hands them to YNNPACK by default and also fuses neighbouring reductions
+(LayerNorm's mean and variance) into those calls. Measured on this model's shapes (2 cores, jax 0.10.2):
+- Intel Xeon with AVX-512: matmuls alone in YNNPACK, reductions left to XLA's loops, were fastest of those tried:
+  a 6-layer forward of 4,096 packed tokens took 500-510 ms against 560-600 ms with the default.
+- AMD EPYC (Zen 3: AVX2, no AVX-512): XLA's own matmuls (Eigen) were fastest: 5% more STS-b sentences/s and 25%
+  more 250-token paragraphs/s than matmuls alone in YNNPACK (the default slower still).
+So `jit` asks for YNNPACK matmuls where the CPU has AVX-512 and XLA's own elsewhere; MINILM_CPU_MATMULS (one of
+MATMUL_LIBRARIES) overrides. oneDNN (xla_cpu_use_onednn) is not offered: 10% faster for short texts on the AMD
+machine, but it crashed (double free) on 256-token forwards and its kernels cannot be stored in the compilation
+cache. The choice only changes which kernels compute the same float32 operations; embeddings stay equal to
+sentence-transformers' to float32 rounding (the parity tests run with the one chosen).
 """
 import functools
 import os
@@ -14,19 +21,42 @@ import pathlib
 import jax
 import jax.numpy as jnp
 
-CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+MATMUL_LIBRARIES = {  # name -> XLA:CPU compiler options
+    "ynnpack": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},  # matmuls alone
+    "xla": {"xla_cpu_experimental_ynn_fusion_type": ""},  # no library: XLA's own matmul (Eigen)
+    "default": {},  # as jaxlib would: YNNPACK, with neighbouring reductions fused in
+}
+
+
+def matmul_library(cpuinfo: str | None = None) -> str:
+    """$MINILM_CPU_MATMULS if set; else "xla" on an x86 CPU without AVX-512 and "ynnpack" otherwise. cpuinfo: the
+    text of /proc/cpuinfo (read when None; where it is missing, as on macOS, the CPU counts as unknown)."""
+    name = os.environ.get("MINILM_CPU_MATMULS")
+    if name:
+        if name not in MATMUL_LIBRARIES:
+            raise ValueError(f"MINILM_CPU_MATMULS={name!r} is not one of {', '.join(MATMUL_LIBRARIES)}")
+        return name
+    if cpuinfo is None:
+        try:
+            cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return "xla" if "avx2" in flags and "avx512f" not in flags else "ynnpack"
 
 
 @functools.cache
 def compiler_options() -> dict | None:
-    """CPU_OPTIONS on the CPU backend when this jaxlib knows them (an older one rejects the value), else None."""
-    if jax.default_backend() != "cpu":
+    """The options of matmul_library() on the CPU backend when this jaxlib knows them (an older one rejects the
+    value), else None (compile as XLA would by default)."""
+    options = MATMUL_LIBRARIES[matmul_library()]
+    if jax.default_backend() != "cpu" or not options:
         return None
     try:
-        jax.jit(lambda x: x @ x, compiler_options=CPU_OPTIONS)(jnp.ones((2, 2))).block_until_ready()
-    except Exception:  # noqa: BLE001 - an unknown option or value: compile as XLA would by default
+        jax.jit(lambda x: x @ x, compiler_options=options)(jnp.ones((2, 2))).block_until_ready()
+    except Exception:  # noqa: BLE001 - an unknown option or value
         return None
-    return CPU_OPTIONS
+    return options
 
 
 def jit(fun=None, **jit_kwargs):
