@@ -60,34 +60,34 @@ def useful_flops(lengths, cfg) -> float:
     return float(L * (2 * n.sum() * (4 * D * D + 2 * D * F) + 4 * (n * n).sum() * D))
 
 
-def matmul_peaks(cfg, repeats: int = 20) -> dict[str, float]:
-    """Best GFLOP/s of one float32 matmul on the model's shapes ([M, D] x [D, D], [D, F], [F, D], M = 4,096) with
-    each CPU matmul library XLA offers (minilm/xla.py) and with torch where installed. The machine's peak here is
-    the best of them: the fastest matmul any engine on this machine could use."""
+def matmul_gflops(matmul, ones, cfg, repeats: int) -> float:
+    """Best GFLOP/s of matmul(x, w) on the model's shapes ([M, D] x [D, D], [D, F], [F, D], M = 4,096); ones(shape)
+    makes the inputs."""
     D, F, M = cfg.hidden_size, cfg.intermediate_size, 4096
-    shapes = ((D, D), (D, F), (F, D))
-    engines = {f"XLA {name}": jax.jit(lambda x, w: x @ w, compiler_options=options or None)
-               for name, options in xla.MATMUL_LIBRARIES.items()} if jax.default_backend() == "cpu" else \
-        {"XLA": jax.jit(lambda x, w: x @ w)}
-    def best(matmul, ones) -> float:  # best GFLOP/s of matmul(x, w) over the shapes; ones(shape) makes inputs
-        gflops = []
-        for k, n in shapes:
-            x, w = ones((M, k)), ones((k, n))
-            matmul(x, w)
-            gflops.append(2 * M * k * n / min(timed(matmul, repeats, x, w)) / 1e9)
-        return max(gflops)
+    gflops = []
+    for k, n in ((D, D), (D, F), (F, D)):
+        x, w = ones((M, k)), ones((k, n))
+        matmul(x, w)
+        gflops.append(2 * M * k * n / min(timed(matmul, repeats, x, w)) / 1e9)
+    return max(gflops)
 
+
+def matmul_peaks(cfg, repeats: int = 20) -> dict[str, float]:
+    """matmul_gflops with each CPU matmul library XLA offers (minilm/xla.py) and with torch where installed. The
+    machine's peak here is the best of them: the fastest matmul any engine on this machine could use."""
+    libraries = xla.MATMUL_LIBRARIES if jax.default_backend() == "cpu" else {"default": {}}
     peaks = {}
-    for name, jitted in engines.items():
+    for name, options in libraries.items():
+        jitted = jax.jit(lambda x, w: x @ w, compiler_options=options or None)
         try:
-            peaks[name] = best(lambda x, w, f=jitted: f(x, w).block_until_ready(),
-                               lambda shape: jnp.ones(shape, jnp.float32))
+            peaks[f"XLA {name}"] = matmul_gflops(lambda x, w, f=jitted: f(x, w).block_until_ready(),
+                                                 lambda shape: jnp.ones(shape, jnp.float32), cfg, repeats)
         except Exception as e:  # noqa: BLE001 - a jaxlib that does not know the option
-            print(f"skipping the {name} matmul: {e}", file=sys.stderr)
+            print(f"skipping XLA {name}: {e}", file=sys.stderr)
     try:
         import torch
         torch.set_num_threads(os.cpu_count())
-        peaks["torch"] = best(lambda x, w: x @ w, torch.ones)
+        peaks["torch"] = matmul_gflops(lambda x, w: x @ w, torch.ones, cfg, repeats)
     except ImportError:
         pass
     return peaks

@@ -38,7 +38,7 @@ def test_the_library_follows_the_cpu_and_the_variable(monkeypatch):
         xla.matmul_library(AVX2)
 
 
-@pytest.mark.parametrize("name", list(xla.MATMUL_LIBRARIES))
+@pytest.mark.parametrize("name", ["ynnpack", "xla"])  # ("default" is plain jax.jit, the reference itself)
 def test_each_library_computes_the_same_values_and_compiles_as_asked(name):
     rng = np.random.default_rng(0)
     x, w, v = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((256, 64), (128, 64), (64, 128)))
@@ -52,7 +52,7 @@ def test_each_library_computes_the_same_values_and_compiles_as_asked(name):
     if name == "ynnpack":  # the matmuls in YNNPACK, and nothing else there
         assert fusions, "expected the matmuls in YNNPACK fusions"
         assert not [n for n, body in fusions.items() if " reduce(" in body], fusions
-    elif name == "xla":
+    else:
         assert not fusions and " dot(" in compiled.as_text()
 
 
