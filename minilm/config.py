@@ -7,24 +7,11 @@ import dataclasses
 import json
 import pathlib
 
+from minilm.files import read_json
+
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")  # HF ACT2FN names this encoder implements
 SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
          "max_position_embeddings", "type_vocab_size")  # each must be >= 1
-
-
-def read_json(path: pathlib.Path, kind: type | None = None):
-    """A JSON file of a model folder; a bad file (or one whose top level is not `kind`: dict or list) is a
-    ValueError naming it (and the line)."""
-    try:
-        value = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not UTF-8 text") from None
-    if kind is not None and not isinstance(value, kind):
-        raise ValueError(f"{path}: expected a JSON {'object' if kind is dict else 'array'}, "
-                         f"got {type(value).__name__}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,5 +91,3 @@ class Config:
 
 
 MINILM_L6_H384 = Config()  # all-MiniLM-L6-v2 / nreimers/MiniLM-L6-H384-uncased
-MINILM_L12_H384 = dataclasses.replace(MINILM_L6_H384, num_hidden_layers=12)
-BERT_BASE = Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)

@@ -20,14 +20,14 @@ from rng(seed, k) and the order of data set i in epoch e from rng(seed, i, e), s
 batches drawn and each data set's (epoch, position): that is `state()`.
 """
 import dataclasses
-import gzip
 import json
 import math
 import pathlib
-import zlib
 from collections import Counter
 
 import numpy as np
+
+from minilm.files import read_json, read_lines
 
 Example = tuple[str, ...]  # (anchor, positive) or (anchor, positive, negative)
 FIELDS = ("anchor", "positive", "negative")
@@ -65,11 +65,7 @@ def _parse_tsv(text: str) -> Example:
     return tuple(columns)
 
 
-def _parse_line(raw: bytes, parse) -> Example:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+def _parse_line(text: str, parse) -> Example:
     example = parse(text)
     for i, t in enumerate(example):
         if not t.strip():  # e.g. the empty third column left by a stray trailing tab
@@ -88,23 +84,17 @@ def read_examples(path, on_error: str = "stop") -> tuple[list[Example], int]:
         raise ValueError(f"{name}: unknown data format; expected one of {', '.join(SUFFIXES)}")
     parse = _parse_tsv if name.removesuffix(".gz").endswith(".tsv") else _parse_json
     rows, bad = [], 0  # rows: (line number, example)
-    try:
-        with (gzip.open if name.endswith(".gz") else open)(name, "rb") as f:
-            for number, raw in enumerate(f, start=1):  # binary lines end at b"\n" only, as JSON Lines says
-                raw = raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw
-                raw = raw.removesuffix(b"\n").removesuffix(b"\r")
-                if not raw.strip():
-                    continue
-                try:
-                    rows.append((number, _parse_line(raw, parse)))
-                except ValueError as e:
-                    if on_error == "stop":
-                        raise ValueError(f"{name}:{number}: {e}") from None
-                    bad += 1
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # BadGzipFile is an OSError: catch it first
-        raise ValueError(f"{name}: not a valid gzip file ({e})") from None
-    except OSError as e:
-        raise ValueError(f"{name}: cannot read ({e.strerror or e})") from None
+    undecodable = [] if on_error == "skip" else None  # lines that are not UTF-8, skipped and counted
+    for number, text in read_lines(name, undecodable):
+        if not text.strip():
+            continue
+        try:
+            rows.append((number, _parse_line(text, parse)))
+        except ValueError as e:
+            if on_error == "stop":
+                raise ValueError(f"{name}:{number}: {e}") from None
+            bad += 1
+    bad += len(undecodable or ())
     # One file, one kind: the more common column count wins (the first row's on a tie, as train_script.py's assert).
     counts = Counter(len(ex) for _, ex in rows)
     if len(counts) > 1:
@@ -151,14 +141,7 @@ def parse_data_specs(args: list[str]) -> list[DataSpec]:
             hint = " (a path with ':' needs an explicit weight, e.g. 'a:b.jsonl:1')" if "." in weight else ""
             specs.append(DataSpec(path, _weight(weight, arg, hint)))
             continue
-        try:
-            entries = json.loads(pathlib.Path(arg).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{arg}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        except UnicodeDecodeError:
-            raise ValueError(f"{arg}: not valid UTF-8") from None
-        except OSError as e:
-            raise ValueError(f"{arg}: cannot read ({e.strerror or e})") from None
+        entries = read_json(arg)
         if not isinstance(entries, list) or not entries:
             raise ValueError(f'{arg}: expected a non-empty JSON list of {{"name": file, "weight": w}} objects')
         for i, entry in enumerate(entries):
@@ -272,25 +255,9 @@ class BatchSampler:
 
 def read_texts(path) -> list[str]:
     """The non-blank lines of a .txt or .txt.gz file (UTF-8); a bad byte is an error naming file and line."""
-    name = str(path)
-    texts = []
-    try:
-        with (gzip.open if name.endswith(".gz") else open)(name, "rb") as f:
-            for number, raw in enumerate(f, start=1):
-                raw = raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw
-                try:
-                    line = raw.removesuffix(b"\n").removesuffix(b"\r").decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise ValueError(f"{name}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
-                                     f"{e.start + 1})") from None
-                if line.strip():
-                    texts.append(line)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise ValueError(f"{name}: not a valid gzip file ({e})") from None
-    except OSError as e:
-        raise ValueError(f"{name}: cannot read ({e.strerror or e})") from None
+    texts = [text for _, text in read_lines(path) if text.strip()]
     if not texts:
-        raise ValueError(f"{name}: no text (every line is blank)")
+        raise ValueError(f"{path}: no text (every line is blank)")
     return texts
 
 

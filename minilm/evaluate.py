@@ -1,7 +1,7 @@
 """STS evaluation: how well cosine similarity of embeddings ranks sentence pairs against human scores.
 
-    python -m minilm.evaluate --sts ../shared/data/stsb/stsb-en-test.csv            # all-MiniLM-L6-v2
-    python -m minilm.evaluate --model out/step-1000 --sts stsb-en-dev.csv
+    python -m minilm.evaluate --sts stsb-en-test.csv                   # all-MiniLM-L6-v2
+    python -m minilm.evaluate --model out/step-0001000 --sts stsb-en-dev.csv
 
 Spearman (rank) and Pearson (linear) correlation x 100 between cos(emb(s1), emb(s2)) and the gold score, as
 sentence-transformers' EmbeddingSimilarityEvaluator reports them (its "spearman_cosine" x 100). Ranks of tied
@@ -10,10 +10,12 @@ values are their average rank, as scipy.stats.rankdata computes them.
 import argparse
 import csv
 import dataclasses
-import pathlib
 import sys
 
 import numpy as np
+
+from minilm.files import read_lines
+from minilm.model import l2_normalize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,34 +28,28 @@ class StsPairs:
 def read_sts(path) -> StsPairs:
     """An STS-b style CSV: sentence1,sentence2,score per row (quoted as CSV where needed). A first row whose score
     is not a number is taken as a header; any later bad row is an error naming file and line."""
-    path = pathlib.Path(path)
     s1, s2, scores = [], [], []
+    reader = csv.reader(text for _, text in read_lines(path))  # a quoted field cannot span lines here
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f)
-            for row in reader:
-                line = reader.line_num
-                if not row:
+        for row in reader:
+            line = reader.line_num
+            if not row:
+                continue
+            if len(row) != 3:
+                raise ValueError(f"{path}:{line}: expected 3 columns (sentence1,sentence2,score), got {len(row)}")
+            try:
+                score = float(row[2])
+            except ValueError:
+                if not scores and line == 1:  # a header row
                     continue
-                if len(row) != 3:
-                    raise ValueError(f"{path}:{line}: expected 3 columns (sentence1,sentence2,score), got {len(row)}")
-                try:
-                    score = float(row[2])
-                except ValueError:
-                    if not scores and line == 1:  # a header row
-                        continue
-                    raise ValueError(f"{path}:{line}: score {row[2]!r} is not a number") from None
-                if not np.isfinite(score):
-                    raise ValueError(f"{path}:{line}: score {row[2]!r} is not finite")
-                s1.append(row[0])
-                s2.append(row[1])
-                scores.append(score)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not valid UTF-8 (byte offset {e.start})") from None
+                raise ValueError(f"{path}:{line}: score {row[2]!r} is not a number") from None
+            if not np.isfinite(score):
+                raise ValueError(f"{path}:{line}: score {row[2]!r} is not finite")
+            s1.append(row[0])
+            s2.append(row[1])
+            scores.append(score)
     except csv.Error as e:
         raise ValueError(f"{path}: malformed CSV: {e}") from None
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
     if len(scores) < 2:
         raise ValueError(f"{path}: {len(scores)} scored pairs; a correlation needs at least 2")
     return StsPairs(s1, s2, np.asarray(scores, np.float64))
@@ -86,13 +82,12 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def evaluate_sts(pairs: StsPairs, model=None, **embed_options) -> dict[str, float]:
     """{"spearman", "pearson"} x 100 of cosine similarity against gold scores; each distinct sentence is
-    embedded once."""
-    from minilm.inference import embed
+    embedded once, with the fast path (embed_options: those of minilm.embed; fast=False takes the plain path)."""
+    from minilm.fast.embedding import embed
 
     unique = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
     row = {s: i for i, s in enumerate(unique)}
-    emb = embed(unique, model, **embed_options).astype(np.float64)
-    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    emb = np.asarray(l2_normalize(embed(unique, model, **embed_options)), np.float64)
     a = emb[[row[s] for s in pairs.sentences1]]
     b = emb[[row[s] for s in pairs.sentences2]]
     cosine = (a * b).sum(axis=1)

@@ -1,7 +1,7 @@
 """Contrastive losses for sentence embeddings: pure functions of embeddings, logits in float32.
 
 The multiple-negatives ranking loss (sentence-transformers' MultipleNegativesRankingLoss, the loss that trained
-all-MiniLM-L6-v2; ALGORITHMS.md 4.1, 4.3): each anchor must pick its own positive among all candidates of the batch,
+all-MiniLM-L6-v2; docs/contrastive.md): each anchor must pick its own positive among all candidates of the batch,
 
     S_ij = scale * cos(a_i, c_j),   candidates c = [p_1 .. p_N, n_1 .. n_N],   loss = mean_i [ lse_j S_ij - S_i,i ].
 
@@ -14,11 +14,12 @@ can score only its own rows against candidates gathered from every device: targe
 import jax
 import jax.numpy as jnp
 
+from minilm.model import l2_normalize
+
 
 def cos_sim(a_ND: jax.Array, b_MD: jax.Array) -> jax.Array:
     """[N, M] cosine similarities; each vector is normalised with max(|x|, 1e-12), as sentence-transformers does."""
-    unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-    return unit(a_ND.astype(jnp.float32)) @ unit(b_MD.astype(jnp.float32)).T
+    return l2_normalize(a_ND.astype(jnp.float32)) @ l2_normalize(b_MD.astype(jnp.float32)).T
 
 
 def ranking_loss(q_ND: jax.Array, cand_MD: jax.Array, targets_N: jax.Array, scale: float = 20.0) -> jax.Array:

@@ -1,7 +1,8 @@
 """The BERT encoder in pure JAX, plus mean pooling and L2 normalisation: a sentence-transformers model.
 
 Matches transformers' `modeling_bert.py` (BertModel, eager attention) to float32 rounding, and the
-sentence-transformers modules Transformer -> Pooling(mean) -> Normalize. See ALGORITHMS.md section 6.
+sentence-transformers modules Transformer -> Pooling(mean) -> Normalize. The math, the traps and the tolerances:
+docs/encoder.md.
 
 Params are a plain nested dict whose '.'-joined paths are the HF safetensors keys, e.g.
 params["encoder"]["layer"][0]["attention"]["self"]["query"]["weight"] is `encoder.layer.0.attention.self.query.weight`.
@@ -11,7 +12,6 @@ Shape legend: B batch, T query tokens, S key tokens (= T), D hidden, H heads, K 
 F intermediate (FFN) size, V vocab, P max positions, N sentences.
 """
 import dataclasses
-import math
 from typing import NamedTuple
 
 import jax
@@ -167,7 +167,8 @@ def attention_qkv(p: dict, h_BTD: jax.Array, cfg: Config) -> tuple[jax.Array, ja
     """One layer's Q, K, V from its input hidden state, split into heads: head h owns features h*K..h*K+K-1.
     Distillation (MiniLM) calls this on hidden_states[l] to get layer l's relations."""
     B, T, _ = h_BTD.shape
-    H, K = cfg.num_attention_heads, cfg.head_size
+    H = cfg.num_attention_heads
+    K = cfg.hidden_size // H
     sa = p["attention"]["self"]
     split = lambda x_BTD: x_BTD.reshape(B, T, H, K)
     return split(linear(sa["query"], h_BTD)), split(linear(sa["key"], h_BTD)), split(linear(sa["value"], h_BTD))
@@ -179,11 +180,17 @@ def attention_bias(mask_BT: jax.Array, dtype=jnp.float32) -> jax.Array:
     return jnp.where(mask_BT[:, None, None, :] > 0, 0.0, jnp.finfo(dtype).min).astype(dtype)  # B11S
 
 
+def same_text(segments_BT: jax.Array) -> jax.Array:
+    """[B,1,T,S] bool, the block-diagonal mask of packed rows: key s is a real token of query t's text. Several texts
+    share a row as segments 1, 2, ... (0 = padding); a padded batch passes its mask (one text a row). A padding
+    query sees no key at all. Packed attention and the relation KL (relations.py) both mask with it."""
+    return (segments_BT[:, None, :, None] == segments_BT[:, None, None, :]) & (segments_BT[:, None, None, :] > 0)
+
+
 def packed_attention_bias(segments_BT: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """Sequence packing: several texts share a row, segment s = 1, 2, ... (0 = padding). A token attends only to
-    keys of its own text: a block-diagonal mask, so each text sees exactly what it would see alone."""
-    same_B1TS = (segments_BT[:, None, :, None] == segments_BT[:, None, None, :]) & (segments_BT[:, None, None, :] > 0)
-    return jnp.where(same_B1TS, 0.0, jnp.finfo(dtype).min).astype(dtype)
+    """Sequence packing: a token attends only to keys of its own text (`same_text`), so each text sees exactly what
+    it would see alone."""
+    return jnp.where(same_text(segments_BT), 0.0, jnp.finfo(dtype).min).astype(dtype)
 
 
 def layer(p: dict, h_BTD: jax.Array, bias_B11S: jax.Array, cfg: Config, key=None) -> jax.Array:
@@ -191,11 +198,12 @@ def layer(p: dict, h_BTD: jax.Array, bias_B11S: jax.Array, cfg: Config, key=None
     or B1TS (packed rows)."""
     B, T, D = h_BTD.shape
     q_BTHK, k_BSHK, v_BSHK = attention_qkv(p, h_BTD, cfg)
-    scores_BHTS = jnp.einsum("BTHK,BSHK->BHTS", q_BTHK, k_BSHK) * cfg.head_size**-0.5 + bias_B11S
+    K = q_BTHK.shape[-1]
+    scores_BHTS = jnp.einsum("BTHK,BSHK->BHTS", q_BTHK, k_BSHK) * K**-0.5 + bias_B11S
     probs_BHTS = jax.nn.softmax(scores_BHTS.astype(jnp.float32), axis=-1).astype(h_BTD.dtype)  # float32 softmax
     probs_BHTS = dropout(probs_BHTS, cfg.attention_probs_dropout_prob, fold(key, 0))
-    # Heads-major product, then heads back beside each other: the same sums, and on the CPU 6-13% faster for a
-    # whole forward at T = 128-256 than asking the einsum for BTHK directly (XLA then transposes inside the dot).
+    # Heads-major product, then heads back beside each other: the same sums as asking the einsum for BTHK, which
+    # XLA:CPU computes slower (it transposes inside the dot; docs/fast-path.md has the measurement).
     ctx_BTD = jnp.einsum("BHTS,BSHK->BHTK", probs_BHTS, v_BSHK).transpose(0, 2, 1, 3).reshape(B, T, D)
     attn_BTD = dropout(linear(p["attention"]["output"]["dense"], ctx_BTD), cfg.hidden_dropout_prob, fold(key, 1))
     a_BTD = layer_norm(p["attention"]["output"]["LayerNorm"], h_BTD + attn_BTD, cfg.layer_norm_eps)
@@ -283,20 +291,18 @@ def l2_normalize(x_ND: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 def sentence_embedding(params: dict, ids_BT, mask_BT, cfg: Config, type_ids_BT=None, key=None,
-                       pooling: str = "mean", normalize: bool = True, num_layers: int | None = None) -> jax.Array:
-    """Ids -> sentence embeddings emb_BD: encode, pool over the attention mask, optionally L2-normalise."""
+                       pooling: str = "mean", normalize: bool = True, num_layers: int | None = None,
+                       dim: int | None = None) -> jax.Array:
+    """Ids -> sentence embeddings emb_BD: encode, pool over the attention mask, optionally L2-normalise. `dim` keeps
+    the first D dimensions (Matryoshka models), cut before the normalisation so the shorter vector has unit length."""
     h_BTD = encode(params, ids_BT, mask_BT, cfg, type_ids_BT, key, num_layers).last_hidden_state
-    emb_BD = pool(h_BTD, mask_BT, pooling)
+    emb_BD = pool(h_BTD, mask_BT, pooling)[:, :dim]
     return l2_normalize(emb_BD) if normalize else emb_BD
-
-
-def num_params(params: dict) -> int:
-    return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))
 
 
 def keep_layers(params: dict, cfg: Config, layers: tuple[int, ...]) -> tuple[dict, Config]:
     """A smaller student made by keeping some layers of a model (e.g. (0, 2, 4) of six), renumbered from 0:
-    how nreimers/MiniLM-L6-H384-uncased was cut from the 12-layer MiniLM (ALGORITHMS.md section 3)."""
+    how nreimers/MiniLM-L6-H384-uncased was cut from the 12-layer MiniLM (docs/distillation.md)."""
     if not layers or any(not 0 <= i < cfg.num_hidden_layers for i in layers):
         raise ValueError(f"layers {layers} must be indices in 0..{cfg.num_hidden_layers - 1}")
     kept = [params["encoder"]["layer"][i] for i in layers]

@@ -1,6 +1,6 @@
 """AdamW with decoupled weight decay, global-norm clipping and a linear warmup/decay schedule, in pure JAX.
 
-The optimizer of the all-MiniLM-L6-v2 script (ALGORITHMS.md section 4.1): `clip_grad_norm_(1.0)`, then
+The optimizer of the all-MiniLM-L6-v2 script (docs/contrastive.md): `clip_grad_norm_(1.0)`, then
 transformers' AdamW (lr 2e-5, betas (0.9, 0.999), eps 1e-6) under `get_linear_schedule_with_warmup`. Per tensor,
 at update t = 1, 2, ... (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", algorithm 2):
     p <- p * (1 - lr_t * wd)                     (decayed tensors only: not biases, not LayerNorm)

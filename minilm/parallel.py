@@ -1,7 +1,8 @@
 """Data parallelism on one mesh axis, 'data': params replicated, the batch split by rows across devices.
 
-The shard_map call itself, with its all_gather of candidate embeddings and its pmean, is written where it is used
-(train.py, distill.py); this module only builds the mesh and places arrays on it (ALGORITHMS.md section 7).
+The shard_map calls themselves, with their collectives (the all_gather of candidate embeddings, the loss pmean, the
+gradient psum), are written where they are used: losses.py, train.py, distill.py. This module builds the mesh and
+places arrays on it (docs/parallelism.md).
 
 Multi-host (a TPU pod slice, several GPU hosts): every process calls jax.distributed.initialize() first, builds the
 same mesh over all global devices, draws the same global batch (the sampler is deterministic from the seed), and
@@ -50,6 +51,24 @@ def shard_rows(local: np.ndarray, mesh, row_axis: int = 1) -> jax.Array:
     global_shape = list(local.shape)
     global_shape[row_axis] *= jax.process_count()
     return jax.make_array_from_process_local_data(NamedSharding(mesh, P(*spec)), local, tuple(global_shape))
+
+
+def batch_spec(batch):
+    """How a batch (a NamedTuple of arrays with ROW_AXES, e.g. runs.Padded, packing.Packed) is split over the 'data'
+    axis: each array along its row axis."""
+    return type(batch)(*(P(*[None] * axis, AXIS) for axis in batch.ROW_AXES))
+
+
+def shard_batch(batch, mesh):
+    """This process's part of a batch -> global arrays split over the mesh as batch_spec says."""
+    return type(batch)(*(shard_rows(x, mesh, axis) for x, axis in zip(batch, batch.ROW_AXES)))
+
+
+def device_key(key: jax.Array | None, axis_name: str | None) -> jax.Array | None:
+    """Inside shard_map: this device's own PRNG key (different dropout on every device); unchanged outside it."""
+    if key is None or axis_name is None:
+        return key
+    return jax.random.fold_in(key, jax.lax.axis_index(axis_name))
 
 
 def agree_max(*values: int) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""MiniLM self-attention relation distillation: masked, vectorised relation KL in float32 (ALGORITHMS.md 1, 2).
+"""MiniLM self-attention relation distillation: masked, vectorised relation KL in float32 (docs/distillation.md).
 
 v1 (MiniLM, arXiv 2002.10957): per attention head a, attention transfer AT = softmax(Q_a K_a^T / sqrt(K)) and value
 relation VR = softmax(V_a V_a^T / sqrt(K)); loss = L_AT + L_VR, so teacher and student need the same head count H.
@@ -6,7 +6,7 @@ v2 (MiniLMv2, arXiv 2012.15828): concatenate the heads, split D into R relation 
 transfer Q-Q, K-K, V-V relations softmax(A_r A_r^T / sqrt(d_r)), each side scaled by its own sqrt(D/R); the T x T
 relations then match whatever the two widths and head counts are.
 Each relation: per query row KL(teacher || student), padded keys masked, padded query rows dropped, per example
-sum / (R n_b), mean over examples (the Bloomberg minilmv2.bb reduction, ALGORITHMS.md 2.4). PaddleNLP instead sums
+sum / (R n_b), mean over examples (the Bloomberg minilmv2.bb reduction). PaddleNLP instead sums
 padded query rows too and divides by R * T_pad * B, which differs whenever a batch has padding. Packed rows
 (several texts a row, batching.py) work alike: keys outside a query's text are masked, each text is normalised by
 its own length.
@@ -17,7 +17,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from minilm.model import attention_qkv
+from minilm.model import attention_qkv, same_text
 
 RELATIONS = {"qk": ("query", "key"), "vv": ("value", "value"), "qq": ("query", "query"), "kk": ("key", "key")}
 
@@ -38,13 +38,6 @@ def layer_qkv(params, hidden_states, layer: int, cfg) -> dict[str, jax.Array]:
             for name, x in (("query", q_BTHK), ("key", k_BTHK), ("value", v_BTHK))}
 
 
-def same_text(segments_BT) -> jax.Array:
-    """[B,1,T,S] bool: key s is a real token of query t's text. segments_BT says which text each token belongs to
-    (1, 2, ... within a row; 0 = padding): a padded batch passes its mask (one text per row), a packed one its
-    segments (several texts per row, model.packed_attention_bias). Padded query rows see no key at all."""
-    return (segments_BT[:, None, :, None] == segments_BT[:, None, None, :]) & (segments_BT[:, None, None, :] > 0)
-
-
 def relation_logits(x_BTD, y_BTD, num_heads: int, segments_BT) -> jax.Array:
     """[B,R,T,T] float32: split D into R=num_heads contiguous chunks of d=D/R (ValueError naming D and R if it does not
     divide), logits = x_r y_r^T / sqrt(d), keys outside the query's text (padding, other packed texts) set to a large
@@ -63,7 +56,7 @@ def relation_kl(teacher_BRTT, student_BRTT, segments_BT, num_texts=None) -> jax.
     """Scalar: KL(softmax(teacher) || softmax(student)) per query row, computed as
     sum_j p_T (log p_T - log_softmax(student)) with 0*log 0 = 0 (no NaN on masked keys, including a fully padded row);
     rows of padded QUERIES excluded; per text, the sum over heads and its rows divided by (R * n) with n the text's
-    number of tokens; then the sum over texts divided by num_texts (ALGORITHMS.md 2.4, the Bloomberg minilmv2.bb
+    number of tokens; then the sum over texts divided by num_texts (the Bloomberg minilmv2.bb
     reduction). num_texts defaults to the rows B: a padded batch, one text per row, where an empty row still counts
     in the mean. The teacher side is wrapped in jax.lax.stop_gradient."""
     log_p_BRTS = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_BRTT).astype(jnp.float32), axis=-1)

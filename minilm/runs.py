@@ -1,5 +1,6 @@
-"""What train.py and distill.py share around their step: the loop, logging, evaluation, checkpoints, resuming,
-Ctrl-C and NaN handling.
+"""The pieces train.py and distill.py share around their loops: the common options, the optimizer's settings, a
+training batch on the mesh, checkpoints and resuming, Ctrl-C, the metrics log. Each script owns its loop
+(`for step in ...`) and calls these; none of them calls back into a script.
 
 A checkpoint out/step-N/ is a model folder (embed.py, sentence-transformers and transformers load it) plus
 optimizer.safetensors and trainer_state.json (step, data position, seed, args). It is written to a temporary folder
@@ -18,12 +19,91 @@ import shutil
 import signal
 import sys
 import time
+from typing import NamedTuple
 
 import jax
+import numpy as np
 import safetensors
 
 from minilm import optim, parallel
 from minilm.checkpoint import Model, atomic_dir, write_model
+from minilm.fast.packing import pack_columns
+from minilm.files import read_json
+from minilm.tokenizer import pad_batch, padded_length
+
+
+@dataclasses.dataclass(frozen=True)
+class RunArgs:
+    """The options of every run; train.py and distill.py add their own (and may change a default)."""
+    out: str = "out"  # output folder: checkpoints step-N/, metrics.jsonl, args.json
+    resume: str | None = None  # continue from a checkpoint folder (or an --out folder: its latest checkpoint)
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 64  # global batch: rows over all devices
+    lr: float = 2e-5  # peak learning rate (AdamW)
+    warmup: int = 100  # linear warmup steps, then linear decay to 0 at --steps
+    weight_decay: float = 0.01  # decoupled, not on biases and LayerNorm
+    max_grad_norm: float = 1.0  # global gradient-norm clipping (0: off)
+    max_length: int = 128  # tokens per text including [CLS] and [SEP] (all-MiniLM-L6-v2 trained with 128)
+    dropout: bool = True  # dropout as in the config (0.1) while training
+    pack: bool = True  # sequence packing: many texts per row (block-diagonal attention), no padding compute
+    devices: int = 0  # devices on the 'data' mesh axis (0: all)
+    distributed: bool = False  # multi-host: call jax.distributed.initialize() first (TPU pods, Slurm, k8s)
+    seed: int = 0  # data order and dropout derive from it
+    eval_sts: str | None = None  # STS CSV (sentence1,sentence2,score) for Spearman during training
+    eval_every: int = 0  # evaluate every K steps (0: only at the end, if --eval-sts)
+    log_every: int = 10  # one log line every K steps
+    save_every: int = 0  # checkpoint every K steps (0: only at the end)
+    keep: int = 3  # keep the newest K checkpoints
+    time_limit: float = 0.0  # minutes of training after which to save and stop (0: none)
+
+
+def adamw(args: RunArgs) -> optim.AdamWConfig:
+    return optim.AdamWConfig(lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, total_steps=args.steps,
+                             max_grad_norm=args.max_grad_norm or None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A training batch: C columns of texts (anchor, positive[, negative]; distillation: one), B rows.
+
+
+class Padded(NamedTuple):
+    """One text per row, every column padded to one length: ids and mask [C, B, T]."""
+    ids_CBT: np.ndarray | jax.Array
+    mask_CBT: np.ndarray | jax.Array
+    ROW_AXES = (1, 1)  # the axis of each array that is split over devices (parallel.shard_batch)
+
+    def rows(self):
+        """(ids, positions, segments) [C*B, T]: the rows as packed rows of one text each (segment 1, or 0 = pad)."""
+        C, B, T = self.ids_CBT.shape
+        ids_NT, mask_NT = self.ids_CBT.reshape(C * B, T), self.mask_CBT.reshape(C * B, T)
+        return ids_NT, jax.numpy.broadcast_to(jax.numpy.arange(T, dtype=np.int32), (C * B, T)), mask_NT
+
+
+def pad_columns(tokenizer, examples, max_length: int) -> Padded:
+    """Examples (tuples of C texts) -> ids, mask [C, B, T] int32, every column padded to one length."""
+    columns = [tokenizer.encode_batch([ex[c] for ex in examples], max_length=max_length)
+               for c in range(len(examples[0]))]
+    length = padded_length(max(len(e.ids) for col in columns for e in col))
+    batches = [pad_batch(col, length=length, pad_id=tokenizer.pad_id) for col in columns]
+    return Padded(np.stack([b.ids_BT for b in batches]), np.stack([b.mask_BT for b in batches]))
+
+
+def make_batch(tokenizer, examples, max_length: int, mesh, pack: bool):
+    """This process's examples -> (the batch as global arrays split over the mesh, texts in the global batch, real
+    tokens in it). Packed: each local device's share packed into rows of its own (fast/packing.py); in a multi-host
+    run the processes agree on one row count and length with a small all-gather between hosts (agree_max)."""
+    if pack:
+        batch = pack_columns(tokenizer, examples, max_length, len(mesh.local_devices), agree=parallel.agree_max)
+        tokens = int((batch.segments_RL > 0).sum())
+    else:
+        batch = pad_columns(tokenizer, examples, max_length)
+        tokens = int(batch.mask_CBT.sum())
+    texts = len(examples) * len(examples[0])
+    return parallel.shard_batch(batch, mesh), texts * jax.process_count(), tokens * jax.process_count()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints and resuming.
 
 
 def save_checkpoint(out: pathlib.Path, step: int, model: Model, opt_state, data_state: dict, args,
@@ -62,15 +142,19 @@ def resolve_resume(path: str) -> pathlib.Path:
 
 
 def start_state(params, sampler, mesh, resume_from: pathlib.Path | None):
-    """(params, optimizer state, first step) on the mesh: fresh, or a checkpoint's optimizer state and step with
+    """(params, optimizer state, steps done) on the mesh: fresh, or a checkpoint's optimizer state and step with
     the sampler moved to its data position."""
     opt_state, start = optim.init(params), 0
     if resume_from:
-        state = json.loads((resume_from / "trainer_state.json").read_text())
+        state = read_json(resume_from / "trainer_state.json", dict)
         start, opt_state = int(state["step"]), optim.load_state(resume_from / "optimizer.safetensors", params)
         sampler.load_state(state["data"])
         print(f"resumed from {resume_from} at step {start}")
     return parallel.replicate(params, mesh), parallel.replicate(opt_state, mesh), start
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The bookkeeping of a run.
 
 
 class StopRequest:
@@ -92,79 +176,85 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def evaluate(model: Model, params, pairs) -> dict:
-    from minilm.evaluate import evaluate_sts
-    return evaluate_sts(pairs, dataclasses.replace(model, params=jax.device_get(params)), batch_size=64,
-                        progress=False)
+class Run:
+    """One run's bookkeeping, used as `with Run(...) as run:` around a script's loop: the out folder with args.json
+    and metrics.jsonl, one log line per --log-every steps, the time limit, Ctrl-C and SIGTERM, evaluation and
+    checkpoints. Only process 0 writes (a multi-host run has one log and one set of checkpoints)."""
 
+    def __init__(self, args: RunArgs, script: str, model: Model):
+        self.args, self.script, self.model = args, script, model
+        self.out, self.leader = pathlib.Path(args.out), jax.process_index() == 0
+        self.last_saved, self.timed_out, self.texts, self.tokens = None, False, 0, 0
+        self.metrics = None
 
-def run_loop(args, *, script: str, model: Model, params, opt_state, start: int, step_fn, next_batch, data_state,
-             sts=None) -> int:
-    """Run steps start+1 .. args.steps. next_batch() -> (arrays for step_fn, texts in it, real tokens in it);
-    step_fn(params, opt_state, *arrays, key) -> (params, opt_state, {"loss", "lr", "grad_norm", ...}).
-    Returns the exit status: 0 done (or --time-limit), 1 NaN loss, 130 / 143 after Ctrl-C / SIGTERM (saved)."""
-    out = pathlib.Path(args.out)
-    leader = jax.process_index() == 0
-    if leader:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=1) + "\n")
-    metrics = open(out / "metrics.jsonl", "a") if leader else None
+    def __enter__(self):
+        if self.leader:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "args.json").write_text(json.dumps(dataclasses.asdict(self.args), indent=1) + "\n")
+            self.metrics = open(self.out / "metrics.jsonl", "a")
+        self.stop = StopRequest()
+        self.t_start = self.t_log = time.perf_counter()
+        return self
 
-    def log(record: dict, line: str | None = None):
-        if leader:
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
+    def __exit__(self, *exc):
+        self.stop.restore()
+        if self.metrics:
+            self.metrics.close()
+
+    def write(self, record: dict, line: str | None = None):
+        if self.leader:
+            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.flush()
             if line:
                 print(line, flush=True)
 
-    base_key = jax.random.key(args.seed)
-    last_saved, step = None, start
-    t_start = t_log = time.perf_counter()
-    texts = tokens = 0
-    stop = StopRequest()
-    try:
-        while step < args.steps:
-            arrays, n_texts, n_tokens = next_batch()
-            key = jax.random.fold_in(base_key, step) if args.dropout else None
-            new_params, new_opt, stats = step_fn(params, opt_state, *arrays, key)
-            loss = float(stats["loss"])
-            if not math.isfinite(loss):
-                print(f"{script}: error: the loss is {loss} at step {step + 1}; stopping without saving. The last "
-                      f"good checkpoint is {last_saved or 'none (none was saved yet)'}", file=sys.stderr)
-                return 1
-            params, opt_state, step = new_params, new_opt, step + 1
-            texts, tokens = texts + n_texts, tokens + n_tokens
-            if step % args.log_every == 0 or step == args.steps:
-                now = time.perf_counter()
-                record = {"step": step, **{k: float(v) for k, v in stats.items()},
-                          "sentences_per_s": texts / (now - t_log), "tokens_per_s": tokens / (now - t_log),
-                          "elapsed_s": now - t_start}
-                extra = "".join(f"  {k} {float(v):.4f}" for k, v in stats.items() if k not in ("loss", "lr",
-                                                                                               "grad_norm"))
-                log(record, f"step {step:>6}/{args.steps}  loss {loss:.4f}{extra}  lr {record['lr']:.2e}  "
-                            f"grad_norm {record['grad_norm']:.3f}  {record['sentences_per_s']:.1f} sentences/s  "
-                            f"{record['tokens_per_s']:.0f} tokens/s")
-                t_log, texts, tokens = now, 0, 0
-            timed_out = args.time_limit and time.perf_counter() - t_start > 60 * args.time_limit
-            last = step == args.steps or timed_out  # (not on Ctrl-C: the user is waiting)
-            if sts and ((args.eval_every and step % args.eval_every == 0) or last):
-                result = evaluate(model, params, sts)
-                log({"step": step, "sts_spearman": result["spearman"], "sts_pearson": result["pearson"]},
-                    f"step {step:>6}  STS spearman {result['spearman']:.2f}  pearson {result['pearson']:.2f}")
-            if (args.save_every and step % args.save_every == 0) or step == args.steps or stop.requested or timed_out:
-                if leader:
-                    last_saved = save_checkpoint(out, step, dataclasses.replace(model, params=params), opt_state,
-                                                 data_state(), args, args.keep)
-                    print(f"saved {last_saved}", flush=True)
-            if stop.requested or timed_out:
-                print("stopped early: " + ("interrupted" if stop.requested else f"--time-limit {args.time_limit} min"),
-                      file=sys.stderr)
-                return 128 + stop.signum if stop.requested else 0  # 130 for Ctrl-C, 143 for SIGTERM
-        return 0
-    finally:
-        stop.restore()
-        if metrics:
-            metrics.close()
+    def log_step(self, step: int, stats: dict, texts: int, tokens: int):
+        """After each step: stop on a NaN or infinite loss (nothing of this step is saved), a log line every
+        --log-every steps, and whether the time limit has passed."""
+        loss = float(stats["loss"])
+        if not math.isfinite(loss):
+            raise ValueError(f"the loss is {loss} at step {step}; stopping without saving. The last good checkpoint "
+                             f"is {self.last_saved or 'none (none was saved yet)'}")
+        self.texts, self.tokens = self.texts + texts, self.tokens + tokens
+        now = time.perf_counter()
+        if step % self.args.log_every == 0 or step == self.args.steps:
+            seconds = now - self.t_log
+            record = {"step": step, **{k: float(v) for k, v in stats.items()}, "sentences_per_s": self.texts / seconds,
+                      "tokens_per_s": self.tokens / seconds, "elapsed_s": now - self.t_start}
+            extra = "".join(f"  {k} {float(v):.4f}" for k, v in stats.items() if k not in ("loss", "lr", "grad_norm"))
+            self.write(record, f"step {step:>6}/{self.args.steps}  loss {loss:.4f}{extra}  lr {record['lr']:.2e}  "
+                               f"grad_norm {record['grad_norm']:.3f}  {record['sentences_per_s']:.1f} sentences/s  "
+                               f"{record['tokens_per_s']:.0f} tokens/s")
+            self.t_log, self.texts, self.tokens = now, 0, 0
+        self.timed_out = bool(self.args.time_limit) and now - self.t_start > 60 * self.args.time_limit
+
+    def due(self, step: int, every: int) -> bool:
+        """Every `every` steps (0: never), and at the last step: the end of --steps or of --time-limit."""
+        return bool(every and step % every == 0) or step == self.args.steps or self.timed_out
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop.requested or self.timed_out
+
+    def evaluate(self, step: int, params, pairs) -> None:
+        from minilm.evaluate import evaluate_sts
+        model = dataclasses.replace(self.model, params=jax.device_get(params))
+        result = evaluate_sts(pairs, model, batch_size=64, progress=False)
+        self.write({"step": step, "sts_spearman": result["spearman"], "sts_pearson": result["pearson"]},
+                   f"step {step:>6}  STS spearman {result['spearman']:.2f}  pearson {result['pearson']:.2f}")
+
+    def save(self, step: int, params, opt_state, data_state: dict) -> None:
+        if self.leader:
+            model = dataclasses.replace(self.model, params=params)
+            self.last_saved = save_checkpoint(self.out, step, model, opt_state, data_state, self.args, self.args.keep)
+            print(f"saved {self.last_saved}", flush=True)
+
+    def exit_status(self) -> int:
+        """0 when done or stopped by --time-limit; 130 after Ctrl-C and 143 after SIGTERM (128 + the signal)."""
+        if self.stopping:
+            print("stopped early: " + ("interrupted" if self.stop.requested else
+                                       f"--time-limit {self.args.time_limit} min"), file=sys.stderr)
+        return 128 + self.stop.signum if self.stop.requested else 0
 
 
 def main(script: str, run, argv=None) -> int:

@@ -1,4 +1,4 @@
-"""WordPiece tokenization with explicit truncation, and padding to a few bucketed lengths.
+"""WordPiece tokenization with explicit truncation, and padding to a few lengths.
 
 The `tokenizers` library does the text -> word-piece ids part (BERT normalisation, punctuation splitting, greedy
 longest-match WordPiece). Everything after that is written out here so that a reader sees each rule:
@@ -11,7 +11,8 @@ longest-match WordPiece). Everything after that is written out here so that a re
 The rules are those of the `tokenizers` library (Rust `truncate_encodings`, `Encoding::truncate`,
 `Encoding::merge_with`); tests/test_tokenizer.py checks that every combination gives the library's own output.
 The truncation and padding baked into a tokenizer.json (all-MiniLM-L6-v2's file truncates and pads to 128 while
-the model serves 256) are cleared on load: they would otherwise apply silently.
+the model serves 256) are cleared on load: they would otherwise apply silently. docs/tokenizer.md has the rules
+with examples.
 """
 import dataclasses
 import json
@@ -21,11 +22,13 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from minilm.config import read_json
+from minilm.files import read_json, read_lines
 
 STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
 DIRECTIONS = ("right", "left")
-BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)  # padded lengths: one jitted shape per bucket
+# The padded lengths of a batch (one jitted shape each): steps of 8 up to 128 tokens, then 32, then 64; beyond 512
+# the next multiple of 128. The one table of padded lengths: packed rows (fast/packing.py) use its powers of two.
+LENGTHS = (*range(8, 129, 8), 160, 192, 224, 256, 320, 384, 448, 512)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,9 +263,8 @@ def wordpiece_from_vocab(vocab_path, lowercase: bool = True, strip_accents: bool
                          chinese_chars: bool = True) -> tokenizers.Tokenizer:
     """The BERT pipeline from a vocab.txt: BertNormalizer, BertPreTokenizer, WordPiece ([UNK], '##', 100 chars)."""
     vocab = {}
-    with open(vocab_path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            vocab.setdefault(line.rstrip("\n"), i)
+    for number, token in read_lines(vocab_path):
+        vocab.setdefault(token, number - 1)
     tok = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
     tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=chinese_chars,
                                                 strip_accents=strip_accents, lowercase=lowercase)
@@ -275,21 +277,21 @@ def wordpiece_from_vocab(vocab_path, lowercase: bool = True, strip_accents: bool
 # ----------------------------------------------------------------------------------------------------------------
 # Padding
 
-def bucket_length(n: int, buckets: tuple[int, ...] = BUCKETS) -> int:
-    """The padded length for a longest row of n tokens: the next of `buckets`, or beyond them the next multiple
-    of 128."""
-    for b in buckets:
-        if n <= b:
-            return b
+def padded_length(n: int, lengths: tuple[int, ...] = LENGTHS) -> int:
+    """The padded length for a longest row of n tokens: the shortest of `lengths` that holds it, or beyond them the
+    next multiple of 128."""
+    for length in lengths:
+        if n <= length:
+            return length
     return -(-n // 128) * 128
 
 
 def pad_batch(encodings: list[Encoding], length: int | None = None, rows: int | None = None,
               pad_id: int = 0) -> Batch:
-    """Right-pad to `length` (default: the bucket of the longest row) and to `rows` rows (default: as many as
+    """Right-pad to `length` (default: padded_length of the longest row) and to `rows` rows (default: as many as
     encodings; extra rows are all padding, mask 0)."""
     longest = max((len(e.ids) for e in encodings), default=0)
-    length = bucket_length(longest) if length is None else length
+    length = padded_length(longest) if length is None else length
     rows = len(encodings) if rows is None else rows
     if longest > length or len(encodings) > rows:
         raise ValueError(f"{len(encodings)} rows of up to {longest} tokens do not fit a [{rows}, {length}] batch")

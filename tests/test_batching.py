@@ -1,11 +1,13 @@
-"""Packing and padding plans (minilm/batching.py) and the compiled shapes of embed(): every text is placed once,
+"""Packing and padding plans (minilm/fast/packing.py) and the compiled shapes of embed(): every text is placed once,
 rows never overflow, packed rows give the embeddings each text gets alone (1e-6), and new texts of lengths seen
 before compile nothing new (a trace counter, not a timer)."""
 import numpy as np
 import pytest
 
-from minilm import inference
-from minilm.batching import LENGTHS, PACK_LENGTHS, plan_packed, plan_padded
+from minilm.checkpoint import Model
+from minilm.fast import embedding as fast
+from minilm.fast.packing import PACK_LENGTHS, plan_packed, plan_padded
+from minilm.tokenizer import LENGTHS
 from tests.tiny import tiny_model
 
 rng = np.random.default_rng(0)
@@ -50,36 +52,36 @@ def texts_of(lengths, seed):
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "mean_sqrt_len", "max"])
 def test_packed_equals_each_text_alone(tiny, pooling):
-    model = inference.Model(tiny.config, tiny.params, tiny.tokenizer, pooling=pooling)
+    model = Model(tiny.config, tiny.params, tiny.tokenizer, pooling=pooling)
     texts = texts_of([2, 3, 5, 9, 17, 40, 33, 12, 2, 7, 25] * 3, seed=1)
-    alone = np.concatenate([inference.embed([t], model, pack=False) for t in texts])
-    np.testing.assert_allclose(inference.embed(texts, model, batch_size=1), alone, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(inference.embed(texts, model, pack=False, batch_size=8), alone, rtol=0, atol=1e-6)
+    alone = np.concatenate([fast.embed([t], model, pack=False) for t in texts])
+    np.testing.assert_allclose(fast.embed(texts, model, batch_size=1), alone, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fast.embed(texts, model, pack=False, batch_size=8), alone, rtol=0, atol=1e-6)
 
 
 def test_new_texts_of_known_lengths_compile_nothing_new(tiny):
     lengths = [int(n) for n in rng.integers(2, 41, 300)]
-    inference.TRACES.clear()
+    fast.TRACES.clear()
     for pack in (True, False):
-        inference.embed(texts_of(lengths, seed=2), tiny, batch_size=16, pack=pack)
-        shapes = dict(inference.TRACES)
+        fast.embed(texts_of(lengths, seed=2), tiny, batch_size=16, pack=pack)
+        shapes = dict(fast.TRACES)
         for seed in (3, 4):  # other words, the same lengths in another order: no new shape, no retrace
-            inference.embed(texts_of(list(np.random.default_rng(seed).permutation(lengths)), seed), tiny,
+            fast.embed(texts_of(list(np.random.default_rng(seed).permutation(lengths)), seed), tiny,
                             batch_size=16, pack=pack)
-            assert inference.TRACES == shapes
-        assert all(n == 1 for n in inference.TRACES.values())  # each shape traced once
+            assert fast.TRACES == shapes
+        assert all(n == 1 for n in fast.TRACES.values())  # each shape traced once
     # a shape is (rows, length, slots); a batch of 16 packed: rows of 32 tokens, and of 40 for the longest texts
     # (texts of 33-40 tokens), 16 x 128 / T rows per forward, or a power of two fewer for the last one
-    assert {s for s in inference.TRACES if s[2] > 1} <= {(r, T, T // 4) for T in (32, 40)
+    assert {s for s in fast.TRACES if s[2] > 1} <= {(r, T, T // 4) for T in (32, 40)
                                                           for r in (1, 2, 4, 8, 16, 32, 2048 // T)}
-    assert {s for s in inference.TRACES if s[2] == 1} <= {(r, n, 1) for r in (1, 2, 4, 8, 16) for n in LENGTHS}
+    assert {s for s in fast.TRACES if s[2] == 1} <= {(r, n, 1) for r in (1, 2, 4, 8, 16) for n in LENGTHS}
 
 
 def test_bfloat16_is_close_to_float32(tiny):
     texts = texts_of([2, 5, 9, 17, 40, 12], seed=5)
-    full, half = inference.embed(texts, tiny), inference.embed(texts, tiny, dtype="bfloat16")
+    full, half = fast.embed(texts, tiny), fast.embed(texts, tiny, dtype="bfloat16")
     assert half.dtype == np.float32 and np.isfinite(half).all()
     cosine = (full * half).sum(1)  # both unit length
     assert cosine.min() > 0.995 and np.abs(full - half).max() > 1e-6  # close, yet really computed in bfloat16
     with pytest.raises(ValueError, match="dtype 'float16' is not supported"):
-        inference.embed(texts, tiny, dtype="float16")
+        fast.embed(texts, tiny, dtype="float16")

@@ -11,7 +11,7 @@ import pytest
 import safetensors.numpy
 
 from minilm.checkpoint import atomic_dir, load, save
-from minilm.inference import embed
+from minilm import embed
 from minilm.model import encode, flatten
 from tests.conftest import need
 from tests.tiny import TEXTS, tiny_model

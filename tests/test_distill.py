@@ -8,11 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 import distill
-from minilm import parallel
-from minilm.batching import pack_columns
+from minilm import parallel, runs
+from minilm.fast.packing import pack_columns
 from minilm.checkpoint import load
 from minilm.model import flatten
 from minilm.relations import parse_relations
@@ -25,16 +24,15 @@ def setup(tmp_path_factory):
 
 
 def batch(teacher, parts: int, pack: bool, n=16, seed=0):
-    """(ids, positions, segments) of n random texts: padded (one a row, segments = mask) or packed, each of `parts`
-    device slices packed on its own as distill.py does."""
+    """n random texts, padded (one a row, segments = mask) or packed, each of `parts` device slices packed on its own
+    as distill.py does."""
     rng = np.random.default_rng(seed)
-    texts = [" ".join(rng.choice(DATA_WORDS, rng.integers(1, 12))) for _ in range(n)]
+    texts = [(" ".join(rng.choice(DATA_WORDS, rng.integers(1, 12))),) for _ in range(n)]
     if pack:
-        packed = pack_columns(teacher.tokenizer, [(t,) for t in texts], 24, parts)
+        packed = pack_columns(teacher.tokenizer, texts, 24, parts)
         assert packed.segments_RL.max() > 1  # several texts share a row
-        return packed.ids_RL, packed.positions_RL, packed.segments_RL
-    b = teacher.tokenizer.batch(texts, max_length=24)
-    return b.ids_BT, np.broadcast_to(np.arange(b.ids_BT.shape[1], dtype=np.int32), b.ids_BT.shape), b.mask_BT
+        return packed
+    return runs.pad_columns(teacher.tokenizer, texts, 24)
 
 
 @pytest.mark.parametrize("relations, r", [("qq,kk,vv", 8), ("qk,vv", None), ("qq:1,vv:0.5", 4)])
@@ -50,19 +48,17 @@ def test_eight_devices_and_packing_equal_one_padded_device(setup, relations, r):
     kw = dict(t_cfg=teacher.config, s_cfg=student.config, relations=rel, heads=heads, t_layer=1, s_layer=0)
     one = jax.jit(jax.value_and_grad(functools.partial(distill.device_loss, axis_name=None, **kw), has_aux=True))
     mesh = parallel.make_mesh(8)
-    sharded = jax.shard_map(functools.partial(distill.device_loss, **kw), mesh=mesh,
-                            in_specs=(P(), P(), P("data"), P("data"), P("data"), P()), out_specs=(P(), P()))
-    eight = jax.jit(jax.value_and_grad(sharded, has_aux=True))
-    (l1, parts1), g1 = one(student.params, teacher.params, *map(jnp.asarray, batch(teacher, 1, pack=False)), None)
+    eight = jax.jit(distill.make_loss_and_grads(mesh, **kw))  # distill.py's own shard_map step
+    on_device = lambda b: jax.tree.map(jnp.asarray, b)
+    (l1, parts1), g1 = one(student.params, teacher.params, on_device(batch(teacher, 1, pack=False)), None)
     assert float(l1) > 1e-6 and parts1.keys() == {name for name, _ in rel}
     g1 = flatten(g1)
-    runs = {"1 device, packed": one(student.params, teacher.params,
-                                    *map(jnp.asarray, batch(teacher, 1, pack=True)), None)}
+    results = {"1 device, packed": one(student.params, teacher.params, on_device(batch(teacher, 1, pack=True)), None)}
     for pack in (False, True):
-        runs[f"8 devices, {'packed' if pack else 'padded'}"] = eight(
+        results[f"8 devices, {'packed' if pack else 'padded'}"] = eight(
             parallel.replicate(student.params, mesh), parallel.replicate(teacher.params, mesh),
-            *(parallel.shard_rows(x, mesh, 0) for x in batch(teacher, 8, pack)), None)
-    for name, ((loss, parts), grads) in runs.items():
+            parallel.shard_batch(batch(teacher, 8, pack), mesh), None)
+    for name, ((loss, parts), grads) in results.items():
         assert abs(float(l1) - float(loss)) <= 1e-5, name
         assert all(abs(float(parts1[k]) - float(parts[k])) <= 1e-5 for k in parts1), name
         grads = flatten(grads)

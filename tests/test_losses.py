@@ -1,4 +1,4 @@
-"""Losses against slow per-example numpy loops written from the definitions (ALGORITHMS.md 4.3, 4.4, 4.7, 4.8).
+"""Losses against slow per-example numpy loops written from the definitions (docs/contrastive.md).
 
 Tolerance: 1e-5 relative (float32 JAX against float64 numpy)."""
 import jax

@@ -1,4 +1,4 @@
-"""AdamW, clipping and the schedule against independent references (ALGORITHMS.md 4.1).
+"""AdamW, clipping and the schedule against independent references (docs/contrastive.md).
 
 Tolerances, float32 throughout; each was measured on CPU and given 3-10x headroom:
 - 7 steps of `update` vs torch.optim.AdamW + clip_grad_norm_ (params of size up to 3, lr up to 1e-2):

@@ -1,4 +1,4 @@
-"""MiniLM relation losses against a slow per-example numpy loop written from the papers (ALGORITHMS.md 1, 2.1, 2.4).
+"""MiniLM relation losses against a slow per-example numpy loop written from the papers (docs/distillation.md).
 
 Tolerances: 1e-5 relative against the float64 oracle; |KL| < 1e-6 when student == teacher; the "qk" relation equals
 the model's own attention probabilities within 1e-6 absolute; jit equals eager within 1e-6 relative; the gradient

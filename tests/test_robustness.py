@@ -26,7 +26,7 @@ from hypothesis import assume, given, settings, strategies as st
 
 import embed as cli
 from minilm.checkpoint import load, save
-from minilm.inference import embed
+from minilm import embed
 from minilm.tokenizer import Tokenizer
 from tests.conftest import REPO
 from tests.tiny import tiny_model

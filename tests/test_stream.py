@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from minilm import embed
-from minilm.inference import embed_stream
+from minilm.fast.embedding import embed_stream
 from minilm.checkpoint import save
 from tests.conftest import REPO
 from tests.tiny import DATA_WORDS, tiny_model

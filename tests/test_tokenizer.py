@@ -9,7 +9,7 @@ import itertools
 import pytest
 import tokenizers
 
-from minilm.tokenizer import BUCKETS, Encoding, Tokenizer, bucket_length, kept_lengths, pad_batch, windows
+from minilm.tokenizer import LENGTHS, Encoding, Tokenizer, kept_lengths, pad_batch, padded_length, windows
 from tests.conftest import need
 
 TEXTS = {
@@ -127,7 +127,7 @@ def test_errors_name_the_problem(ours):
 
 
 def test_documented_examples(ours):
-    # ALGORITHMS.md 5.2: max_length 6, stride 2, ten words -> [1-4], [3-6], [5-8], [7-10].
+    # docs/tokenizer.md: max_length 6, stride 2, ten words -> [1-4], [3-6], [5-8], [7-10].
     words = "a b c d e f g h i j"
     got = [ours.tok.decode(list(e.ids)) for e in ours.encode_overflowing(words, max_length=6, stride=2)]
     assert got == ["a b c d", "c d e f", "e f g h", "g h i j"]
@@ -182,7 +182,7 @@ def test_legacy_python_tokenizer_odd_budget(ours, real_model_dir):
     """Where transformers' legacy Python BertTokenizer and the Rust library disagree, we follow Rust.
 
     For a pair that must be cut on both sides with an odd budget and len(first) <= len(second), Rust gives the
-    extra token to the second text, the legacy Python code to the first (ALGORITHMS.md 5.2). sentence-transformers
+    extra token to the second text, the legacy Python code to the first (docs/tokenizer.md). sentence-transformers
     and transformers' default (fast) tokenizers use Rust, so the embeddings users compare against do too."""
     transformers = need("transformers")
     legacy = transformers.BertTokenizerLegacy.from_pretrained(str(real_model_dir))
@@ -215,12 +215,12 @@ def test_save_round_trip(ours, tmp_path):
     assert again.tok.truncation is None and again.tok.padding is None
 
 
-def test_buckets_and_padding():
-    assert [bucket_length(n) for n in (0, 1, 16, 17, 100, 256, 257, 512, 513, 700)] == \
-        [16, 16, 16, 32, 128, 256, 384, 512, 640, 768]
-    assert BUCKETS == tuple(sorted(BUCKETS))
+def test_padded_lengths_and_pad_batch_layout():
+    assert [padded_length(n) for n in (0, 1, 8, 9, 100, 129, 256, 257, 512, 513, 700)] == \
+        [8, 8, 8, 16, 104, 160, 256, 320, 512, 640, 768]
+    assert LENGTHS == tuple(sorted(LENGTHS))
     batch = pad_batch([Encoding((101, 7, 102), (0, 0, 0)), Encoding((101, 102, 8, 102), (0, 0, 1, 1))], rows=4)
-    assert batch.ids_BT.shape == (4, 16) and batch.ids_BT.dtype.name == "int32"
+    assert batch.ids_BT.shape == (4, 8) and batch.ids_BT.dtype.name == "int32"
     assert batch.ids_BT[0, :4].tolist() == [101, 7, 102, 0]
     assert batch.type_ids_BT[1, :5].tolist() == [0, 0, 1, 1, 0]
     assert batch.mask_BT.sum(1).tolist() == [3, 4, 0, 0]

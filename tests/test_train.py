@@ -140,7 +140,7 @@ def test_matryoshka_adaptive_and_gradcache_runs_load_everywhere(setup, capsys):
     assert run(setup, "--steps", "2", "--mini-batch-size", "1", "--symmetric", out="cached") == 0
     folder = setup / "m2d" / "step-0000002"
     texts = ["the cat sat on the mat", "a man is eating food", ""]
-    from minilm.inference import embed
+    from minilm import embed
     np.testing.assert_allclose(embed(texts, load(folder)), st.SentenceTransformer(str(folder), device="cpu")
                                .encode(texts), rtol=0, atol=1e-5)
     small = embed(texts, load(folder), num_layers=1, dim=16)

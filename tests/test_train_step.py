@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 import train
-from minilm import parallel
+from minilm import parallel, runs
+from minilm.fast.packing import pack_columns
 from minilm.model import flatten
 from tests.tiny import tiny_model
 
@@ -25,7 +25,7 @@ def make_examples(columns: int, seed: int = 0):
 
 
 def make_batch(model, columns: int, seed: int = 0):
-    return train.tokenize_columns(model.tokenizer, make_examples(columns, seed), 24)
+    return runs.pad_columns(model.tokenizer, make_examples(columns, seed), 24)
 
 
 OPTIONS = {
@@ -48,15 +48,10 @@ def single_device(model, batch, opts, key=None):
 
 
 def sharded(model, batch, opts, n, mini=0, key=None):
+    """train.py's own shard_map step (make_loss_and_grads) on n devices."""
     mesh = parallel.make_mesh(n)
-    specs = dict(mesh=mesh, in_specs=(P(), train.batch_spec(batch), P()))
-    if mini:
-        body = functools.partial(train.cached_device_loss_and_grads, cfg=model.config, opts=opts, mini=mini)
-        fn = jax.shard_map(body, out_specs=(P(), P()), **specs)
-    else:
-        body = functools.partial(train.device_loss, cfg=model.config, opts=opts)
-        fn = jax.value_and_grad(jax.shard_map(body, out_specs=P(), **specs))
-    return jax.jit(fn)(parallel.replicate(model.params, mesh), train.shard_batch(batch, mesh), key)
+    fn = train.make_loss_and_grads(mesh, model.config, opts, mini)
+    return jax.jit(fn)(parallel.replicate(model.params, mesh), parallel.shard_batch(batch, mesh), key)
 
 
 def assert_same(a, b, atol=1e-5):
@@ -125,8 +120,8 @@ def test_packed_equals_padded(tmp_path, name, n):
     columns, opts = OPTIONS[name]
     model = tiny_model(tmp_path)
     examples = make_examples(columns, seed=3)
-    packed = train.pack_columns(model.tokenizer, examples, 24, parts=n)
-    padded = train.tokenize_columns(model.tokenizer, examples, 24)
+    packed = pack_columns(model.tokenizer, examples, 24, parts=n)
+    padded = runs.pad_columns(model.tokenizer, examples, 24)
     assert packed.segments_RL.max() >= 4  # rows do hold several texts
     assert_same(sharded(model, packed, opts, n), single_device(model, padded, opts))
 
@@ -135,7 +130,7 @@ def test_pack_columns_places_every_text_once(tmp_path):
     model = tiny_model(tmp_path)
     examples = [(" ".join(["word"] * k), " ".join(["cat"] * (3 * k % 40))) for k in range(1, B + 1)]
     parts = 4
-    packed = train.pack_columns(model.tokenizer, examples, 48, parts=parts)
+    packed = pack_columns(model.tokenizer, examples, 48, parts=parts)
     R, L = packed.ids_RL.shape[0] // parts, packed.ids_RL.shape[1]
     assert R % 4 == 0 and L == 64
     b, N = B // parts, L // 4

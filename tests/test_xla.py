@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minilm import xla
+from minilm.fast import xla
 from minilm.model import layer_norm
 
 AVX2 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse sse2 fma avx avx2 f16c\n"

@@ -1,14 +1,16 @@
-"""How texts become forward passes: sort by length, pad to a few lengths, or pack several texts into one row.
+"""An optimisation of padding every text to its batch's longest: texts sorted by length, or packed several to a row;
+tests/test_batching.py proves each text's embedding equal to the text embedded alone, tests/test_train_step.py and
+tests/test_distill.py packed training equal to padded.
 
 A jitted function compiles once per input shape, so every forward here has one of a bounded set of shapes: rows are
-a power of two (up to the batch) and lengths come from `LENGTHS`. Two plans:
+a power of two (up to the batch) and lengths come from tokenizer.LENGTHS. Two plans:
 
 - padded: texts sorted by length, `batch_size` per forward, each row one text padded to the next length in
-  `LENGTHS` (steps of 8 up to 128 tokens, then 32, then 128). Sorting makes neighbours nearly equal in length.
-- packed: several texts share a row of `PACK_LENGTHS` tokens, each with its own positions (restarting at 0) and a
-  block-diagonal attention mask (model.packed_attention_bias), so each text is computed exactly as if alone.
-  Rows are filled best-fit, longest text first, short texts filling the room that long ones leave; a forward
-  holds `tokens // T` rows of T tokens. Almost no token is padding, and there are few shapes.
+  LENGTHS. Sorting makes neighbours nearly equal in length.
+- packed: several texts share a row of PACK_LENGTHS tokens, each with its own positions (restarting at 0) and a
+  block-diagonal attention mask (model.same_text), so each text is computed exactly as if alone. Rows are filled
+  best-fit, longest text first, short texts filling the room that long ones leave; a forward holds `tokens // T`
+  rows of T tokens. Almost no token is padding, and there are few shapes.
 
 A `Forward` says where each text goes (row, slot, first token); `arrays` builds its numpy inputs. Training
 (train.py, distill.py) packs each device's share of a batch alike: `pack_columns`.
@@ -19,16 +21,9 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from minilm import parallel
-from minilm.tokenizer import bucket_length
+from minilm.tokenizer import LENGTHS, padded_length
 
-LENGTHS = (*range(8, 129, 8), 160, 192, 224, 256, 320, 384, 448, 512)  # padded lengths beyond: multiples of 128
-PACK_LENGTHS = (32, 64, 128, 256, 512)  # row lengths of packed forwards (a new row: the shortest that holds its text)
-
-
-def padded_length(n: int) -> int:
-    """The shortest length in LENGTHS that holds n tokens (beyond 512: the next multiple of 128)."""
-    return bucket_length(n, LENGTHS)
+PACK_LENGTHS = tuple(t for t in LENGTHS if t >= 32 and t & (t - 1) == 0)  # packed rows: 32, 64, ..., 512 tokens
 
 
 def pow2_rows(n: int, most: int) -> int:
@@ -131,22 +126,27 @@ class Packed(NamedTuple):
     positions_RL: np.ndarray | jax.Array
     segments_RL: np.ndarray | jax.Array
     where_CB: np.ndarray | jax.Array  # [C, B]: index into the device's flattened [R * N] slots
+    ROW_AXES = (0, 0, 0, 1)  # the axis of each array that is split over devices (parallel.shard_batch)
+
+    def rows(self):
+        """(ids, positions, segments) of the packed rows, for models that read token rows (distillation)."""
+        return self.ids_RL, self.positions_RL, self.segments_RL
 
 
-def pack_columns(tokenizer, examples, max_length: int, parts: int) -> Packed:
+def pack_columns(tokenizer, examples, max_length: int, parts: int, agree=lambda *shape: shape) -> Packed:
     """Examples (tuples of C texts; B rows, `parts` equal slices, one per local device) -> a Packed batch: each
     slice's C x B/parts texts packed best-fit into R rows of L tokens (batching.pack_rows). L: the packing length
     that holds the longest text, at least 64 (short rows keep the block-diagonal attention cheap); R: the most rows
-    any slice needs, rounded up to a multiple of 4 (a bounded set of shapes). In a multi-host run every process
-    takes the largest R and L of all processes."""
+    any slice needs, rounded up to a multiple of 4 (a bounded set of shapes). agree(R, L) -> (R, L): in a
+    multi-host run, parallel.agree_max, so that every process builds arrays of one shape."""
     C, B = len(examples[0]), len(examples)
     b = B // parts
     columns = [[e.ids for e in tokenizer.encode_batch([ex[c] for ex in examples], max_length=max_length)]
                for c in range(C)]
-    L = bucket_length(max(64, *(len(ids) for col in columns for ids in col)), PACK_LENGTHS)
+    L = padded_length(max(64, *(len(ids) for col in columns for ids in col)), PACK_LENGTHS)
     slices = [[columns[c][d * b + r] for c in range(C) for r in range(b)] for d in range(parts)]  # text c * b + r
     rows = [pack_rows([len(ids) for ids in texts], [L]) for texts in slices]
-    R, L = parallel.agree_max(-(-max(len(r) for r in rows) // 4) * 4, L)
+    R, L = agree(-(-max(len(r) for r in rows) // 4) * 4, L)
     ids, positions, segments = (np.zeros((parts * R, L), np.int32) for _ in range(3))
     where_CB = np.zeros((C, B), np.int32)
     for d, (texts, packed) in enumerate(zip(slices, rows)):

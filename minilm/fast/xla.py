@@ -1,18 +1,14 @@
-"""How the jitted functions are compiled: which library computes the CPU matmuls, and JAX's persistent
-compilation cache.
+"""An optimisation of plain jax.jit: which library computes the CPU matmuls, and JAX's persistent compilation cache;
+tests/test_xla.py proves each library's results equal to plain jax.jit (1e-5).
 
-On the CPU the matmuls are about three quarters of a forward, and which library computes them matters more than
-anything else we control. jaxlib 0.10.2 hands them to YNNPACK by default and also fuses neighbouring reductions
-(LayerNorm's mean and variance) into those calls. Measured on this model's shapes (2 cores, jax 0.10.2):
-- Intel Xeon with AVX-512: matmuls alone in YNNPACK, reductions left to XLA's loops, were fastest of those tried:
-  a 6-layer forward of 4,096 packed tokens took 500-510 ms against 560-600 ms with the default.
-- AMD EPYC (Zen 3: AVX2, no AVX-512): XLA's own matmuls (Eigen) were fastest: 5% more STS-b sentences/s and 25%
-  more 250-token paragraphs/s than matmuls alone in YNNPACK (the default slower still).
-So `jit` asks for YNNPACK matmuls where the CPU has AVX-512 and XLA's own elsewhere; MINILM_CPU_MATMULS (one of
-MATMUL_LIBRARIES) overrides. oneDNN (xla_cpu_use_onednn) is not offered: 10% faster for short texts on the AMD
-machine, but it crashed (double free) on 256-token forwards and its kernels cannot be stored in the compilation
-cache. The choice only changes which kernels compute the same float32 operations; embeddings stay equal to
-sentence-transformers' to float32 rounding (the parity tests run with the one chosen).
+On the CPU the matmuls are most of a forward, and which library computes them matters more than anything else we
+control. jaxlib hands them to YNNPACK by default and also fuses neighbouring reductions (LayerNorm's mean and
+variance) into those calls. `jit` asks for YNNPACK with the matmuls alone where the CPU has AVX-512, and for XLA's own
+matmuls (Eigen) on x86 CPUs without it: the fastest of those measured on each kind of machine (docs/fast-path.md has
+the figures). MINILM_CPU_MATMULS (one of MATMUL_LIBRARIES) overrides. oneDNN is not offered: it crashed on long
+forwards and its kernels cannot be stored in the compilation cache. The choice only changes which kernels compute
+the same float32 operations; embeddings stay equal to sentence-transformers' to float32 rounding (the parity tests
+run with the one chosen).
 """
 import functools
 import os

