@@ -101,13 +101,12 @@ def make_distill_step(mesh, adam: optim.AdamWConfig, **loss_options):
     """step(student, opt_state, teacher, batch, key) -> (student, opt_state, stats), jitted."""
     loss_and_grads = make_loss_and_grads(mesh, **loss_options)
 
-    @xla.jit
     def step(s_params, opt_state, t_params, batch, key):
         (loss, parts), grads = loss_and_grads(s_params, t_params, batch, key)
         s_params, opt_state, stats = optim.update(s_params, grads, opt_state, adam)
         return s_params, opt_state, {"loss": loss, **parts, **stats}
 
-    return step
+    return jax.jit(step, compiler_options=xla.compiler_options())  # the CPU matmul library: fast/xla.py
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -206,7 +205,11 @@ def distill(args: Args) -> int:
 
 
 def main(argv=None) -> int:
-    return runs.main("distill.py", lambda argv: distill(cli.parse(Args, argv, description=__doc__)[0]), argv)
+    args = cli.parse(Args, argv, description=__doc__)[0]
+    try:
+        return distill(args)
+    except (ValueError, OSError, KeyboardInterrupt) as e:
+        return runs.error_status("distill.py", e)
 
 
 if __name__ == "__main__":

@@ -181,13 +181,12 @@ def make_train_step(mesh, cfg, opts: LossOptions, adam: optim.AdamWConfig, mini:
     placed on the mesh (parallel.shard_batch)."""
     loss_and_grads = make_loss_and_grads(mesh, cfg, opts, mini)
 
-    @xla.jit
     def step(params, opt_state, batch, key):
         loss, grads = loss_and_grads(params, batch, key)
         params, opt_state, stats = optim.update(params, grads, opt_state, adam)
         return params, opt_state, {"loss": loss, **stats}
 
-    return step
+    return jax.jit(step, compiler_options=xla.compiler_options())  # the CPU matmul library: fast/xla.py
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -271,7 +270,11 @@ def train(args: Args) -> int:
 
 
 def main(argv=None) -> int:
-    return runs.main("train.py", lambda argv: train(cli.parse(Args, argv, description=__doc__)[0]), argv)
+    args = cli.parse(Args, argv, description=__doc__)[0]
+    try:
+        return train(args)
+    except (ValueError, OSError, KeyboardInterrupt) as e:
+        return runs.error_status("train.py", e)
 
 
 if __name__ == "__main__":

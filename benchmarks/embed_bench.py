@@ -32,8 +32,9 @@ sys.path.insert(0, str(REPO))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from minilm import inference, xla  # noqa: E402
-from minilm.batching import plan_packed, plan_padded  # noqa: E402
+from minilm import embedding  # noqa: E402
+from minilm.fast import embedding as fast, xla  # noqa: E402
+from minilm.fast.packing import plan_packed, plan_padded  # noqa: E402
 from minilm.evaluate import read_sts  # noqa: E402
 
 
@@ -73,7 +74,7 @@ def matmul_gflops(matmul, ones, cfg, repeats: int) -> float:
 
 
 def matmul_peaks(cfg, repeats: int = 20) -> dict[str, float]:
-    """matmul_gflops with each CPU matmul library XLA offers (minilm/xla.py) and with torch where installed. The
+    """matmul_gflops with each CPU matmul library XLA offers (minilm/fast/xla.py) and with torch where installed. The
     machine's peak here is the best of them: the fastest matmul any engine on this machine could use."""
     libraries = xla.MATMUL_LIBRARIES if jax.default_backend() == "cpu" else {"default": {}}
     peaks = {}
@@ -107,19 +108,19 @@ class Minilm:
     name = "minilm"
 
     def __init__(self, model_dir, pack: bool):
-        self.model = inference.get_model(model_dir)
+        self.model = embedding.get_model(model_dir)
         self.pack = pack
         self.name = "minilm packed" if pack else "minilm padded"
 
     def end_to_end(self, texts, batch_size):
-        return inference.embed(texts, self.model, batch_size=batch_size, pack=self.pack, progress=False)
+        return fast.embed(texts, self.model, batch_size=batch_size, pack=self.pack, progress=False)
 
     def prepare(self, texts, batch_size):
         """Tokenize and plan once, so that model_only times the forwards alone."""
         m = self.model
         ids = [e.ids for e in m.tokenizer.encode_batch(texts)]
         lengths = [len(x) for x in ids]
-        plan = plan_packed(lengths, inference.packed_tokens(batch_size)) if self.pack else \
+        plan = plan_packed(lengths, fast.packed_tokens(batch_size)) if self.pack else \
             plan_padded(lengths, batch_size)
         arrays = [fwd.arrays(ids, m.tokenizer.pad_id) for fwd in plan]
         return plan, arrays
@@ -128,7 +129,7 @@ class Minilm:
         plan, arrays = prepared
         m = self.model
         with jax.default_matmul_precision("highest"):
-            outs = [inference.embed_rows(m.params, *a, cfg=m.config, pooling=m.pooling, normalize=m.normalize,
+            outs = [fast.embed_rows(m.params, *a, cfg=m.config, pooling=m.pooling, normalize=m.normalize,
                                          slots=fwd.slots) for fwd, a in zip(plan, arrays)]
         jax.block_until_ready(outs)
 
@@ -272,9 +273,9 @@ def main(argv=None):
     p.add_argument("--no-cold-start", action="store_true")
     args = p.parse_args(argv)
 
-    model_dir = pathlib.Path(args.model) if args.model else inference.default_model_dir()
+    model_dir = pathlib.Path(args.model) if args.model else embedding.default_model_dir()
     texts = read_texts(args.texts, args.join, args.limit) if args.texts else unique_sentences(args.sts)
-    model = inference.get_model(model_dir)
+    model = embedding.get_model(model_dir)
     lengths = [len(e.ids) for e in model.tokenizer.encode_batch(texts)]
     flops = useful_flops(lengths, model.config)
     print(f"{len(texts)} texts, {sum(lengths):,} tokens (mean {np.mean(lengths):.1f}), useful work "
@@ -288,9 +289,9 @@ def main(argv=None):
     names = args.engines.split(",")
     if "minilm" in names:
         t = time.perf_counter()
-        inference.embed(texts, model, batch_size=32, progress=False)
+        fast.embed(texts, model, batch_size=32, progress=False)
         first = time.perf_counter() - t
-        print(f"minilm first call (tokenize, compile {len(inference.TRACES)} shapes, run): {first:.2f} s")
+        print(f"minilm first call (tokenize, compile {len(fast.TRACES)} shapes, run): {first:.2f} s")
         engines += [Minilm(model_dir, pack=True), Minilm(model_dir, pack=False)]
     work = pathlib.Path(tempfile.mkdtemp(prefix="embed-bench-"))
     for name, make in (("st", lambda: SentenceTransformers(model_dir)), ("ort", lambda: OnnxRuntime(model_dir, work))):

@@ -78,7 +78,7 @@ def main(argv=None):
     p.add_argument("--skip", type=int, default=2, help="log intervals / steps left out as warm-up")
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from minilm.inference import default_model_dir
+    from minilm.embedding import default_model_dir
     model_dir = pathlib.Path(args.model) if args.model else default_model_dir()
     log_every = max(1, args.steps // 10)
     common = ["--model", str(model_dir), "--steps", str(args.steps), "--batch-size",

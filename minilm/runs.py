@@ -257,16 +257,14 @@ class Run:
         return 128 + self.stop.signum if self.stop.requested else 0
 
 
-def main(script: str, run, argv=None) -> int:
-    """Call run(argv) and turn the errors users cause into one line and exit status 1."""
-    try:
-        return run(argv)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"{script}: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # e.g. a full disk while writing metrics.jsonl
-        print(f"{script}: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint written stays the latest
+def error_status(script: str, e: BaseException) -> int:
+    """A script's `except` clause: one line on stderr for an error the user can act on (a bad file or option, a full
+    disk) and exit status 1, or 130 for a second Ctrl-C (the last checkpoint written stays the latest)."""
+    if isinstance(e, KeyboardInterrupt):
         print(f"{script}: interrupted", file=sys.stderr)
         return 130
+    if isinstance(e, (ValueError, FileNotFoundError)):
+        print(f"{script}: error: {e}", file=sys.stderr)
+    else:  # another OSError, e.g. a full disk while writing metrics.jsonl
+        print(f"{script}: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+    return 1

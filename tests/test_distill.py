@@ -66,7 +66,7 @@ def test_eight_devices_and_packing_equal_one_padded_device(setup, relations, r):
         assert worst <= 1e-5, (name, worst)
 
 
-def test_students(setup):
+def test_students_from_kept_layers_and_from_scratch_with_hf_init(setup):
     teacher = load(setup / "teacher")
     kept = distill.make_student(distill.Args(student_num_layers=1), teacher)
     assert kept.config.num_hidden_layers == 1

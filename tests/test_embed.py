@@ -114,7 +114,7 @@ def test_bad_input_file(run, tmp_path, content, message):
     assert err.startswith("embed.py: error: ") and re.search(message, err), err
 
 
-def test_other_errors(run, tmp_path):
+def test_missing_input_folder_input_bad_suffix_long_max_length_no_text_bad_model(run, tmp_path):
     assert run("--input", str(tmp_path / "missing.txt"))[0:3:2] == (1, f"embed.py: error: {tmp_path / 'missing.txt'}: "
                                                                         "cannot read (No such file or directory)\n")
     code, _, err = run("--input", str(tmp_path))

@@ -31,7 +31,7 @@ def test_read_sts_errors_name_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"sts\.csv:2: expected 3 columns"):
         evaluate.read_sts(f)
     f.write_bytes(b"a,b,1\n\xff,d,2\n")
-    with pytest.raises(ValueError, match=r"sts\.csv: not valid UTF-8"):
+    with pytest.raises(ValueError, match=r"sts\.csv:2: not valid UTF-8 \(byte 0xff at column 1\)"):
         evaluate.read_sts(f)
     with pytest.raises(ValueError, match="cannot read"):
         evaluate.read_sts(tmp_path / "missing.csv")

@@ -31,7 +31,7 @@ def batch():
 
 
 @pytest.mark.parametrize("scale", [20.0, 1.0, 50.0])
-def test_pairs(batch, scale):
+def test_ranking_loss_on_pairs_equals_numpy_loop(batch, scale):
     a, p, _ = batch
     got = losses.contrastive_loss(jnp.array(a, jnp.float32), jnp.array(p, jnp.float32), scale=scale)
     assert float(got) == pytest.approx(np_mnrl(a, p, scale), rel=1e-5)
@@ -45,7 +45,7 @@ def test_triplets_candidates_are_positives_then_negatives(batch):
     assert abs(float(got) - reversed_blocks) > 1e-3
 
 
-def test_symmetric(batch):
+def test_symmetric_loss_has_no_negatives_in_the_reverse_direction(batch):
     a, p, n = batch
     got = losses.contrastive_loss(jnp.array(a, jnp.float32), jnp.array(p, jnp.float32), symmetric=True)
     assert float(got) == pytest.approx(0.5 * (np_mnrl(a, p, 20.0) + np_mnrl(p, a, 20.0)), rel=1e-5)
@@ -61,7 +61,7 @@ def test_matryoshka_truncates_then_normalises(batch):
     assert float(got) == pytest.approx(expected, rel=1e-5)
 
 
-def test_layer_kl(batch):
+def test_layer_kl_equals_numpy_loop_and_holds_the_final_layer_fixed(batch):
     final, layer, _ = batch
     t = 0.3
     expected = 0.0

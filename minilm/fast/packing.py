@@ -135,7 +135,7 @@ class Packed(NamedTuple):
 
 def pack_columns(tokenizer, examples, max_length: int, parts: int, agree=lambda *shape: shape) -> Packed:
     """Examples (tuples of C texts; B rows, `parts` equal slices, one per local device) -> a Packed batch: each
-    slice's C x B/parts texts packed best-fit into R rows of L tokens (batching.pack_rows). L: the packing length
+    slice's C x B/parts texts packed best-fit into R rows of L tokens (pack_rows). L: the packing length
     that holds the longest text, at least 64 (short rows keep the block-diagonal attention cheap); R: the most rows
     any slice needs, rounded up to a multiple of 4 (a bounded set of shapes). agree(R, L) -> (R, L): in a
     multi-host run, parallel.agree_max, so that every process builds arrays of one shape."""

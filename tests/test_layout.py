@@ -1,0 +1,87 @@
+"""The layout a reader relies on, read from the source with `ast`: the algorithm never imports the fast path, there
+are no import cycles, every fast-path module says what it optimises and which test proves it equal, and nothing
+cites a file outside the repository."""
+import ast
+import pathlib
+import re
+
+from tests.conftest import REPO
+
+CORE = ("config", "files", "model", "tokenizer", "checkpoint", "embedding", "losses", "relations", "optim", "data",
+        "parallel", "cli")  # the algorithm: what a reader learns from, plain
+SCRIPTS = ("train.py", "distill.py", "embed.py")
+
+
+def module_files() -> dict[str, pathlib.Path]:
+    """{"minilm.model": path, ..., "train": path}: the package's modules and the scripts."""
+    files = {}
+    for path in sorted((REPO / "minilm").rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    files.update({name.removesuffix(".py"): REPO / name for name in SCRIPTS})
+    return files
+
+
+def imports(path: pathlib.Path, known: dict) -> set[str]:
+    """The repository modules a file imports, at the top or inside functions (`from minilm import x` names the
+    submodule minilm.x when there is one, else the package)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in known else node.module)
+    return {name for name in found if name in known}
+
+
+def test_core_modules_never_import_the_fast_path():
+    known = module_files()
+    for name in CORE:
+        bad = sorted(m for m in imports(known[f"minilm.{name}"], known) if m.startswith("minilm.fast"))
+        assert not bad, f"minilm/{name}.py imports {bad}; the plain path must read without the fast path"
+
+
+def test_the_check_above_can_fail(tmp_path):
+    """The parser sees an import hidden inside a function, as a core module might have one."""
+    (tmp_path / "m.py").write_text("def f():\n    from minilm.fast.packing import pack_columns\n")
+    assert imports(tmp_path / "m.py", module_files()) == {"minilm.fast.packing"}
+
+
+def test_no_import_cycles():
+    known = module_files()
+    graph = {name: imports(path, known) - {name} for name, path in known.items()}
+    state = {}  # name -> "open" while on the path, "done" after
+
+    def visit(name, path):
+        state[name] = "open"
+        for dep in sorted(graph[name]):
+            if state.get(dep) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[name] = "done"
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+
+
+def test_fast_path_modules_say_what_they_optimise_and_which_test_proves_it():
+    for path in sorted((REPO / "minilm" / "fast").glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        assert doc.startswith("An optimisation of"), f"{path.name}: {doc[:60]!r}"
+        named = re.findall(r"tests/(test_\w+\.py)", doc.split("\n\n")[0])
+        assert named and all((REPO / "tests" / t).is_file() for t in named), (path.name, named)
+
+
+def test_nothing_cites_a_file_outside_the_repository():
+    for path in [*(REPO / "minilm").rglob("*.py"), *(REPO / s for s in SCRIPTS)]:
+        text = path.read_text()
+        assert "ALGORITHMS" not in text and "../shared" not in text, path
+    cited = {m for path in [*(REPO / "minilm").rglob("*.py"), *(REPO / s for s in SCRIPTS)]
+             for m in re.findall(r"docs/[\w-]+\.md", path.read_text())}
+    assert cited and all((REPO / doc).is_file() for doc in cited), sorted(cited)
