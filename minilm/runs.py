@@ -22,6 +22,7 @@ import time
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import safetensors
 
@@ -76,7 +77,7 @@ class Padded(NamedTuple):
         """(ids, positions, segments) [C*B, T]: the rows as packed rows of one text each (segment 1, or 0 = pad)."""
         C, B, T = self.ids_CBT.shape
         ids_NT, mask_NT = self.ids_CBT.reshape(C * B, T), self.mask_CBT.reshape(C * B, T)
-        return ids_NT, jax.numpy.broadcast_to(jax.numpy.arange(T, dtype=np.int32), (C * B, T)), mask_NT
+        return ids_NT, jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (C * B, T)), mask_NT
 
 
 def pad_columns(tokenizer, examples, max_length: int) -> Padded:
