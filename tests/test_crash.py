@@ -42,7 +42,7 @@ def start(script, data, out, *flags, cache=None, **env):
         inputs = ["--teacher", data / "teacher", "--data", data / "text.txt.gz", "--student-layers", "1",
                   "--num-relation-heads", "8"]
     cmd = [sys.executable, REPO / script, *inputs, "--batch-size", "8", "--max-length", "16", "--warmup", "2",
-           "--lr", "1e-3", "--steps", "6", "--log-every", "1", "--out", out, *flags]
+           "--lr", "1e-3", "--steps", "6", "--log-every", "1", "--keep-optimizer", "0", "--out", out, *flags]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu", **env}
     if cache:
         env |= {"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}

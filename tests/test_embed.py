@@ -150,3 +150,31 @@ def test_subprocess_exit_codes(real_model_dir, tmp_path):
     assert bad.returncode == 1 and bad.stderr.strip().endswith("bad.txt:1: not valid UTF-8 (byte 0xc3 at column 1)")
     flag = subprocess.run(base + ["--batch-size", "0", "x"], capture_output=True, text=True)
     assert flag.returncode == 2 and "--batch-size must be >= 1" in flag.stderr
+
+
+def test_file_name_as_text_gets_a_hint(run, tmp_path, monkeypatch):
+    (tmp_path / "notes.txt").write_text("A man is eating food.\n")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("notes.txt")
+    assert code == 0 and json.loads(out)["text"] == "notes.txt"  # still the text, as asked
+    assert "did you mean --input notes.txt?" in err
+
+
+def test_gzip_input_reads_like_plain_text(run, reference, tmp_path):
+    import gzip
+    with gzip.open(tmp_path / "in.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(LINES) + "\n")
+    code, _, _ = run("--input", str(tmp_path / "in.txt.gz"), "--output", str(tmp_path / "x.npy"))
+    assert code == 0
+    np.testing.assert_allclose(np.load(tmp_path / "x.npy"), reference, rtol=0, atol=1e-6)
+
+
+def test_input_and_output_are_checked_before_the_model_loads(tmp_path, capsys):
+    """A model folder that does not exist would be the error if the model loaded first."""
+    (tmp_path / "bad.txt").write_bytes(b"fine\n\xff\n")
+    for argv, message in ((["--output", str(tmp_path / "x.csv"), "hi"], "--output must end in .npy or .jsonl"),
+                          (["--input", str(tmp_path / "missing.txt")], "missing.txt: cannot read"),
+                          (["--input", str(tmp_path / "bad.txt")], "bad.txt:2: not valid UTF-8")):
+        assert cli.main(["--model", str(tmp_path / "no-model"), *argv]) == 1
+        err = capsys.readouterr().err
+        assert message in err and "no-model" not in err, err

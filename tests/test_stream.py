@@ -1,6 +1,7 @@
 """embed.py streams: a long input file goes through in chunks, the .npy is written as it goes (its header fixed
 at the end), the input is read lazily, and peak memory does not grow with the file: asserted on the 1-million-line
 run, marked slow (`python -m pytest -m slow tests/test_stream.py -s` prints its peak RSS)."""
+import re
 import subprocess
 import sys
 
@@ -84,3 +85,24 @@ def test_one_million_lines(tiny_dir, tmp_path):
     assert x.shape == (1_000_000, 32) and np.isfinite(x[-1000:]).all()
     print(f"\npeak RSS: {small:.0f} MiB for 20,000 lines, {big:.0f} MiB for 1,000,000 lines")
     assert big < small + 100  # 50x the lines; keeping ~100 bytes a line would already add 95 MiB
+
+
+def test_progress_runs_on_a_clock_across_chunks(tiny_dir, monkeypatch, capsys):
+    """Progress lines come from a clock, also while no forward finishes (a long compile, a long forward), count the
+    texts of every chunk of a stream, give the rate, elapsed time and time left, and end with the total."""
+    import time
+    from minilm.fast import embedding as fast
+    report = fast.Progress(40, enabled=True, every=0.05)
+    time.sleep(0.3)  # nothing reported yet: the clock still shows where the job is
+    report.finish()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) >= 2 and lines[0] == "embedded 0/40 texts  0/s  0:00 elapsed  starting", lines
+    monkeypatch.setattr(fast, "QUIET_FOR", 0.0)
+    monkeypatch.setattr(fast.Progress, "EVERY", 0.01)
+    texts = [f"the cat {i} sat on the mat" for i in range(40)]
+    stream = embed_stream(iter(texts), tiny_dir, chunk_size=16, progress=True, total=40, batch_size=4, pack=False)
+    assert [len(chunk) for chunk, _ in stream] == [16, 16, 8]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert all(re.fullmatch(r"embedded \d+/40 texts  \d+/s  0:\d\d elapsed  (0:\d\d left|starting)", line)
+               for line in lines[:-1]), lines
+    assert lines[-1].startswith("embedded 40/40 texts") and "left" not in lines[-1]

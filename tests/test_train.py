@@ -3,6 +3,7 @@ Ctrl-C and NaN handling. (The math of the step is in test_train_step.py.)"""
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def test_help_documents_every_flag(capsys):
 
 def test_two_steps_resume_two_steps_equals_four_steps(setup, capsys):
     assert run(setup, "--steps", "4", out="straight") == 0
-    assert run(setup, "--steps", "4", "--save-every", "2", "--time-limit", "0", out="first") == 0
+    assert run(setup, "--steps", "4", "--save-every", "2", "--keep-optimizer", "0", out="first") == 0
     # resume from the step-2 checkpoint of a 4-step run: same schedule, data position and dropout keys
     assert run(setup, "--steps", "4", "--resume", str(setup / "first" / "step-0000002"), out="second") == 0
     a, b = params_of(setup / "straight" / "step-0000004"), params_of(setup / "second" / "step-0000004")
@@ -145,3 +146,41 @@ def test_matryoshka_adaptive_and_gradcache_runs_load_everywhere(setup, capsys):
                                .encode(texts), rtol=0, atol=1e-5)
     small = embed(texts, load(folder), num_layers=1, dim=16)
     assert small.shape == (3, 16) and np.allclose(np.linalg.norm(small, axis=1), 1, atol=1e-6)
+
+
+def test_resume_continues_the_run_as_it_was(setup, tmp_path, capsys):
+    """A run of 4 steps with non-default lr, warmup, --symmetric and evaluation, stopped after its step-2
+    checkpoint, resumed with `--resume DIR` alone: steps 3-4 with the saved settings, in the same folder, bit-identical
+    to the run that was not stopped. A changed option is printed; a finished run says so; --data cannot change."""
+    sts = tmp_path / "sts.csv"
+    sts.write_text("the cat sat,the cat sat on the mat,4.5\nthe man is eating,music plays,0.5\na dog,the dog,4.0\n")
+    flags = ("--lr", "5e-4", "--warmup", "1", "--symmetric", "--eval-sts", str(sts), "--steps", "4",
+             "--save-every", "2", "--keep-optimizer", "2")
+    assert run(setup, *flags, out="as-it-was") == 0
+    assert run(setup, *flags, out="stopped") == 0
+    stopped = setup / "stopped"
+    shutil.rmtree(stopped / "step-0000004")  # as if stopped right after the step-2 checkpoint
+    (stopped / "latest").write_text("step-0000002\n")
+    capsys.readouterr()
+    assert train.main(["--resume", str(stopped)]) == 0
+    out = capsys.readouterr().out
+    assert f"resumed from {stopped / 'step-0000002'} at step 2" in out and "STS spearman" in out
+    a, b = params_of(setup / "as-it-was" / "step-0000004"), params_of(stopped / "step-0000004")
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # bit for bit: lr, warmup, symmetric and data as saved
+    assert train.main(["--resume", str(stopped)]) == 0
+    assert "the run is finished, nothing to do" in capsys.readouterr().err
+    assert train.main(["--resume", str(stopped), "--steps", "5", "--lr", "1e-4"]) == 0
+    err = capsys.readouterr().err
+    assert "resume: --lr 0.0005 -> 0.0001" in err and "resume: --steps 4 -> 5" in err
+    assert (stopped / "latest").read_text().strip() == "step-0000005"
+    assert train.main(["--resume", str(stopped), "--steps", "6", "--data", str(sts)]) == 1
+    assert "--data" in capsys.readouterr().err
+
+
+def test_only_the_newest_checkpoints_keep_the_optimizer_state(setup, capsys):
+    assert run(setup, "--steps", "3", "--save-every", "1", out="lean") == 0  # --keep 3, --keep-optimizer 1
+    lean = setup / "lean"
+    assert [(p / "optimizer.safetensors").exists() for p in sorted(lean.glob("step-*"))] == [False, False, True]
+    assert load(lean / "step-0000001")  # still a model folder
+    assert run(setup, "--resume", str(lean / "step-0000001"), out="lean2") == 1
+    assert "no optimizer.safetensors" in capsys.readouterr().err

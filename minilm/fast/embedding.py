@@ -11,9 +11,11 @@ few compiled shapes; tests/test_fast_path.py proves them equal, tests/test_batch
 docs/fast-path.md explains each and what it was measured to buy.
 """
 import collections
+import contextlib
 import functools
 import itertools
 import sys
+import threading
 import time
 
 import jax
@@ -65,13 +67,14 @@ def cast_params(model: Model, dtype: str):
 
 def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = None, normalize: bool | None = None,
           num_layers: int | None = None, dim: int | None = None, pack: bool = True, dtype: str = "float32",
-          progress: bool | None = None, fast: bool = True) -> np.ndarray:
+          progress=None, fast: bool = True) -> np.ndarray:
     """Embed a list of strings -> float32 [N, dim], row i for texts[i]: minilm.embedding.embed, faster.
 
     The options of the plain path (model, batch_size, max_length, normalize, num_layers, dim), plus: pack: several
     texts share a row (packing.plan_packed), packed_tokens(batch_size) per forward; without it, batch_size texts per
     forward, sorted by length and padded (packing.plan_padded). dtype "bfloat16" computes the encoder in bfloat16
-    (for GPUs and TPUs); float32 is the reference. fast=False runs the plain path itself."""
+    (for GPUs and TPUs); float32 is the reference. progress: a line on stderr as forwards finish (None: for 1,000
+    texts or more). fast=False runs the plain path itself."""
     if not fast:
         return embedding.embed(texts, model, batch_size=batch_size, max_length=max_length, normalize=normalize,
                                num_layers=num_layers, dim=dim)
@@ -87,17 +90,22 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     pack = pack and m.pooling in PACKED_POOLING_MODES
     plan = plan_packed(lengths, tokens=packed_tokens(batch_size)) if pack else plan_padded(lengths, batch_size)
     out = np.zeros((len(texts), dim or cfg.hidden_size), np.float32)
-    report = Progress(len(texts), enabled=len(texts) >= 1000 if progress is None else progress)
+    if isinstance(progress, Progress):  # a stream's: it reports across calls
+        report, own = progress, False
+    else:
+        report = Progress(len(texts), enabled=len(texts) >= 1000 if progress is None else bool(progress),
+                          quiet_for=0.0 if progress is True else QUIET_FOR)
+        own = True
     done, pending = 0, None
 
     def collect(fwd: Forward, emb_BND):  # the host waits here for the device, one forward behind
         nonlocal done
         out[fwd.index] = np.asarray(emb_BND)[fwd.row, fwd.slot]
         done += len(fwd.index)
-        report(done)
+        report(done, final=own and done == len(texts))
 
     # Parity with torch needs full float32 matmuls (GPUs default to TF32 and TPUs to bf16 passes).
-    with jax.default_matmul_precision("highest"):
+    with jax.default_matmul_precision("highest"), report.stopped_on_error(own):
         for fwd in plan:  # dispatch is asynchronous: the next batch is built while this one computes
             emb_BND = embed_rows(params, *fwd.arrays(ids, m.tokenizer.pad_id), cfg=cfg, pooling=m.pooling,
                                  normalize=normalize, num_layers=num_layers, dim=dim, slots=fwd.slots)
@@ -108,37 +116,88 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     return out
 
 
-def embed_stream(texts, model=None, *, chunk_size: int = 16384, progress: bool = False, **options):
+def embed_stream(texts, model=None, *, chunk_size: int = 16384, progress: bool = False, total: int | None = None,
+                 **options):
     """Embed an iterable of strings chunk by chunk -> yields (texts, float32 [n, dim]) in input order. Memory
-    stays flat however long the input (embed.py streams files through this). options: those of embed()."""
+    stays flat however long the input (embed.py streams files through this). progress: report on stderr as each
+    forward finishes, not each chunk (total: the number of texts, when known, for the time left). options: those of
+    embed()."""
     model = get_model(model)
-    report = Progress(None, enabled=progress, quiet_for=2.0)
-    chunk, done, end = [], 0, object()
-    for text in itertools.chain(texts, [end]):  # `end` marks the end (a None in the input is an error in embed)
-        if text is not end:
-            chunk.append(text)
-        if chunk and (len(chunk) == chunk_size or text is end):
-            yield chunk, embed(chunk, model, progress=False, **options)
-            done += len(chunk)
-            report(done, final=text is end)
-            chunk = []
+    report = Progress(total, enabled=progress, quiet_for=QUIET_FOR)
+    chunk, end = [], object()
+    with report.stopped_on_error():
+        for text in itertools.chain(texts, [end]):  # `end` marks the end (a None in the input is an error in embed)
+            if text is not end:
+                chunk.append(text)
+            if chunk and (len(chunk) == chunk_size or text is end):
+                yield chunk, embed(chunk, model, progress=report, **options)
+                report.offset += len(chunk)
+                chunk = []
+    report.finish()
+
+
+QUIET_FOR = 1.0  # seconds: a stream that ends sooner prints no progress at all
+
+
+def clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
 
 
 class Progress:
-    """A progress line on stderr: rewritten in place on a terminal, one line every few seconds otherwise."""
+    """Progress on stderr: texts done, rate, elapsed and (with a known total) time left. A background thread shows
+    it on a clock, not when a forward happens to finish: on a terminal one line rewritten every second, otherwise a
+    line every EVERY seconds; the first once quiet_for seconds have passed (nothing for a job that ends sooner).
+    The caller reports texts done (plus `offset`, the texts of earlier calls: embed_stream's chunks) and calls
+    finish() at the end."""
+    EVERY_TTY, EVERY = 1.0, 3.0  # seconds between updates on a terminal, and between lines otherwise
 
-    def __init__(self, total: int | None, enabled: bool, every: float = 2.0, quiet_for: float = 0.0):
-        self.total, self.enabled, self.every, self.quiet_for = total, enabled, every, quiet_for  # quiet: no line
-        # at all for a job shorter than quiet_for seconds
+    def __init__(self, total: int | None, enabled: bool, every: float | None = None, quiet_for: float = 0.0):
+        self.total, self.enabled, self.quiet_for, self.offset, self.done = total, enabled, quiet_for, 0, 0
+        self.tty = sys.stderr is not None and sys.stderr.isatty()
+        self.every = (self.EVERY_TTY if self.tty else self.EVERY) if every is None else every
         self.start = self.last = time.perf_counter()
+        self.shown, self.stopped = False, threading.Event()
+        if enabled:
+            threading.Thread(target=self.tick, daemon=True).start()
 
-    def __call__(self, done: int, final: bool | None = None):
-        now = time.perf_counter()
-        final = done == self.total if final is None else final
-        if not self.enabled or (now - self.last < self.every and not final) or now - self.start < self.quiet_for:
+    def __call__(self, done: int, final: bool = False):
+        """done: texts finished by the current call; final: this call's texts are all done and nothing follows."""
+        self.done = self.offset + done
+        if final:
+            self.finish()
+
+    def tick(self):
+        while not self.stopped.wait(min(self.every, 0.25)):
+            now = time.perf_counter()
+            if now - self.start >= self.quiet_for and (not self.shown or now - self.last >= self.every):
+                self.show(now)
+
+    def show(self, now: float, final: bool = False):
+        self.last, self.shown = now, True
+        elapsed = now - self.start
+        rate = self.done / max(elapsed, 1e-9)
+        line = f"embedded {self.done}/{self.total} texts" if self.total else f"embedded {self.done} texts"
+        line += f"  {rate:.0f}/s  {clock(elapsed)} elapsed"
+        if self.total and not final:
+            line += f"  {clock((self.total - self.done) / rate) + ' left' if rate else 'starting'}"
+        print(line, end="\r" if self.tty and not final else "\n", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def stopped_on_error(self, own: bool = True):
+        """An error (or a consumer that stops reading) silences the clock, without a last line."""
+        try:
+            yield
+        except BaseException:  # GeneratorExit included
+            if own:
+                self.stopped.set()
+            raise
+
+    def finish(self):
+        """Stop the clock; the last line, if the job was long enough to show any."""
+        if self.stopped.is_set() or not self.enabled:
             return
-        self.last = now
-        end = "\r" if sys.stderr.isatty() and not final else "\n"
-        rate = done / max(now - self.start, 1e-9)
-        of = f"/{self.total}" if self.total else ""
-        print(f"embedded {done}{of} texts ({rate:.0f}/s)", end=end, file=sys.stderr, flush=True)
+        self.stopped.set()
+        now = time.perf_counter()
+        if self.shown or now - self.start >= self.quiet_for:
+            self.show(now, final=True)

