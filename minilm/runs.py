@@ -38,7 +38,8 @@ class RunArgs:
     """The options of every run; train.py and distill.py add their own (and may change a default)."""
     out: str = "out"  # output folder: checkpoints step-N/, metrics.jsonl, args.json
     resume: str | None = None  # continue a run as it was, from a checkpoint folder or an --out folder (its latest):
-    # every option as saved unless given again (printed), into the same folder; --data and --batch-size cannot change
+    # every option as saved unless given again (printed), into the same folder; --data and --batch-size cannot change,
+    # and the model is the checkpoint's
     steps: int = 1000  # optimizer steps in all (resuming with more extends the run: the linear decay is redrawn
     # to the new end)
     batch_size: int = 64  # global batch: rows over all devices
@@ -141,6 +142,8 @@ def save_checkpoint(out: pathlib.Path, step: int, model: Model, opt_state, data_
 
 
 FIXED_ON_RESUME = ("data", "batch_size", "datasets_per_batch")  # the saved data position means nothing otherwise
+MODEL_FROM_CHECKPOINT = ("model", "keep_layers", "student", "student_layers", "student_num_layers",
+                         "student_hidden_size", "student_heads", "student_intermediate_size")  # no effect on resume
 
 
 def resumed_args(args: RunArgs, given: set[str]) -> RunArgs:
@@ -162,6 +165,9 @@ def resumed_args(args: RunArgs, given: set[str]) -> RunArgs:
             if name in FIXED_ON_RESUME:
                 raise ValueError(f"{flag} {getattr(new, name)!r} differs from the run's {old!r}; a resumed run reads "
                                  f"the same data in the same batches (start a new run with --model {folder} instead)")
+            if name in MODEL_FROM_CHECKPOINT:
+                print(f"resume: {flag} is ignored: the model is the checkpoint's", file=sys.stderr)
+                continue
             print(f"resume: {flag} {old!r} -> {getattr(new, name)!r} (given on the command line)", file=sys.stderr)
     return new
 

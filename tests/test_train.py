@@ -177,6 +177,8 @@ def test_resume_continues_the_run_as_it_was(setup, tmp_path, capsys):
     assert (stopped / "latest").read_text().strip() == "step-0000005"
     assert train.main(["--resume", str(stopped), "--steps", "6", "--data", str(sts)]) == 1
     assert "--data" in capsys.readouterr().err
+    assert train.main(["--resume", str(stopped), "--keep-layers", "0"]) == 0  # finished; the layers are the model's
+    assert "resume: --keep-layers is ignored" in capsys.readouterr().err
 
 
 def test_only_the_newest_checkpoints_keep_the_optimizer_state(setup, capsys):
