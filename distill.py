@@ -1,29 +1,39 @@
-"""MiniLM distillation: a small student learns to mimic the self-attention relations of one teacher layer.
+"""Distillation: a small student learns from a teacher on unlabeled text, by two objectives that combine.
 
 MiniLM v1 (arXiv 2002.10957) transfers the attention distributions softmax(Q K^T) and the value relation
 softmax(V V^T) per attention head, so teacher and student need the same head count. MiniLMv2 (arXiv 2012.15828)
-transfers Q-Q, K-K and V-V relations split into R relation heads, so the two may differ in width and heads. Only
-relations of unlabeled text are compared: no labels, no hidden-state or logit matching (docs/distillation.md).
+transfers Q-Q, K-K and V-V relations split into R relation heads, so the two may differ in width and heads.
+Embedding distillation (sentence-transformers' MSELoss recipe) makes the student's sentence embedding (its own pooling
+and normalisation) equal the teacher's: the objective of the task itself. A narrower student learns the teacher's
+embedding projected onto its top principal directions (PCA). No labels are used (docs/distillation.md).
 
     python distill.py --data wiki_sentences.txt.gz --student-layers 0,2,4 --out out
     python distill.py --data text.txt.gz --student-num-layers 4 --student-hidden-size 256 --student-heads 4 \\
         --num-relation-heads 32 --out scratch                        # from scratch, another width (v2)
     python distill.py --data text.txt.gz --relations qk,vv --num-relation-heads 0 ...     # MiniLM v1
+    python distill.py --data text.txt.gz --student-layers 0,2,4 --relations none --embedding-loss mse \
+        --teacher-cache teacher.safetensors --out out       # embedding distillation alone, the teacher run once
 
 The same skeleton as train.py, side by side: data parallel over one 'data' mesh axis, AdamW, the loop with its
 checkpoints, --resume and Ctrl-C (minilm/runs.py has the pieces both use).
 """
 import dataclasses
 import functools
+import hashlib
+import pathlib
 import sys
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
 from jax.sharding import PartitionSpec as P
 
 from minilm import cli, optim, parallel, runs
 from minilm.checkpoint import Model, load
 from minilm.fast import xla
-from minilm.model import encode, init_params, keep_layers
+from minilm.losses import EMBEDDING_LOSSES, embedding_distill_loss
+from minilm.model import encode, flatten, init_params, keep_layers, l2_normalize
 from minilm.relations import count_texts, distill_loss, layer_qkv, parse_relations, relation_heads
 
 
@@ -37,7 +47,12 @@ class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
     student_hidden_size: int = 0  # from scratch (HF init) with this width (0: keep teacher layers instead)
     student_heads: int = 0  # attention heads of a from-scratch student (default: hidden size / 64, at least 1)
     student_intermediate_size: int = 0  # feed-forward size of a from-scratch student (default: 4 x hidden)
-    relations: str = "qq,kk,vv"  # relations and weights: qq,kk,vv (MiniLMv2) or qk,vv (v1); e.g. qq:1,kk:1,vv:2
+    relations: str = "qq,kk,vv"  # relations and weights: qq,kk,vv (MiniLMv2) or qk,vv (v1); e.g. qq:1,kk:1,vv:2;
+    # none: embedding distillation alone
+    embedding_loss: str = "none"  # mse or cosine: the student's sentence embedding learns the teacher's (none: off)
+    embedding_weight: float = 1.0  # weight of the embedding loss beside the relations (whose weights are in --relations)
+    teacher_cache: str | None = None  # file of the teacher's embeddings of --data, written by the first run that
+    # names it and read by later ones, so the teacher's forward runs once, not every step
     num_relation_heads: int = 48  # MiniLMv2 relation heads R (must divide both widths); 0: per attention head (v1)
     teacher_layer: int = -1  # teacher layer whose relations are the target (-1: last)
     student_layer: int = -1  # student layer that learns them (-1: last)
@@ -54,55 +69,81 @@ class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
 # The loss of one device's rows, and the step.
 
 
-def device_loss(s_params, t_params, batch, key, *, t_cfg, s_cfg, relations, heads, t_layer: int, s_layer: int,
-                axis_name="data"):
-    """This device's rows: the teacher's relations at t_layer (no dropout, never differentiated) against the
-    student's at s_layer. Rows are packed (several texts a row: segments say which text each token belongs to,
-    positions restart at 0 for each) or padded (one text a row: segments = the mask); both give the same loss. The
-    mean over this device's texts, then over all devices' texts (devices may hold different numbers of packed
-    texts). Returns (loss, {relation: value})."""
+def device_loss(s_params, t_params, batch, targets_bD, key, *, t_cfg, s_cfg, relations, heads, t_layer: int,
+                s_layer: int, t_head=("mean", True), s_head=("mean", True), embedding_loss="none",
+                embedding_weight=1.0, projection=None, axis_name="data"):
+    """This device's rows: the teacher (no dropout, never differentiated) against the student, by the relations at
+    t_layer and s_layer and/or the sentence embeddings. Rows are packed (several texts a row: segments say which
+    text each token belongs to, positions restart at 0 for each) or padded (one text a row: segments = the mask);
+    both give the same loss. targets_bD: the teacher's embeddings of this device's texts from a cache (None: from
+    the teacher's forward here). *_head: (pooling, normalize) of each model; projection [D_t, D_s]: the teacher's
+    embedding -> the student's width. The mean over this device's texts, then over all devices' texts (devices may
+    hold different numbers of packed texts). Returns (loss, {part: value})."""
     key = parallel.device_key(key, axis_name)
     t_params = jax.lax.stop_gradient(t_params)
     ids_BT, positions_BT, segments_BT = batch.rows()
     rows = dict(positions_BT=positions_BT, segments_BT=segments_BT)
-    # Only the layers below the chosen one (and its Q/K/V projections) matter; hidden_states[l] is layer l's input.
-    t_hidden = encode(t_params, ids_BT, segments_BT > 0, t_cfg, num_layers=max(t_layer, 1), **rows).hidden_states
-    s_hidden = encode(s_params, ids_BT, segments_BT > 0, s_cfg, key=key, num_layers=max(s_layer, 1),
-                      **rows).hidden_states
     n = count_texts(segments_BT)
-    loss, parts = distill_loss(layer_qkv(t_params, t_hidden, t_layer, t_cfg),
-                               layer_qkv(s_params, s_hidden, s_layer, s_cfg), segments_BT, relations, heads, n)
+    embedding = embedding_loss != "none"
+    # The layers each side must run: up to the relation layer's input (hidden_states[l] is layer l's input), or all
+    # of them for the sentence embedding.
+    t_layers = t_cfg.num_hidden_layers if embedding and targets_bD is None else max(t_layer, 1) if relations else 0
+    s_layers = s_cfg.num_hidden_layers if embedding else max(s_layer, 1)
+    t_enc = encode(t_params, ids_BT, segments_BT > 0, t_cfg, num_layers=t_layers, **rows) if t_layers else None
+    s_enc = encode(s_params, ids_BT, segments_BT > 0, s_cfg, key=key, num_layers=s_layers, **rows)
+    loss, parts = jnp.zeros((), jnp.float32), {}
+    if relations:
+        loss, parts = distill_loss(layer_qkv(t_params, t_enc.hidden_states, t_layer, t_cfg),
+                                   layer_qkv(s_params, s_enc.hidden_states, s_layer, s_cfg), segments_BT, relations,
+                                   heads, n)
+    if embedding:
+        if targets_bD is None:
+            targets_bD = sentence_embeddings(t_enc.last_hidden_state, batch, *t_head)
+        if projection is not None:  # the teacher's embedding on the student's width, normalised if the student's is
+            targets_bD = targets_bD @ projection
+            targets_bD = l2_normalize(targets_bD) if s_head[1] else targets_bD
+        student_bD = sentence_embeddings(s_enc.last_hidden_state, batch, *s_head)
+        parts["embedding"] = embedding_distill_loss(student_bD, targets_bD, embedding_loss).sum() / n
+        loss = loss + embedding_weight * parts["embedding"]
     if axis_name is not None:  # the mean over all devices' texts: a psum of each device's sum, over their count
         total = jax.lax.psum(n, axis_name)
         loss, parts = jax.tree.map(lambda x: jax.lax.psum(x * n, axis_name) / total, (loss, parts))
     return loss, parts
 
 
+def sentence_embeddings(h_BTD, batch, pooling: str, normalize: bool):
+    """[b, D]: the texts' sentence embeddings from the last layer's token states (one column of texts)."""
+    emb_bD = runs.pool_columns(h_BTD, batch, pooling)[0]
+    return l2_normalize(emb_bD) if normalize else emb_bD
+
+
 def make_loss_and_grads(mesh, **loss_options):
-    """(student, teacher, batch, key) -> ((loss, parts), student grads) of the global batch, each device computing
-    its rows (shard_map). Each device differentiates its own copy of the student (pcast to 'varying'), so its
-    gradient is its rows' share of the global mean; the psum adds the shares (docs/parallelism.md;
+    """(student, teacher, batch, targets, key) -> ((loss, parts), student grads) of the global batch, each device
+    computing its rows (shard_map). Each device differentiates its own copy of the student (pcast to 'varying'), so
+    its gradient is its rows' share of the global mean; the psum adds the shares (docs/parallelism.md;
     tests/test_distill.py checks 8 devices against one)."""
     body = functools.partial(device_loss, **loss_options)
 
-    def per_device(s_params, t_params, batch, key):  # this device's rows of the batch; the models whole
+    def per_device(s_params, t_params, batch, targets, key):  # this device's rows of the batch; the models whole
         s_params = jax.lax.pcast(s_params, parallel.AXIS, to="varying")  # this device's own copy
-        (loss, parts), grads = jax.value_and_grad(body, has_aux=True)(s_params, t_params, batch, key)
+        (loss, parts), grads = jax.value_and_grad(body, has_aux=True)(s_params, t_params, batch, targets, key)
         return (loss, parts), jax.lax.psum(grads, parallel.AXIS)  # the gradient all-reduce
 
-    def loss_and_grads(s_params, t_params, batch, key):
-        return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), parallel.batch_spec(batch), P()),
-                             out_specs=((P(), P()), P()))(s_params, t_params, batch, key)
+    def loss_and_grads(s_params, t_params, batch, targets, key):
+        targets_spec = None if targets is None else P(parallel.AXIS)  # cached teacher embeddings: split like texts
+        return jax.shard_map(per_device, mesh=mesh,
+                             in_specs=(P(), P(), parallel.batch_spec(batch), targets_spec, P()),
+                             out_specs=((P(), P()), P()))(s_params, t_params, batch, targets, key)
 
     return loss_and_grads
 
 
 def make_distill_step(mesh, adam: optim.AdamWConfig, **loss_options):
-    """step(student, opt_state, teacher, batch, key) -> (student, opt_state, stats), jitted."""
+    """step(student, opt_state, teacher, batch, targets, key) -> (student, opt_state, stats), jitted."""
     loss_and_grads = make_loss_and_grads(mesh, **loss_options)
 
-    def step(s_params, opt_state, t_params, batch, key):
-        (loss, parts), grads = loss_and_grads(s_params, t_params, batch, key)
+    def step(s_params, opt_state, t_params, batch, targets, key):
+        (loss, parts), grads = loss_and_grads(s_params, t_params, batch, targets, key)
         s_params, opt_state, stats = optim.update(s_params, grads, opt_state, adam)
         return s_params, opt_state, {"loss": loss, **parts, **stats}
 
@@ -141,6 +182,77 @@ def make_student(args: Args, teacher: Model) -> Model:
     return dataclasses.replace(teacher, config=cfg, params=params)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The teacher's embeddings: cached on disk, and projected for a narrower student.
+
+PCA_TEXTS = 10_000  # teacher embeddings the projection is fitted on
+
+
+def fingerprint(texts: list[str], teacher: Model, max_length: int) -> str:
+    """What a cache of teacher embeddings depends on: the texts, the teacher's weights and head, the truncation."""
+    h = hashlib.sha256(f"{max_length} {teacher.pooling} {teacher.normalize}\n".encode())
+    for name, x in sorted(flatten(teacher.params).items()):
+        h.update(name.encode()), h.update(np.ascontiguousarray(x).tobytes())
+    for text in texts:
+        h.update(text.encode("utf-8") + b"\0")
+    return h.hexdigest()
+
+
+def teacher_cache(path: str, texts: list[str], teacher: Model, max_length: int) -> dict[str, np.ndarray]:
+    """{text: the teacher's embedding} of every distinct text, read from `path` (a safetensors file) or computed with
+    the fast embedder and written there (to a temporary name, then renamed). A file made from other texts, another
+    teacher or another --max-length is an error, never silently used."""
+    from minilm.fast.embedding import embed
+    distinct = list(dict.fromkeys(texts))
+    key = fingerprint(distinct, teacher, max_length)
+    file = pathlib.Path(path)
+    if file.exists():
+        with safetensors.safe_open(file, "np") as f:
+            if (f.metadata() or {}).get("fingerprint") != key:
+                raise ValueError(f"{file}: these teacher embeddings were made from other texts, another teacher or "
+                                 f"another --max-length; delete the file or name another --teacher-cache")
+            emb_ND = f.get_tensor("embeddings")
+        print(f"teacher embeddings of {len(distinct):,} texts read from {file}", flush=True)
+    else:
+        print(f"embedding {len(distinct):,} texts with the teacher once, for {file}", flush=True)
+        emb_ND = embed(distinct, teacher, max_length=max_length, progress=True)
+        if jax.process_index() == 0:
+            tmp = file.with_name(f".{file.name}.tmp-{np.random.randint(1 << 30)}")
+            safetensors.numpy.save_file({"embeddings": emb_ND}, tmp, metadata={"fingerprint": key})
+            tmp.replace(file)
+    return dict(zip(distinct, emb_ND))
+
+
+def pca_projection(emb_ND: np.ndarray, dim: int) -> np.ndarray:
+    """[D, dim]: the top `dim` principal directions of the teacher's embeddings (eigenvectors of their covariance,
+    largest eigenvalue first). Applied without centering, as sentence-transformers' distillation example applies
+    its PCA Dense layer: a narrower student learns the teacher's embedding in the subspace where it varies most."""
+    x_ND = emb_ND.astype(np.float64)
+    cov_DD = np.cov(x_ND, rowvar=False)
+    eigenvalues, vectors_DD = np.linalg.eigh(cov_DD)  # ascending
+    return vectors_DD[:, ::-1][:, :dim].astype(np.float32)
+
+
+def projection_for(args: Args, teacher: Model, student: Model, sampler, cache) -> np.ndarray | None:
+    """None when the widths agree; else the PCA projection of the teacher's embeddings of PCA_TEXTS texts, drawn
+    with the run's seed (the same on resume)."""
+    D_t, D_s = teacher.config.hidden_size, student.config.hidden_size
+    if args.embedding_loss == "none" or D_t == D_s:
+        return None
+    if D_s > D_t:
+        raise ValueError(f"--embedding-loss needs a student no wider than its teacher: student {D_s}, teacher {D_t}")
+    rng = np.random.default_rng([args.seed, 1])
+    texts = [sampler.texts[i] for i in rng.permutation(len(sampler.texts))[:PCA_TEXTS]]
+    if cache is not None:
+        emb_ND = np.stack([cache[t] for t in texts])
+    else:
+        from minilm.fast.embedding import embed
+        emb_ND = embed(texts, teacher, max_length=args.max_length)
+    if len(emb_ND) < D_s:
+        raise ValueError(f"PCA to {D_s} dimensions needs at least {D_s} texts; --data has {len(emb_ND)}")
+    return pca_projection(emb_ND, D_s)
+
+
 def layer_index(i: int, cfg, name: str) -> int:
     L = cfg.num_hidden_layers
     if not -L <= i < L:
@@ -165,25 +277,42 @@ def distill(args: Args) -> int:
     resume_from = runs.resolve_resume(args.resume) if args.resume else None
     student = load(resume_from) if resume_from else make_student(args, teacher)
     t_cfg, s_cfg = teacher.config, student.config
-    relations = parse_relations(args.relations)
-    heads = relation_heads(relations, t_cfg, s_cfg, args.num_relation_heads or None)
+    relations = () if args.relations == "none" else parse_relations(args.relations)
+    if args.embedding_loss not in ("none", *EMBEDDING_LOSSES):
+        raise ValueError(f"--embedding-loss {args.embedding_loss!r}: expected none, {', '.join(EMBEDDING_LOSSES)}")
+    if not relations and args.embedding_loss == "none":
+        raise ValueError("nothing to distil: --relations none needs --embedding-loss mse or cosine")
+    heads = relation_heads(relations, t_cfg, s_cfg, args.num_relation_heads or None) if relations else (0, 0)
     t_layer, s_layer = layer_index(args.teacher_layer, t_cfg, "teacher-layer"), \
         layer_index(args.student_layer, s_cfg, "student-layer")
     if args.max_length > min(t_cfg.max_position_embeddings, s_cfg.max_position_embeddings):
         raise ValueError(f"--max-length {args.max_length} exceeds max_position_embeddings")
     sampler = TextSampler(list(args.data), args.batch_size, seed=args.seed)
     sts = read_sts(args.eval_sts) if args.eval_sts else None
+    embedding = args.embedding_loss != "none"
+    cache = teacher_cache(args.teacher_cache, sampler.texts, teacher, args.max_length) \
+        if embedding and args.teacher_cache else None
+    projection = projection_for(args, teacher, student, sampler, cache)
 
     # The step and the state it updates.
     distill_step = make_distill_step(mesh, runs.adamw(args), t_cfg=t_cfg, s_cfg=s_cfg, relations=relations,
-                                     heads=heads, t_layer=t_layer, s_layer=s_layer)
+                                     heads=heads, t_layer=t_layer, s_layer=s_layer,
+                                     t_head=(teacher.pooling, teacher.normalize),
+                                     s_head=(student.pooling, student.normalize), embedding_loss=args.embedding_loss,
+                                     embedding_weight=args.embedding_weight,
+                                     projection=None if projection is None else jnp.asarray(projection))
     t_params = parallel.replicate(teacher.params, mesh)
     params, opt_state, start = runs.start_state(student.params, sampler, mesh, resume_from)
     if jax.process_index() == 0:
-        print(f"distilling teacher layer {t_layer} ({t_cfg.num_hidden_layers}x{t_cfg.hidden_size}, "
-              f"{t_cfg.num_attention_heads} heads) into student layer {s_layer} ({s_cfg.num_hidden_layers}x"
-              f"{s_cfg.hidden_size}, {s_cfg.num_attention_heads} heads) with {heads[0]} relation heads: "
-              f"{', '.join(f'{n}:{w:g}' for n, w in relations)}; {len(sampler.texts):,} texts, {mesh.size} device(s)")
+        shape = lambda c: f"{c.num_hidden_layers}x{c.hidden_size}, {c.num_attention_heads} heads"
+        objectives = [f"relations of teacher layer {t_layer} -> student layer {s_layer}, {heads[0]} relation heads: "
+                      f"{', '.join(f'{n}:{w:g}' for n, w in relations)}"] if relations else []
+        if embedding:
+            objectives.append(f"sentence embeddings ({args.embedding_loss} x {args.embedding_weight:g}"
+                              f"{', teacher PCA to %d dims' % s_cfg.hidden_size if projection is not None else ''}"
+                              f"{', teacher cached' if cache else ''})")
+        print(f"distilling the teacher ({shape(t_cfg)}) into the student ({shape(s_cfg)}) by "
+              f"{' and '.join(objectives)}; {len(sampler.texts):,} texts, {mesh.size} device(s)")
         cli.print_args(args)
     if runs.finished("distill.py", start, args):
         return 0
@@ -192,10 +321,13 @@ def distill(args: Args) -> int:
 
     with runs.Run(args, "distill.py", student) as run:
         for step in range(start + 1, args.steps + 1):
-            texts = [(text,) for text in next(sampler)[rows]]  # one column: the teacher's tokenizer is the student's
-            batch, n_texts, tokens = runs.make_batch(teacher.tokenizer, texts, args.max_length, mesh, args.pack)
+            texts = next(sampler)[rows]
+            # One column of texts: the teacher's tokenizer is the student's.
+            batch, n_texts, tokens = runs.make_batch(teacher.tokenizer, [(t,) for t in texts], args.max_length, mesh,
+                                                     args.pack)
+            targets = None if cache is None else parallel.shard_rows(np.stack([cache[t] for t in texts]), mesh, 0)
             key = jax.random.fold_in(base_key, step - 1) if args.dropout else None
-            params, opt_state, stats = distill_step(params, opt_state, t_params, batch, key)
+            params, opt_state, stats = distill_step(params, opt_state, t_params, batch, targets, key)
             run.log_step(step, stats, n_texts, tokens)  # a NaN loss stops the run here
             if sts and run.due(step, args.eval_every):
                 run.evaluate(step, params, sts)

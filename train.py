@@ -25,8 +25,8 @@ from minilm.checkpoint import load
 from minilm.fast import xla
 from minilm.fast.packing import Packed
 from minilm.losses import contrastive_loss, layer_kl, matryoshka_loss
-from minilm.model import encode, keep_layers, l2_normalize, mean_pool, pool_segments
-from minilm.runs import Padded
+from minilm.model import encode, keep_layers, l2_normalize
+from minilm.runs import Padded, pool_columns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,26 +70,15 @@ def embed_columns(params, batch, cfg, key, all_layers=False):
     """Normalised mean-pooled embeddings [C, b, D] of every column in one forward pass (and, with all_layers,
     those of every layer's output [L+1, C, b, D], index 0 the embedding layer)."""
     if isinstance(batch, Packed):
-        C, b = batch.where_CB.shape
-        R, L = batch.ids_RL.shape
         enc = encode(params, batch.ids_RL, batch.segments_RL > 0, cfg, key=key, positions_BT=batch.positions_RL,
                      segments_BT=batch.segments_RL)
-
-        def pooled(h_RLD):  # [R, N, D] slots -> [C, b, D] texts
-            slots_RND = pool_segments(h_RLD, batch.segments_RL, batch.positions_RL, L // 4)
-            return slots_RND.reshape(R * (L // 4), -1)[batch.where_CB.reshape(-1)]
     else:
         C, b, T = batch.ids_CBT.shape
-        ids_NT, mask_NT = batch.ids_CBT.reshape(C * b, T), batch.mask_CBT.reshape(C * b, T)
-        enc = encode(params, ids_NT, mask_NT, cfg, key=key)
-
-        def pooled(h_NTD):
-            return mean_pool(h_NTD, mask_NT)
-    emb_CbD = l2_normalize(pooled(enc.last_hidden_state)).reshape(C, b, -1)
+        enc = encode(params, batch.ids_CBT.reshape(C * b, T), batch.mask_CBT.reshape(C * b, T), cfg, key=key)
+    emb_CbD = l2_normalize(pool_columns(enc.last_hidden_state, batch))
     if not all_layers:
         return emb_CbD
-    layers = jnp.stack([l2_normalize(pooled(h)) for h in enc.hidden_states])
-    return emb_CbD, layers.reshape(len(enc.hidden_states), C, b, -1)
+    return emb_CbD, jnp.stack([l2_normalize(pool_columns(h, batch)) for h in enc.hidden_states])
 
 
 def column_loss(emb_CbD, opts: LossOptions, axis_name):

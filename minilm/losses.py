@@ -1,4 +1,5 @@
-"""Contrastive losses for sentence embeddings: pure functions of embeddings, logits in float32.
+"""Losses of sentence embeddings: pure functions of embeddings, in float32. The contrastive losses of train.py, and
+the embedding-distillation losses of distill.py.
 
 The multiple-negatives ranking loss (sentence-transformers' MultipleNegativesRankingLoss, the loss that trained
 all-MiniLM-L6-v2; docs/contrastive.md): each anchor must pick its own positive among all candidates of the batch,
@@ -10,6 +11,12 @@ with the positives picking their anchors: 1/2 [ loss(a -> [p; n]) + loss(p -> a)
 
 `ranking_loss` scores some rows against candidates with explicit targets, so the data-parallel step (train.py)
 can score only its own rows against candidates gathered from every device: targets = device offset + row.
+
+Embedding distillation (distill.py; docs/distillation.md): the student's sentence embedding s learns the teacher's t
+on unlabeled text, per text either
+
+    mse:    mean_d (s_d - t_d)^2      (sentence-transformers' MSELoss: torch's MSELoss, the mean over all N x D)
+    cosine: 1 - cos(s, t).
 """
 import jax
 import jax.numpy as jnp
@@ -69,3 +76,18 @@ def layer_kl(final_ND: jax.Array, layer_ND: jax.Array, temperature: float = 0.3,
     log_q = jax.nn.log_softmax(layer_ND.astype(jnp.float32) / temperature, axis=-1)
     kl = temperature * jnp.mean(jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1))
     return kl if axis_name is None else jax.lax.pmean(kl, axis_name)
+
+
+EMBEDDING_LOSSES = ("mse", "cosine")
+
+
+def embedding_distill_loss(student_ND: jax.Array, teacher_ND: jax.Array, kind: str = "mse") -> jax.Array:
+    """[N]: each text's embedding-distillation loss (their mean is the batch loss). The teacher side is held fixed
+    (stop_gradient): no gradient ever reaches the teacher."""
+    s_ND = student_ND.astype(jnp.float32)
+    t_ND = jax.lax.stop_gradient(teacher_ND).astype(jnp.float32)
+    if kind == "mse":
+        return jnp.mean(jnp.square(s_ND - t_ND), axis=-1)
+    if kind == "cosine":
+        return 1.0 - jnp.sum(l2_normalize(s_ND) * l2_normalize(t_ND), axis=-1)
+    raise ValueError(f"embedding loss {kind!r} is not one of {', '.join(EMBEDDING_LOSSES)}")

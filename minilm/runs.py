@@ -28,8 +28,9 @@ import safetensors
 
 from minilm import optim, parallel
 from minilm.checkpoint import Model, atomic_dir, write_model
-from minilm.fast.packing import pack_columns
+from minilm.fast.packing import Packed, pack_columns
 from minilm.files import read_json
+from minilm.model import pool, pool_segments
 from minilm.tokenizer import pad_batch, padded_length
 
 
@@ -106,6 +107,19 @@ def make_batch(tokenizer, examples, max_length: int, mesh, pack: bool):
         tokens = int(batch.mask_CBT.sum())
     texts = len(examples) * len(examples[0])
     return parallel.shard_batch(batch, mesh), texts * jax.process_count(), tokens * jax.process_count()
+
+
+def pool_columns(h_BTD, batch, pooling: str = "mean") -> jax.Array:
+    """The token states of a batch's rows -> one pooled vector per text [C, b, D], in the batch's text order (not
+    normalised). Padded: each row is a text. Packed: each row's slots pooled (model.pool_segments), then the texts
+    picked out of the device's [R x N] slots by where_CB."""
+    if isinstance(batch, Padded):
+        C, b, T = batch.ids_CBT.shape
+        return pool(h_BTD, batch.mask_CBT.reshape(C * b, T), pooling).reshape(C, b, -1)
+    C, b = batch.where_CB.shape
+    R, L = batch.ids_RL.shape
+    slots_RND = pool_segments(h_BTD, batch.segments_RL, batch.positions_RL, L // 4, pooling)
+    return slots_RND.reshape(R * (L // 4), -1)[batch.where_CB.reshape(-1)].reshape(C, b, -1)
 
 
 # ----------------------------------------------------------------------------------------------------------------

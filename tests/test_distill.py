@@ -1,5 +1,7 @@
 """distill.py: the step on 8 virtual CPU devices and on packed rows against one device with padded rows (loss and
-gradients within 1e-5), students made three ways, and the script end to end on tiny models and text made here."""
+gradients within 1e-5; relations, embeddings, both, cached targets, a PCA projection), no gradient to the teacher,
+zero loss when the student is the teacher, students made three ways, the teacher cache, and the script end to end on
+tiny models and text made here."""
 import dataclasses
 import functools
 import json
@@ -11,11 +13,13 @@ import pytest
 
 import distill
 from minilm import parallel, runs
+from minilm.fast.embedding import embed
 from minilm.fast.packing import pack_columns
 from minilm.checkpoint import load
 from minilm.model import flatten
 from minilm.relations import parse_relations
-from tests.tiny import DATA_WORDS, distill_folder
+from tests.conftest import need
+from tests.tiny import DATA_WORDS, TEXTS, distill_folder
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +27,14 @@ def setup(tmp_path_factory):
     return distill_folder(tmp_path_factory.mktemp("distill"))
 
 
-def batch(teacher, parts: int, pack: bool, n=16, seed=0):
-    """n random texts, padded (one a row, segments = mask) or packed, each of `parts` device slices packed on its own
-    as distill.py does."""
+def batch_texts(n=16, seed=0):
     rng = np.random.default_rng(seed)
-    texts = [(" ".join(rng.choice(DATA_WORDS, rng.integers(1, 12))),) for _ in range(n)]
+    return [(" ".join(rng.choice(DATA_WORDS, rng.integers(1, 12))),) for _ in range(n)]
+
+
+def batch(teacher, texts, parts: int, pack: bool):
+    """Texts padded (one a row, segments = mask) or packed, each of `parts` device slices packed on its own as
+    distill.py does."""
     if pack:
         packed = pack_columns(teacher.tokenizer, texts, 24, parts)
         assert packed.segments_RL.max() > 1  # several texts share a row
@@ -35,35 +42,98 @@ def batch(teacher, parts: int, pack: bool, n=16, seed=0):
     return runs.pad_columns(teacher.tokenizer, texts, 24)
 
 
-@pytest.mark.parametrize("relations, r", [("qq,kk,vv", 8), ("qk,vv", None), ("qq:1,vv:0.5", 4)])
-def test_eight_devices_and_packing_equal_one_padded_device(setup, relations, r):
+CASES = {  # relations, relation heads (None: v1), embedding loss, student, cached targets
+    "v2 weighted relations, narrower": ("qq:1,kk:1,vv:0.5", 4, "none", "narrow", False),
+    "v1 relations": ("qk,vv", None, "none", "kept", False),
+    "relations + mse": ("qq,kk,vv", 8, "mse", "kept", False),
+    "cosine alone, narrower (PCA), cached": ("none", None, "cosine", "narrow", True),
+}
+
+
+def texts_of(batch_texts):
+    return [t for (t,) in batch_texts]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_eight_devices_and_packing_equal_one_padded_device(setup, case):
+    relations, r, embedding_loss, kind, cached = CASES[case]
     teacher = load(setup / "teacher")
-    if r is None:  # v1 needs equal head counts: a student of teacher layers
+    if kind == "kept":  # v1 needs equal head counts: a student of teacher layers
         student = distill.make_student(distill.Args(student_layers=(1,)), teacher)
-    else:  # v2: a narrower student with other heads, from scratch
+    else:  # a narrower student with other heads, from scratch
         student = distill.make_student(distill.Args(student_hidden_size=16, student_heads=2, student_num_layers=1,
                                                     seed=1), teacher)
-    rel = parse_relations(relations)
-    heads = distill.relation_heads(rel, teacher.config, student.config, r)
-    kw = dict(t_cfg=teacher.config, s_cfg=student.config, relations=rel, heads=heads, t_layer=1, s_layer=0)
+    rel = () if relations == "none" else parse_relations(relations)
+    heads = distill.relation_heads(rel, teacher.config, student.config, r) if rel else (0, 0)
+    projection = None
+    if kind == "narrow" and embedding_loss != "none":
+        rng = np.random.default_rng(5)
+        projection = jnp.asarray(distill.pca_projection(rng.standard_normal((64, 32)).astype(np.float32), 16))
+    kw = dict(t_cfg=teacher.config, s_cfg=student.config, relations=rel, heads=heads, t_layer=1, s_layer=0,
+              embedding_loss=embedding_loss, embedding_weight=0.7, projection=projection)
     one = jax.jit(jax.value_and_grad(functools.partial(distill.device_loss, axis_name=None, **kw), has_aux=True))
     mesh = parallel.make_mesh(8)
     eight = jax.jit(distill.make_loss_and_grads(mesh, **kw))  # distill.py's own shard_map step
     on_device = lambda b: jax.tree.map(jnp.asarray, b)
-    (l1, parts1), g1 = one(student.params, teacher.params, on_device(batch(teacher, 1, pack=False)), None)
-    assert float(l1) > 1e-6 and parts1.keys() == {name for name, _ in rel}
+    texts = batch_texts()
+    (l1, parts1), g1 = one(student.params, teacher.params, on_device(batch(teacher, texts, 1, pack=False)), None, None)
+    expected = {name for name, _ in rel} | ({"embedding"} if embedding_loss != "none" else set())
+    assert float(l1) > 1e-6 and parts1.keys() == expected
     g1 = flatten(g1)
-    results = {"1 device, packed": one(student.params, teacher.params, on_device(batch(teacher, 1, pack=True)), None)}
+    targets = None
+    if cached:  # the teacher's embeddings computed apart, as distill.teacher_cache does
+        targets = jnp.asarray(embed(texts_of(texts), teacher, max_length=24))
+    results = {"1 device, packed": one(student.params, teacher.params, on_device(batch(teacher, texts, 1, pack=True)),
+                                       targets, None)}
     for pack in (False, True):
         results[f"8 devices, {'packed' if pack else 'padded'}"] = eight(
             parallel.replicate(student.params, mesh), parallel.replicate(teacher.params, mesh),
-            parallel.shard_batch(batch(teacher, 8, pack), mesh), None)
+            parallel.shard_batch(batch(teacher, texts, 8, pack), mesh),
+            None if targets is None else parallel.shard_rows(np.asarray(targets), mesh, 0), None)
     for name, ((loss, parts), grads) in results.items():
         assert abs(float(l1) - float(loss)) <= 1e-5, name
         assert all(abs(float(parts1[k]) - float(parts[k])) <= 1e-5 for k in parts1), name
         grads = flatten(grads)
         worst = max(float(jnp.abs(g1[k] - grads[k]).max()) for k in g1)
         assert worst <= 1e-5, (name, worst)
+
+
+def test_no_gradient_reaches_the_teacher(setup):
+    teacher = load(setup / "teacher")
+    student = distill.make_student(distill.Args(student_layers=(1,)), teacher)
+    rel = parse_relations("qq,kk,vv")
+    loss = functools.partial(distill.device_loss, t_cfg=teacher.config, s_cfg=student.config, relations=rel,
+                             heads=(8, 8), t_layer=1, s_layer=0, embedding_loss="mse", axis_name=None)
+    b = jax.tree.map(jnp.asarray, batch(teacher, batch_texts(), 1, pack=True))
+    t_grads = jax.grad(lambda t: loss(student.params, t, b, None, jax.random.key(0))[0])(teacher.params)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(t_grads))
+    s_grads = jax.grad(lambda s: loss(s, teacher.params, b, None, jax.random.key(0))[0])(student.params)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(s_grads)) > 1e-4
+
+
+def test_loss_is_zero_when_the_student_is_the_teacher(setup, embedding_loss="mse"):
+    teacher = load(setup / "teacher")
+    kw = dict(t_cfg=teacher.config, s_cfg=teacher.config, relations=parse_relations("qq,kk,vv"), heads=(8, 8),
+              t_layer=-1 % 2, s_layer=-1 % 2, embedding_loss=embedding_loss, axis_name=None)
+    for pack in (False, True):
+        b = jax.tree.map(jnp.asarray, batch(teacher, batch_texts(), 1, pack))
+        loss, parts = jax.jit(functools.partial(distill.device_loss, **kw))(teacher.params, teacher.params, b, None,
+                                                                            None)
+        assert abs(float(parts["embedding"])) <= 1e-7 and float(loss) <= 1e-6, (pack, parts)
+        student = jax.jit(functools.partial(distill.device_loss, **kw))  # a student copied from the teacher
+        loss, parts = student(jax.tree.map(jnp.copy, teacher.params), teacher.params, b, None, None)
+        assert abs(float(parts["embedding"])) <= 1e-7, parts
+
+
+def test_pca_projection_is_the_top_principal_subspace():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 12)) * np.linspace(3, 0.1, 12) @ np.linalg.qr(rng.standard_normal((12, 12)))[0]
+    W = distill.pca_projection(x.astype(np.float32), 5)
+    assert W.shape == (12, 5) and np.allclose(W.T @ W, np.eye(5), atol=1e-6)  # orthonormal directions
+    _, _, vt = np.linalg.svd(x - x.mean(0))  # the oracle: right singular vectors of the centred data
+    assert np.allclose(W @ W.T, vt[:5].T @ vt[:5], atol=1e-5)  # the same subspace
+    variance = ((x - x.mean(0)) @ W).var(0)
+    assert np.all(np.diff(variance) < 0)  # largest first
 
 
 def test_students_from_kept_layers_and_from_scratch_with_hf_init(setup):
@@ -99,6 +169,32 @@ def test_from_scratch_narrower_student_loss_falls(setup):
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
     model = load(setup / "scratch" / "step-0000030")
     assert model.config.hidden_size == 16
+
+
+def test_embedding_distillation_of_a_narrower_student_with_a_teacher_cache(setup, capsys):
+    """mse alone, PCA to the student's width, the teacher's embeddings cached: the loss falls, a second run reads the
+    cache and repeats the first exactly, a cache of other settings is refused, and sentence-transformers loads the
+    student with our embeddings (1e-5)."""
+    cache = setup / "teacher.safetensors"
+    flags = ("--student-hidden-size", "16", "--student-heads", "2", "--student-num-layers", "1", "--relations",
+             "none", "--embedding-loss", "mse", "--teacher-cache", str(cache), "--steps", "25", "--lr", "3e-3",
+             "--warmup", "2", "--no-dropout")
+    losses = {}
+    for out in ("emb", "emb-again"):
+        assert run(setup, *flags, out=out) == 0
+        records = [json.loads(line) for line in (setup / out / "metrics.jsonl").read_text().splitlines()]
+        losses[out] = [r["embedding"] for r in records if "embedding" in r]
+    printed = capsys.readouterr().out
+    assert "embedding 188 texts with the teacher once" in printed  # 200 lines, 188 distinct and "read from" in printed
+    assert "teacher PCA to 16 dims" in printed and cache.exists()
+    assert losses["emb"] == losses["emb-again"] and len(losses["emb"]) == 25
+    assert np.mean(losses["emb"][-5:]) < 0.8 * np.mean(losses["emb"][:5]), losses["emb"]
+    assert run(setup, *flags, "--max-length", "12", out="other") == 1
+    assert "other texts, another teacher or another --max-length" in capsys.readouterr().err
+    st = need("sentence_transformers")
+    folder = setup / "emb" / "step-0000025"
+    theirs = st.SentenceTransformer(str(folder), device="cpu").encode(TEXTS, convert_to_numpy=True)
+    np.testing.assert_allclose(embed(TEXTS, load(folder)), theirs, atol=1e-5)
 
 
 def test_v1_with_mismatched_heads_is_a_clear_error(setup, capsys):

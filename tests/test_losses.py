@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from minilm import losses
+from tests.conftest import need
 
 
 def unit(x):
@@ -82,3 +83,17 @@ def test_layer_kl_equals_numpy_loop_and_holds_the_final_layer_fixed(batch):
 def test_perfect_embeddings_give_near_zero_loss():
     e = jnp.eye(8, dtype=jnp.float32)
     assert float(losses.contrastive_loss(e, e, symmetric=True)) < 1e-6
+
+
+def test_embedding_distillation_losses_equal_numpy_loop_and_torch_mse():
+    rng = np.random.default_rng(3)
+    s, t = rng.standard_normal((2, 7, 24)).astype(np.float32)
+    mse = [np.mean([(float(s[i, d]) - float(t[i, d])) ** 2 for d in range(24)]) for i in range(7)]
+    cosine = [1.0 - float(unit(s[i].astype(np.float64)) @ unit(t[i].astype(np.float64))) for i in range(7)]
+    np.testing.assert_allclose(losses.embedding_distill_loss(s, t, "mse"), mse, rtol=1e-5)
+    np.testing.assert_allclose(losses.embedding_distill_loss(s, t, "cosine"), cosine, rtol=1e-5, atol=1e-6)
+    torch = need("torch")  # sentence-transformers' MSELoss is torch's MSELoss over the [N, D] batch
+    theirs = torch.nn.MSELoss()(torch.from_numpy(s), torch.from_numpy(t)).item()
+    assert float(losses.embedding_distill_loss(s, t, "mse").mean()) == pytest.approx(theirs, rel=1e-6)
+    with pytest.raises(ValueError, match="mse, cosine"):
+        losses.embedding_distill_loss(s, t, "l1")
