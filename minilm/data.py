@@ -254,8 +254,22 @@ class BatchSampler:
 
 
 def read_texts(path) -> list[str]:
-    """The non-blank lines of a .txt or .txt.gz file (UTF-8); a bad byte is an error naming file and line."""
-    texts = [text for _, text in read_lines(path) if text.strip()]
+    """The texts of a file for distillation: the non-blank lines of a .txt or .txt.gz file (UTF-8), or every distinct
+    text of a pair or triplet file (.jsonl, .tsv, gzipped or not; pairs and triplets may mix). A bad byte or line is
+    an error naming file and line."""
+    name = str(path)
+    if name.endswith(SUFFIXES):
+        parse = _parse_tsv if name.removesuffix(".gz").endswith(".tsv") else _parse_json
+        texts = []
+        for number, line in read_lines(name):
+            if line.strip():
+                try:
+                    texts.extend(_parse_line(line, parse))
+                except ValueError as e:
+                    raise ValueError(f"{name}:{number}: {e}") from None
+        texts = list(dict.fromkeys(texts))
+    else:
+        texts = [text for _, text in read_lines(path) if text.strip()]
     if not texts:
         raise ValueError(f"{path}: no text (every line is blank)")
     return texts

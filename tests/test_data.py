@@ -300,3 +300,14 @@ def test_text_sampler_epochs_state_and_errors(tmp_path):
         read_texts(tmp_path / "blank.txt")
     with pytest.raises(ValueError, match="cannot read"):
         read_texts(tmp_path / "missing.txt")
+
+
+def test_texts_of_pair_and_triplet_files_for_distillation(tmp_path):
+    from minilm.data import read_texts
+    f = tmp_path / "mixed.jsonl.gz"
+    with gzip.open(f, "wt", encoding="utf-8") as out:
+        out.write('{"anchor": "a", "positive": "b", "negative": "c"}\n\n["b", "d"]\n{"anchor": "e", "positive": "a"}\n')
+    assert read_texts(f) == ["a", "b", "c", "d", "e"]  # every distinct text once, pairs and triplets mixed
+    (tmp_path / "t.tsv").write_text("x\ty\nz\n")
+    with pytest.raises(ValueError, match=r"t.tsv:2: 1 tab-separated columns"):
+        read_texts(tmp_path / "t.tsv")

@@ -1,0 +1,178 @@
+"""What distillation buys: students distilled (or not) and then fine-tuned alike, each scored on STS-b dev and test.
+
+    python benchmarks/distill_experiment.py                      # every row, in order; hours on a 2-core CPU
+    python benchmarks/distill_experiment.py --rows l3-emb l3-ft  # some rows
+    python benchmarks/distill_experiment.py --list               # the rows and their commands
+
+A row is a sequence of stages: make a student (keep teacher layers, or from scratch), distil it (distill.py:
+relations, embeddings or both), fine-tune it (train.py, the same run for every row), evaluate after each stage.
+Every stage is a plain distill.py or train.py command (--list prints them), so a row can be rerun by hand.
+
+Interrupt it at any moment and run it again: a finished stage is skipped, an interrupted one continues from its
+newest checkpoint (--resume), a stage's scores are computed once and kept in OUT/results.jsonl. Every run is
+seeded, so a row gives the same figures again on the same machine. The figures in docs/distillation.md and the
+README come from this script's results.jsonl, summarised by --table.
+"""
+import argparse
+import dataclasses
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"
+
+# Unlabeled text for distillation: every sentence of the pair and triplet sets (captions, NLI, paraphrases), the
+# kind of sentence STS measures; or encyclopedia, news and book sentences.
+PAIR_TEXT = [DATA / "flickr30k_captions/flickr30k_caption_pairs.jsonl.gz",
+             DATA / "snli_devtest/snli_devtest_triplets.jsonl.gz", DATA / "mrpc/mrpc_positive_pairs.jsonl.gz",
+             DATA / "twitter_url_paraphrase/twitter_url_paraphrase_pairs.jsonl.gz"]
+PROSE_TEXT = [DATA / f"unlabeled_text/{name}_sentences.txt.gz" for name in ("wiki", "news_reuters", "brown")]
+# The fine-tuning every row gets: the pair sets, SNLI's triplets bringing hard negatives.
+FT_DATA = [f"{DATA}/flickr30k_captions/flickr30k_caption_pairs.jsonl.gz:3",
+           f"{DATA}/twitter_url_paraphrase/twitter_url_paraphrase_pairs.jsonl.gz:1",
+           f"{DATA}/mrpc/mrpc_positive_pairs.jsonl.gz:1", f"{DATA}/snli_devtest/snli_devtest_triplets.jsonl.gz:2"]
+STS_DEV, STS_TEST = DATA / "stsb/stsb-en-dev.csv", DATA / "stsb/stsb-en-test.csv"
+
+DISTILL_STEPS, FT_STEPS = 2000, 600
+SCRATCH = ["--student-num-layers", "4", "--student-hidden-size", "256", "--student-heads", "4",
+           "--num-relation-heads", "32"]
+RELATIONS = ["--relations", "qq,kk,vv"]
+EMBEDDING = ["--relations", "none", "--embedding-loss", "mse"]
+# Both: the mse is a mean over D = 384 dimensions, so x 384 makes it the squared distance ||s - t||^2 (about 0.4 at
+# the start for a 3-layer student), the same size as the relation KL.
+BOTH = ["--relations", "qq,kk,vv", "--embedding-loss", "mse", "--embedding-weight", "384"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str  # the output folder under OUT
+    argv: tuple[str, ...]  # script and options, without --out
+    steps: int
+
+
+def distill(name, student, objective, text=PAIR_TEXT, cache="teacher-pairs", lr="1e-4", steps=DISTILL_STEPS):
+    argv = ["distill.py", "--data", *map(str, text), *student, *objective, "--steps", str(steps), "--batch-size", "64",
+            "--lr", lr, "--warmup", "100", "--max-length", "128", "--save-every", "250", "--log-every", "50",
+            "--eval-sts", str(STS_DEV), "--eval-every", "500", "--seed", "0"]
+    if "--embedding-loss" in objective:
+        argv += ["--teacher-cache", f"{{root}}/{cache}.safetensors"]
+    return Stage(name, tuple(argv), steps)
+
+
+def student(name, options):
+    """A student before any training, saved as a model folder: teacher layers kept, or from scratch with HF
+    initialisation (distill.py's make_student)."""
+    return Stage(name, ("student", *options), 0)
+
+
+def finetune(name, start: Stage, seed=0):
+    """train.py from the last checkpoint of the stage `start`, the same run for every row."""
+    model = f"{{root}}/{start.name}" + (f"/step-{start.steps:07d}" if start.steps else "")
+    return Stage(name, ("train.py", "--model", model, "--data", *FT_DATA, "--on-bad-line", "skip", "--symmetric",
+                        "--steps", str(FT_STEPS), "--batch-size", "64", "--lr", "5e-5", "--warmup", "60",
+                        "--max-length", "128", "--save-every", "200", "--log-every", "50", "--seed", str(seed)),
+                 FT_STEPS)
+
+
+def row(*stages):
+    """Stages in order; a fine-tuning stage given as (name, seed) starts from the stage before it."""
+    out = []
+    for stage in stages:
+        out.append(finetune(stage[0], out[-1], stage[1]) if isinstance(stage, tuple) else stage)
+    return out
+
+
+TEACHER = Stage("teacher", ("teacher",), 0)
+L3 = ["--student-layers", "0,3,5"]
+ROWS = {
+    "teacher": [TEACHER],
+    "l3-ft": row(student("l3", L3), ("l3-ft", 0)),
+    "l3-ft-seed1": row(student("l3", L3), ("l3-ft-seed1", 1)),
+    "l3-emb": row(distill("l3-emb", L3, EMBEDDING), ("l3-emb-ft", 0)),
+    "l3-rel": row(distill("l3-rel", L3, RELATIONS), ("l3-rel-ft", 0)),
+    "l3-both": row(distill("l3-both", L3, BOTH), ("l3-both-ft", 0)),
+    "l3-emb-prose": row(distill("l3-emb-prose", L3, EMBEDDING, text=PROSE_TEXT, cache="teacher-prose")),
+    "s4-ft": row(student("s4", SCRATCH[:6]), ("s4-ft", 0)),
+    "s4-rel": row(distill("s4-rel", SCRATCH, RELATIONS, lr="5e-4"), ("s4-rel-ft", 0)),
+    "s4-both": row(distill("s4-both", SCRATCH, BOTH, lr="5e-4"), ("s4-both-ft", 0)),
+    "l2-emb": row(distill("l2-emb", ["--student-layers", "0,5"], EMBEDDING), ("l2-emb-ft", 0)),
+    "l4-emb": row(distill("l4-emb", ["--student-layers", "0,1,3,5"], EMBEDDING), ("l4-emb-ft", 0)),
+}
+
+
+def run_stage(stage: Stage, out: pathlib.Path) -> pathlib.Path:
+    """Run (or continue, or skip) one stage; returns its final model folder."""
+    folder = out / stage.name
+    if stage.argv[0] == "teacher":
+        sys.path.insert(0, str(REPO))
+        from minilm.embedding import default_model_dir
+        return default_model_dir()
+    if stage.argv[0] == "student":
+        if not (folder / "config.json").is_file():
+            make_student(stage.argv[1:], folder)
+        return folder
+    final = folder / f"step-{stage.steps:07d}"
+    if (final / "config.json").is_file():
+        return final
+    argv = [a.replace("{root}", str(out)) for a in stage.argv]
+    if (folder / "latest").is_file():  # interrupted: continue from the newest checkpoint, with the run's own options
+        argv = [argv[0], "--resume", str(folder)]
+    else:
+        argv += ["--out", str(folder)]
+    print(f"\n[{time.strftime('%H:%M:%S')}] {stage.name}: python {' '.join(argv)}", flush=True)
+    subprocess.run([sys.executable, *argv], cwd=REPO, check=True)
+    return final
+
+
+def make_student(argv, folder: pathlib.Path) -> None:
+    sys.path.insert(0, str(REPO))
+    import distill
+    from minilm.checkpoint import load, save
+    from minilm.embedding import default_model_dir
+    args, _, _ = distill.cli.parse(distill.Args, ["--data", "-", *argv])
+    save(distill.make_student(args, load(default_model_dir())), folder)
+
+
+def score(model: pathlib.Path) -> dict:
+    sys.path.insert(0, str(REPO))
+    from minilm.checkpoint import load
+    from minilm.evaluate import evaluate_sts, read_sts
+    m = load(model)
+    return {split: round(evaluate_sts(read_sts(path), m, progress=False)["spearman"], 2)
+            for split, path in (("dev", STS_DEV), ("test", STS_TEST))}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), help="rows to run, in this order")
+    p.add_argument("--out", default=str(REPO / "runs" / "distill-experiment"), help="folder of every run and "
+                   "results.jsonl")
+    p.add_argument("--list", action="store_true", help="print each row's commands and stop")
+    a = p.parse_args(argv)
+    out = pathlib.Path(a.out)
+    if a.list:
+        for row in a.rows:
+            for stage in ROWS[row]:
+                argv = " ".join(stage.argv).replace("{root}", str(out))
+                print(f"{row:14s} {stage.name:14s} python {argv} --out {out / stage.name}")
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    done = {r["model"] for r in map(json.loads, results.read_text().splitlines())} if results.exists() else set()
+    for row in a.rows:
+        for stage in ROWS[row]:
+            model = run_stage(stage, out)
+            if str(model) not in done:
+                record = {"row": row, "stage": stage.name, "model": str(model), **score(model)}
+                print(json.dumps(record), flush=True)
+                with open(results, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                done.add(str(model))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
