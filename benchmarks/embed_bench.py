@@ -15,6 +15,7 @@ not installed are skipped. Timings are wall-clock; run it on an otherwise idle m
 """
 import argparse
 import gzip
+import json
 import os
 import pathlib
 import shutil
@@ -200,6 +201,7 @@ class OnnxRuntime:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = os.cpu_count()
+        self.dim = bert.config.hidden_size
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.tokenizer = Tokenizer.from_file(str(pathlib.Path(model_dir) / "tokenizer.json"))
         self.tokenizer.enable_truncation(256)
@@ -226,7 +228,7 @@ class OnnxRuntime:
         return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
     def end_to_end(self, texts, batch_size):
-        out = np.zeros((len(texts), 384), np.float32)
+        out = np.zeros((len(texts), self.dim), np.float32)
         for idx, ids, mask in self.batches(texts, batch_size):
             out[idx] = self.run(ids, mask)
         return out
@@ -271,6 +273,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--engines", default="minilm,st,ort", help="any of minilm,st,ort")
     p.add_argument("--no-cold-start", action="store_true")
+    p.add_argument("--json", metavar="FILE", help="also append each engine's median end-to-end texts/s to FILE "
+                   "(JSON lines: model, layers, hidden, engine, batch, texts_per_s)")
     args = p.parse_args(argv)
 
     model_dir = pathlib.Path(args.model) if args.model else embedding.default_model_dir()
@@ -324,6 +328,13 @@ def main(argv=None):
         print(f"{bs:>5}  {name:<22} {rate(max(e2e)):>14.0f} / {rate(statistics.median(e2e)):>6.0f} / "
               f"{rate(min(e2e)):>6.0f}            {rate(med):>12.0f}        {diff:>16}  "
               f"{flops / med / 1e9:.0f} ({100 * flops / med / 1e9 / peak:.0f}%)")
+    if args.json:
+        with open(args.json, "a") as f:
+            for bs, name, e2e, _, _ in rows:
+                f.write(json.dumps({"model": str(model_dir), "layers": model.config.num_hidden_layers,
+                                    "hidden": model.config.hidden_size, "engine": name, "batch": bs,
+                                    "texts": len(texts), "texts_per_s": round(len(texts) / statistics.median(e2e), 1),
+                                    "date": time.strftime("%Y-%m-%d")}) + "\n")
     print("\nratios of median end-to-end throughput (minilm / peer):")
     for bs in sorted({r[0] for r in rows}):
         by = {name: len(texts) / statistics.median(e2e) for b, name, e2e, _, _ in rows if b == bs}

@@ -33,7 +33,9 @@ SKIPPED = ("embeddings.position_ids",)  # an int64 buffer (0..P-1) older transfo
 LEGACY_NAMES = {"gamma": "weight", "beta": "bias"}  # TF-converted BERT files name LayerNorm params gamma/beta
 ST_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
                    "max": "pooling_mode_max_tokens", "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens"}
-ST_MODULES = {"Transformer", "Pooling", "Normalize"}  # sentence_transformers.models.<name> we implement
+# sentence-transformers 5.4 and later write one key, "pooling_mode": "mean" (or a list), with these names:
+ST_POOLING_NAMES = {"mean": "mean", "cls": "cls", "max": "max", "mean_sqrt_len_tokens": "mean_sqrt_len"}
+ST_MODULES = {"Transformer", "Pooling", "Normalize"}  # the module classes we implement (the last part of "type")
 
 
 @dataclasses.dataclass(eq=False)
@@ -139,15 +141,31 @@ def read_head(folder: pathlib.Path) -> tuple[str, bool]:
             cfg_file = folder / m.get("path", "1_Pooling") / "config.json"
             if not cfg_file.is_file():
                 raise FileNotFoundError(f"{cfg_file}: missing (modules.json lists a Pooling module)")
-            pc = read_json(cfg_file, dict)
-            modes = [mode for mode, key in ST_POOLING_KEYS.items() if pc.get(key)]
-            others = [k for k, v in pc.items() if k.startswith("pooling_mode") and v and k not in
-                      ST_POOLING_KEYS.values()]
-            if len(modes) != 1 or others:
-                raise ValueError(f"{cfg_file}: exactly one pooling mode of {POOLING_MODES} must be true, got "
-                                 f"{modes + others}")
-            pooling = modes[0]
+            pooling = pooling_mode(read_json(cfg_file, dict), cfg_file)
     return pooling, "Normalize" in kinds
+
+
+def pooling_mode(pc: dict, cfg_file) -> str:
+    """The pooling of a 1_Pooling/config.json in either form: "pooling_mode": "mean" (sentence-transformers 5.4
+    and later, also a list of modes) or one true "pooling_mode_*_tokens" flag (earlier versions)."""
+    supported = ", ".join(ST_POOLING_NAMES)
+    if "pooling_mode" in pc:
+        modes = pc["pooling_mode"] if isinstance(pc["pooling_mode"], list) else [pc["pooling_mode"]]
+        if len(modes) != 1 or modes[0] not in ST_POOLING_NAMES:
+            raise ValueError(f"{cfg_file}: pooling_mode {pc['pooling_mode']!r} is not supported; minilm pools with one "
+                             f"of {supported} (save the model with one of those to use it here)")
+        mode = ST_POOLING_NAMES[modes[0]]
+    else:
+        modes = [mode for mode, key in ST_POOLING_KEYS.items() if pc.get(key)]
+        others = [k for k, v in pc.items() if k.startswith("pooling_mode") and v and k not in ST_POOLING_KEYS.values()]
+        if len(modes) != 1 or others:
+            raise ValueError(f"{cfg_file}: exactly one pooling mode of {POOLING_MODES} must be true, got "
+                             f"{modes + others}; minilm pools with one of {supported}")
+        mode = modes[0]
+    if pc.get("include_prompt") is False:
+        raise ValueError(f"{cfg_file}: include_prompt false (pooling that leaves out prompt tokens) is not supported "
+                         f"yet; minilm pools over every token")
+    return mode
 
 
 def load(folder, max_length: int | None = None) -> Model:

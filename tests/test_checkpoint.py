@@ -156,6 +156,32 @@ def test_cls_pooling_without_normalize_loads_in_sentence_transformers(tmp_path):
     np.testing.assert_allclose(embed(TEXTS, again), theirs, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("pooling, normalize", [("mean", True), ("cls", False), ("max", True),
+                                                 ("mean_sqrt_len", False)])
+def test_folder_saved_by_the_installed_sentence_transformers_loads(tmp_path, pooling, normalize):
+    """sentence-transformers 5.4 and later write "pooling_mode": "mean" and new module class paths."""
+    st = need("sentence_transformers")
+    model = tiny_model(tmp_path, seed=4)
+    model.pooling, model.normalize = pooling, normalize
+    save(model, tmp_path / "ours")
+    theirs = st.SentenceTransformer(str(tmp_path / "ours"), device="cpu")
+    theirs.save(str(tmp_path / "theirs"))
+    again = load(tmp_path / "theirs")
+    assert (again.pooling, again.normalize) == (pooling, normalize)
+    np.testing.assert_allclose(embed(TEXTS, again), theirs.encode(TEXTS), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"pooling_mode": "lasttoken"}, "pooling_mode 'lasttoken' is not supported; minilm pools with one of mean, cls"),
+    ({"pooling_mode": ["mean", "max"]}, "pooling_mode \\['mean', 'max'\\] is not supported"),
+    ({"pooling_mode_weightedmean_tokens": True}, "must be true, got \\['pooling_mode_weightedmean_tokens'\\]")])
+def test_unsupported_pooling_names_what_is_supported(tmp_path, config, message):
+    save(tiny_model(tmp_path), tmp_path / "m")
+    (tmp_path / "m" / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        load(tmp_path / "m")
+
+
 @pytest.mark.parametrize("interrupt", [RuntimeError("crash"), KeyboardInterrupt()])
 def test_interrupted_save_leaves_the_old_folder(tmp_path, interrupt):
     model = tiny_model(tmp_path)

@@ -1,0 +1,68 @@
+"""Quality against speed: each student of benchmarks/distill_experiment.py as STS-b test Spearman against its
+embedding throughput, one point per row, the teacher among them. Writes a small PNG (docs/distill.png).
+
+    python benchmarks/distill_experiment.py                        # the scores: runs/distill-experiment/results.jsonl
+    python benchmarks/embed_bench.py --model DIR --engines minilm --batch-sizes 32 --no-cold-start \
+        --json runs/distill-experiment/throughput.jsonl            # once per student shape (see the README)
+    python benchmarks/distill_plot.py                              # needs matplotlib (the bench extra)
+
+A result is matched to the throughput of a model of the same shape (layers x hidden): the weights do not change
+the speed. Also prints the table the README shows.
+"""
+import argparse
+import json
+import pathlib
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+RUNS = REPO / "runs" / "distill-experiment"
+
+
+def shape(model: str) -> tuple[int, int]:
+    cfg = json.loads((pathlib.Path(model) / "config.json").read_text())
+    return cfg["num_hidden_layers"], cfg["hidden_size"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default=str(RUNS / "results.jsonl"))
+    p.add_argument("--throughput", default=str(RUNS / "throughput.jsonl"))
+    p.add_argument("--batch", type=int, default=32, help="the batch size whose throughput is plotted")
+    p.add_argument("--out", default=str(REPO / "docs" / "distill.png"))
+    a = p.parse_args(argv)
+    results = [json.loads(line) for line in open(a.results)]
+    speed = {}
+    for r in map(json.loads, open(a.throughput)):
+        if r["batch"] == a.batch and r["engine"].startswith("minilm (packed"):
+            speed[(r["layers"], r["hidden"])] = r["texts_per_s"]
+    points = []
+    print(f"| stage | shape | STS-b dev | STS-b test | sentences/s (batch {a.batch}) |\n|---|---|---|---|---|")
+    for r in results:
+        L, D = shape(r["model"])
+        rate = speed.get((L, D))
+        print(f"| {r['stage']} | {L} x {D} | {r['dev']:.2f} | {r['test']:.2f} | {rate or '-'} |")
+        if rate:
+            points.append((r["stage"], rate, r["test"], L, D))
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    colours = {}
+    for name, rate, test, L, D in points:
+        new = (L, D) not in colours
+        c = colours.setdefault((L, D), f"C{len(colours)}")
+        ax.scatter(rate, test, color=c, s=22, label=f"{L} layers x {D}" if new else None)
+        ax.annotate(name, (rate, test), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.set_xlabel(f"sentences/s, STS-b test sentences, batch {a.batch} (2-core CPU)")
+    ax.set_ylabel("STS-b test Spearman")
+    ax.set_title("Students of all-MiniLM-L6-v2: quality against speed", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(a.out)
+    print(f"wrote {a.out} ({pathlib.Path(a.out).stat().st_size:,} bytes, {len(points)} points)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
