@@ -6,6 +6,9 @@
     python embed.py --similarity "The cat sits outside" "The new movie is awesome" "A cat is outdoors"
     python embed.py --query "How many people live in London?" --input passages.txt --top-k 5
     python embed.py --plain --input lines.txt --output emb.npy                # the plain path: the same numbers
+    python embed.py --input lines.txt --output bits.npy --precision ubinary   # 1 bit a dimension: [N, 48] uint8
+    python embed.py --input lines.txt --output q.npy --precision int8 --calibration sample.txt   # [N, 384] int8
+    python embed.py --query "a cat" --input lines.txt --precision binary --rescore 4   # Hamming, then float rescore
 
 In Python: `from minilm import embed; embed(["text one", "text two"])` gives the same array. The default is the fast
 path (minilm/fast/); --plain takes the plain one (minilm/embedding.py), which reads in three files.
@@ -20,8 +23,12 @@ import sys
 
 import numpy as np
 
+PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")  # as minilm.quantize (imported after parsing)
+
 
 def vector_json(row: np.ndarray) -> str:
+    if row.dtype.kind in "iu":  # quantized
+        return "[" + ",".join(map(str, row.tolist())) + "]"
     return "[" + ",".join(f"{x:.9g}" for x in row.tolist()) + "]"  # 9 significant digits round-trip float32
 
 
@@ -33,19 +40,20 @@ def json_lines(texts: list[str], emb: np.ndarray) -> str:
 NPY_HEADER = 128  # bytes: room for any shape, so the header can be rewritten once the row count is known
 
 
-def npy_header(rows: int, dim: int) -> bytes:
-    """A .npy (version 1.0) header for float32 [rows, dim], padded with spaces to NPY_HEADER bytes."""
-    text = repr({"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
+def npy_header(rows: int, dim: int, dtype=np.float32) -> bytes:
+    """A .npy (version 1.0) header for [rows, dim] of dtype, padded with spaces to NPY_HEADER bytes."""
+    text = repr({"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (rows, dim)})
     return b"\x93NUMPY\x01\x00" + (NPY_HEADER - 10).to_bytes(2, "little") + text.ljust(NPY_HEADER - 11).encode() + \
         b"\n"
 
 
 class Output:
-    """Where embeddings go, chunk by chunk: OUT.npy (float32 [N, dim]) or OUT.jsonl, written to a temporary name
-    and renamed at the end, so an error or Ctrl-C never leaves a half file; or JSON lines on stdout (path None)."""
+    """Where embeddings go, chunk by chunk: OUT.npy ([N, dim] of the chosen precision's dtype) or OUT.jsonl, written
+    to a temporary name and renamed at the end, so an error or Ctrl-C never leaves a half file; or JSON lines on
+    stdout (path None)."""
 
     def __init__(self, path: str | None):
-        self.path, self.rows, self.dim = path, 0, 0
+        self.path, self.rows, self.dim, self.dtype = path, 0, 0, np.dtype(np.float32)
         if path is None:
             self.file = None
             return
@@ -61,13 +69,13 @@ class Output:
             raise ValueError(f"{path}: cannot write ({e.strerror})") from None
 
     def write(self, texts: list[str], emb: np.ndarray):
-        self.rows, self.dim = self.rows + len(texts), emb.shape[1]
+        self.rows, self.dim, self.dtype = self.rows + len(texts), emb.shape[1], emb.dtype
         if self.file is None:
             sys.stdout.write(json_lines(texts, emb))
             return
         try:
             if self.path.endswith(".npy"):
-                self.file.write(np.ascontiguousarray(emb, np.float32).tobytes())
+                self.file.write(np.ascontiguousarray(emb).tobytes())
             else:
                 self.file.write(json_lines(texts, emb).encode("utf-8"))
         except OSError as e:
@@ -79,7 +87,7 @@ class Output:
         try:
             if ok and self.path.endswith(".npy"):
                 self.file.seek(0)
-                self.file.write(npy_header(self.rows, self.dim))
+                self.file.write(npy_header(self.rows, self.dim, self.dtype))
             self.file.close()
             if ok:
                 os.replace(self.tmp, self.path)
@@ -107,6 +115,15 @@ def parse_args(argv=None):
     p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix of the texts")
     p.add_argument("--query", action="append", metavar="Q", help="print the texts nearest to Q (repeatable)")
     p.add_argument("--top-k", type=int, default=5, help="results per query (default 5)")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="store the embeddings quantized as sentence-transformers' quantize_embeddings does: int8 / "
+                        "uint8 (needs --calibration), binary / ubinary (1 bit a dimension, packed)")
+    p.add_argument("--calibration", metavar="FILE", help="int8 / uint8 ranges: texts (one a line) whose embeddings "
+                                                        "give each dimension's min and max, or a .npy of embeddings "
+                                                        "[N, dim] or ranges [2, dim]")
+    p.add_argument("--rescore", type=int, default=0, metavar="M",
+                   help="--query over binary embeddings: rescore the top M x top-k by the float query (0: Hamming "
+                        "only)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="compute dtype (bfloat16: for GPUs and TPUs; float32, the default, is the parity reference)")
     p.add_argument("--no-pack", action="store_true", help="one text per row, padded (default: several short texts "
@@ -123,6 +140,15 @@ def parse_args(argv=None):
         p.error("--plain computes in float32 (the reference); --dtype is for the fast path")
     if args.similarity and args.query:
         p.error("--similarity and --query are different modes; use one")
+    if args.precision in ("int8", "uint8") and not args.calibration:
+        p.error(f"--precision {args.precision} needs --calibration FILE: texts (or embeddings) that give each "
+                "dimension's range")
+    if args.similarity and args.precision != "float32":
+        p.error("--similarity compares float32 embeddings; drop --precision")
+    if args.query and args.precision not in ("float32", "binary", "ubinary"):
+        p.error("--query searches float32 embeddings, or binary / ubinary ones by Hamming distance")
+    if args.rescore < 0 or (args.rescore and not (args.query and args.precision.endswith("binary"))):
+        p.error("--rescore M (M >= 1) goes with --query and --precision binary or ubinary")
     return args
 
 
@@ -146,13 +172,14 @@ def run(args) -> None:
         if out:
             out.close(ok)
     if out and args.output:
-        print(f"wrote {args.output}: {out.rows} x {out.dim} float32", file=sys.stderr)
+        print(f"wrote {args.output}: {out.rows} x {out.dim} {out.dtype}", file=sys.stderr)
 
 
 def embed_texts(args, total: int | None, out, read_lines) -> None:
     from minilm.embedding import cosine_similarity, get_model, search
     from minilm.fast.embedding import embed, embed_stream
     from minilm.fast.xla import enable_compilation_cache
+    from minilm.quantize import binary_search, quantize
 
     enable_compilation_cache()
     model = get_model(args.model)
@@ -172,13 +199,18 @@ def embed_texts(args, total: int | None, out, read_lines) -> None:
         for row in sim:
             print(" ".join(f"{x:7.4f}" for x in row))
         return
+    ranges = calibration(args, model, kw) if args.precision in ("int8", "uint8") else None
     stream = embed_stream(texts, model, progress=not args.quiet, total=total, **kw)
     if args.query:  # the corpus streams past: keep only each query's best hits so far
         queries = embed(args.query, model, progress=False, **kw)
         best = [[] for _ in args.query]  # per query: (score, line number, text), best first
         seen = 0
         for chunk, emb in stream:
-            for q, hits in enumerate(search(queries, emb, args.top_k)):
+            if args.precision == "float32":
+                found = search(queries, emb, args.top_k)
+            else:  # the corpus as bits, ranked by Hamming distance (score = -distance) or rescored
+                found = binary_search(queries, quantize(emb, args.precision), args.top_k, args.rescore)
+            for q, hits in enumerate(found):
                 best[q] = sorted(best[q] + [(s, seen + i, chunk[i]) for i, s in hits],
                                  key=lambda h: (-h[0], h[1]))[:args.top_k]
             seen += len(chunk)
@@ -190,11 +222,30 @@ def embed_texts(args, total: int | None, out, read_lines) -> None:
                 print(f"  {rank}. {score:.4f}  [{i + 1}] {text}")
         return
     for chunk, emb in stream:
-        out.write(chunk, emb)
+        out.write(chunk, quantize(emb, args.precision, ranges))
     if not out.rows:
         name = args.input if args.input not in (None, "-") else "<stdin>"
         raise ValueError(f"{name}: is empty; there is nothing to embed" if args.input else
                          "no texts to embed: give texts as arguments or --input FILE")
+
+
+def calibration(args, model, kw) -> np.ndarray:
+    """int8 / uint8 ranges [2, dim] from --calibration: a .npy of ranges or embeddings, or a file of texts."""
+    from minilm.fast.embedding import embed
+    from minilm.files import read_lines
+    from minilm.quantize import calibration_ranges
+    path = args.calibration
+    if path.endswith(".npy"):
+        try:
+            x = np.load(path)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: cannot read as .npy ({e})") from None
+        dim = args.dim or model.dim
+        if x.ndim != 2 or x.shape[1] != dim:
+            raise ValueError(f"{path}: shape {x.shape}; expected embeddings [N, {dim}] or ranges [2, {dim}]")
+        return x.astype(np.float32) if len(x) == 2 else calibration_ranges(x)
+    texts = [text for _, text in read_lines(path)]
+    return calibration_ranges(embed(texts, model, progress=False, **kw))
 
 
 def main(argv=None) -> int:

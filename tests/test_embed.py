@@ -178,3 +178,31 @@ def test_input_and_output_are_checked_before_the_model_loads(tmp_path, capsys):
         assert cli.main(["--model", str(tmp_path / "no-model"), *argv]) == 1
         err = capsys.readouterr().err
         assert message in err and "no-model" not in err, err
+
+
+def test_precision_outputs_equal_sentence_transformers_quantize_embeddings(run, reference, tmp_path):
+    """int8 with ranges from calibration texts, uint8 from a .npy of ranges, and packed bits: bit for bit what
+    sentence-transformers' quantize_embeddings makes of the same float32 embeddings and ranges."""
+    st = need("sentence_transformers")
+    (tmp_path / "lines.txt").write_text("\n".join(LINES) + "\n")
+    (tmp_path / "calibration.txt").write_text("\n".join(LINES[:6]) + "\n")
+    calibration = reference[:6]  # the embeddings of calibration.txt
+    np.save(tmp_path / "ranges.npy", np.vstack((calibration.min(0), calibration.max(0))))
+    for precision, extra in (("int8", ["--calibration", str(tmp_path / "calibration.txt")]),
+                             ("uint8", ["--calibration", str(tmp_path / "ranges.npy")]),
+                             ("binary", []), ("ubinary", [])):
+        out = tmp_path / f"{precision}.npy"
+        code, _, _ = run("--input", str(tmp_path / "lines.txt"), "--output", str(out), "--precision", precision, *extra)
+        assert code == 0
+        theirs = st.quantize_embeddings(reference, precision, calibration_embeddings=calibration)
+        ours = np.load(out)
+        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), precision
+
+
+def test_query_over_binary_embeddings_with_rescoring(run, tmp_path):
+    (tmp_path / "lines.txt").write_text("\n".join(LINES) + "\n")
+    code, out, _ = run("--query", "Someone plays the drums", "--input", str(tmp_path / "lines.txt"), "--precision",
+                       "ubinary", "--rescore", "3", "--top-k", "2")
+    assert code == 0
+    hits = re.findall(r"\[(\d+)\]", out)
+    assert set(hits) == {"8", "10"}, out  # the two drum lines
