@@ -112,7 +112,9 @@ def parse_args(argv=None):
     p.add_argument("--no-normalize", action="store_true", help="return the pooled vectors without L2 normalisation")
     p.add_argument("--layers", type=int, help="use only the first N encoder layers (adaptive-layer models)")
     p.add_argument("--dim", type=int, help="keep the first D dimensions (Matryoshka models), then normalise")
-    p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix of the texts")
+    p.add_argument("--similarity", action="store_true", help="print the similarity matrix of the texts")
+    p.add_argument("--similarity-fn", choices=("cosine", "dot", "euclidean", "manhattan"),
+                   help="for --similarity and --query (default: the model folder's similarity_fn_name, else cosine)")
     p.add_argument("--query", action="append", metavar="Q", help="print the texts nearest to Q (repeatable)")
     p.add_argument("--top-k", type=int, default=5, help="results per query (default 5)")
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
@@ -145,6 +147,8 @@ def parse_args(argv=None):
                 "dimension's range")
     if args.similarity and args.precision != "float32":
         p.error("--similarity compares float32 embeddings; drop --precision")
+    if args.similarity_fn and args.precision != "float32":
+        p.error("--similarity-fn scores float32 embeddings; binary ones are ranked by Hamming distance")
     if args.query and args.precision not in ("float32", "binary", "ubinary"):
         p.error("--query searches float32 embeddings, or binary / ubinary ones by Hamming distance")
     if args.rescore < 0 or (args.rescore and not (args.query and args.precision.endswith("binary"))):
@@ -176,13 +180,14 @@ def run(args) -> None:
 
 
 def embed_texts(args, total: int | None, out, read_lines) -> None:
-    from minilm.embedding import cosine_similarity, get_model, search
+    from minilm.embedding import get_model, search, similarity
     from minilm.fast.embedding import embed, embed_stream
     from minilm.fast.xla import enable_compilation_cache
     from minilm.quantize import binary_search, quantize
 
     enable_compilation_cache()
     model = get_model(args.model)
+    fn = args.similarity_fn or model.similarity_fn
     kw = dict(batch_size=args.batch_size, max_length=args.max_length, num_layers=args.layers, dim=args.dim,
               normalize=False if args.no_normalize else None, pack=not args.no_pack, dtype=args.dtype,
               fast=not args.plain)
@@ -192,7 +197,7 @@ def embed_texts(args, total: int | None, out, read_lines) -> None:
         texts = list(texts)
         if not texts:
             raise ValueError("no texts to embed: give texts as arguments or --input FILE")
-        sim = cosine_similarity(*[embed(texts, model, progress=not args.quiet and None, **kw)] * 2)
+        sim = similarity(*[embed(texts, model, progress=not args.quiet and None, **kw)] * 2, fn)
         width = len(str(len(texts)))
         for i, t in enumerate(texts, start=1):
             print(f"[{i:>{width}}] {t}")
@@ -207,7 +212,7 @@ def embed_texts(args, total: int | None, out, read_lines) -> None:
         seen = 0
         for chunk, emb in stream:
             if args.precision == "float32":
-                found = search(queries, emb, args.top_k)
+                found = search(queries, emb, args.top_k, fn)
             else:  # the corpus as bits, ranked by Hamming distance (score = -distance) or rescored
                 found = binary_search(queries, quantize(emb, args.precision), args.top_k, args.rescore)
             for q, hits in enumerate(found):

@@ -46,6 +46,7 @@ class Model:
     tokenizer: Tokenizer
     pooling: str = "mean"  # 1_Pooling/config.json
     normalize: bool = True  # modules.json lists a Normalize module
+    similarity_fn: str = "cosine"  # config_sentence_transformers.json similarity_fn_name
 
     @property
     def dim(self) -> int:
@@ -168,6 +169,20 @@ def pooling_mode(pc: dict, cfg_file) -> str:
     return mode
 
 
+SIMILARITY_FNS = ("cosine", "dot", "euclidean", "manhattan")  # embedding.similarity computes them
+ST_SIMILARITY_ALIASES = {"dot_product": "dot", "cos_sim": "cosine"}
+
+
+def read_similarity_fn(folder: pathlib.Path) -> str:
+    """config_sentence_transformers.json's similarity_fn_name (absent or null: cosine, as sentence-transformers)."""
+    file = folder / "config_sentence_transformers.json"
+    name = read_json(file, dict).get("similarity_fn_name") if file.is_file() else None
+    name = ST_SIMILARITY_ALIASES.get(name, name) or "cosine"
+    if name not in SIMILARITY_FNS:
+        raise ValueError(f"{file}: similarity_fn_name {name!r} is not one of {', '.join(SIMILARITY_FNS)}")
+    return name
+
+
 def load(folder, max_length: int | None = None) -> Model:
     """Load a model folder (HF BertModel or sentence-transformers layout)."""
     folder = pathlib.Path(folder)
@@ -186,7 +201,7 @@ def load(folder, max_length: int | None = None) -> Model:
         raise ValueError(f"{folder}: max_length {tokenizer.max_length} exceeds max_position_embeddings "
                          f"{config.max_position_embeddings}")
     pooling, normalize = read_head(folder)
-    return Model(config, params, tokenizer, pooling, normalize)
+    return Model(config, params, tokenizer, pooling, normalize, read_similarity_fn(folder))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -258,7 +273,7 @@ def write_model(model: Model, folder: pathlib.Path) -> None:
     write_json(folder / "1_Pooling" / "config.json",
                {"word_embedding_dimension": model.dim,
                 **{key: mode == model.pooling for mode, key in ST_POOLING_KEYS.items()}})
-    write_json(folder / "config_sentence_transformers.json", {"similarity_fn_name": "cosine"})
+    write_json(folder / "config_sentence_transformers.json", {"similarity_fn_name": model.similarity_fn})
 
 
 def save(model: Model, folder) -> pathlib.Path:

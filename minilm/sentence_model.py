@@ -2,17 +2,17 @@
 
     model = SentenceModel.load()                  # all-MiniLM-L6-v2 (or SentenceModel.load("folder"))
     emb = model.encode(["A man is eating food.", "A man is riding a horse."], batch_size=64)
-    model.similarity(emb, emb)                    # [2, 2] cosine similarities
+    model.similarity(emb, emb)                    # [2, 2] similarities by the folder's function (cosine here)
 
 It holds a loaded Model (checkpoint.py) and calls the functions: encode is minilm.embed (the fast path; fast=False
-takes the plain one), similarity is embedding.cosine_similarity.
+takes the plain one), similarity is embedding.similarity with the folder's similarity_fn_name.
 """
 import dataclasses
 
 import numpy as np
 
 from minilm.checkpoint import Model, load
-from minilm.embedding import cosine_similarity, default_model_dir
+from minilm.embedding import default_model_dir, similarity
 from minilm.fast.embedding import embed
 
 
@@ -36,7 +36,8 @@ class SentenceModel:
             return self.encode([texts], batch_size, normalize, **options)[0]
         return embed(texts, self.model, batch_size=batch_size, normalize=normalize, **options)
 
-    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Cosine similarities [N, M] of two sets of embeddings ([N] and [M] for single vectors)."""
-        scores = cosine_similarity(np.atleast_2d(a), np.atleast_2d(b))
+    def similarity(self, a: np.ndarray, b: np.ndarray, fn: str | None = None) -> np.ndarray:
+        """Scores [N, M] of two sets of embeddings ([N] and [M] for single vectors) by the folder's similarity
+        function (config_sentence_transformers.json similarity_fn_name), or fn: cosine, dot, euclidean, manhattan."""
+        scores = similarity(np.atleast_2d(a), np.atleast_2d(b), fn or self.model.similarity_fn)
         return scores.reshape(np.shape(a)[:-1] + np.shape(b)[:-1])
