@@ -62,7 +62,6 @@ class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
     max_length: int = 128  # tokens per text including [CLS] and [SEP]
     dropout: bool = True  # student dropout while training (the teacher never drops out)
     seed: int = 0  # data order, dropout and a from-scratch student's init derive from it
-    eval_sts: str | None = None  # STS CSV for the student's Spearman during distillation
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -263,7 +262,6 @@ def layer_index(i: int, cfg, name: str) -> int:
 def distill(args: Args) -> int:
     from minilm.data import TextSampler
     from minilm.embedding import default_model_dir
-    from minilm.evaluate import read_sts
 
     # Options -> the mesh, teacher and student, the text.
     if args.distributed:
@@ -288,7 +286,7 @@ def distill(args: Args) -> int:
     if args.max_length > min(t_cfg.max_position_embeddings, s_cfg.max_position_embeddings):
         raise ValueError(f"--max-length {args.max_length} exceeds max_position_embeddings")
     sampler = TextSampler(list(args.data), args.batch_size, seed=args.seed)
-    sts = read_sts(args.eval_sts) if args.eval_sts else None
+    evals = runs.read_evals(args)
     embedding = args.embedding_loss != "none"
     cache = teacher_cache(args.teacher_cache, sampler.texts, teacher, args.max_length) \
         if embedding and args.teacher_cache else None
@@ -329,8 +327,9 @@ def distill(args: Args) -> int:
             key = jax.random.fold_in(base_key, step - 1) if args.dropout else None
             params, opt_state, stats = distill_step(params, opt_state, t_params, batch, targets, key)
             run.log_step(step, stats, n_texts, tokens)  # a NaN loss stops the run here
-            if sts and run.due(step, args.eval_every):
-                run.evaluate(step, params, sts)
+            if evals and run.due(step, args.eval_every):
+                for data in evals:
+                    run.evaluate(step, params, data)
             if run.due(step, args.save_every) or run.stopping:
                 run.save(step, params, opt_state, sampler.state())
             if run.stopping:  # Ctrl-C, SIGTERM or --time-limit

@@ -205,7 +205,6 @@ def check_args(args: Args, num_devices: int):
 def train(args: Args) -> int:
     from minilm.data import BatchSampler, parse_data_specs
     from minilm.embedding import default_model_dir
-    from minilm.evaluate import read_sts
 
     # Options -> the mesh, the model, the data.
     if args.distributed:
@@ -229,7 +228,7 @@ def train(args: Args) -> int:
     for path, n in sampler.skipped.items():
         if n:
             print(f"{path}: skipped {n} malformed lines", file=sys.stderr)
-    sts = read_sts(args.eval_sts) if args.eval_sts else None
+    evals = runs.read_evals(args)
 
     # The step and the state it updates.
     opts = LossOptions(scale=args.scale, symmetric=args.symmetric, matryoshka_dims=args.matryoshka_dims,
@@ -252,8 +251,9 @@ def train(args: Args) -> int:
             key = jax.random.fold_in(base_key, step - 1) if args.dropout else None
             params, opt_state, stats = train_step(params, opt_state, batch, key)
             run.log_step(step, stats, texts, tokens)  # a NaN loss stops the run here
-            if sts and run.due(step, args.eval_every):
-                run.evaluate(step, params, sts)
+            if evals and run.due(step, args.eval_every):
+                for data in evals:
+                    run.evaluate(step, params, data)
             if run.due(step, args.save_every) or run.stopping:
                 run.save(step, params, opt_state, sampler.state())
             if run.stopping:  # Ctrl-C, SIGTERM or --time-limit

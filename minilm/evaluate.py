@@ -1,15 +1,20 @@
-"""STS evaluation: how well cosine similarity of embeddings ranks sentence pairs against human scores.
+"""Evaluation: STS (how well the similarity of embeddings ranks sentence pairs against human scores) and retrieval
+(how well it ranks documents for queries; minilm/retrieval.py).
 
     python -m minilm.evaluate --sts stsb-en-test.csv                   # all-MiniLM-L6-v2
     python -m minilm.evaluate --model out/step-0001000 --sts stsb-en-dev.csv
+    python -m minilm.evaluate --sts sts.tsv --sts more.jsonl --ir scifact/   # several sets; a BEIR folder
 
 Spearman (rank) and Pearson (linear) correlation x 100 between cos(emb(s1), emb(s2)) and the gold score, as
 sentence-transformers' EmbeddingSimilarityEvaluator reports them (its "spearman_cosine" x 100). Ranks of tied
-values are their average rank, as scipy.stats.rankdata computes them.
+values are their average rank, as scipy.stats.rankdata computes them. STS files: CSV rows sentence1,sentence2,score
+(STS-b; an optional header), TSV with a header naming the columns sentence1, sentence2 and score, or JSONL objects
+with those keys.
 """
 import argparse
 import csv
 import dataclasses
+import json
 import sys
 
 import numpy as np
@@ -25,7 +30,63 @@ class StsPairs:
     scores: np.ndarray  # float64 [N] gold similarity
 
 
+STS_COLUMNS = ("sentence1", "sentence2", "score")
+
+
 def read_sts(path) -> StsPairs:
+    """STS pairs from a CSV, TSV or JSONL file (.gz too). Any bad row is an error naming file and line."""
+    name = str(path).removesuffix(".gz")
+    if name.endswith(".tsv"):
+        return read_named_sts(path, "tsv")
+    if name.endswith(".jsonl"):
+        return read_named_sts(path, "jsonl")
+    return read_sts_csv(path)
+
+
+def sts_pairs(path, rows: list[tuple[str, str, float, int]]) -> StsPairs:
+    """(sentence1, sentence2, score, line) rows -> StsPairs, each score checked."""
+    for _, _, score, line in rows:
+        if not np.isfinite(score):
+            raise ValueError(f"{path}:{line}: score {score!r} is not finite")
+    if len(rows) < 2:
+        raise ValueError(f"{path}: {len(rows)} scored pairs; a correlation needs at least 2")
+    return StsPairs([r[0] for r in rows], [r[1] for r in rows], np.asarray([r[2] for r in rows], np.float64))
+
+
+def read_named_sts(path, kind: str) -> StsPairs:
+    """TSV with a header naming sentence1, sentence2, score (other columns ignored), or JSONL objects with them."""
+    rows, header = [], None
+    for line, text in read_lines(path):
+        if not text.strip():
+            continue
+        if kind == "tsv":
+            cells = text.split("\t")
+            if header is None:
+                header = cells
+                missing = [c for c in STS_COLUMNS if c not in header]
+                if missing:
+                    raise ValueError(f"{path}:{line}: the header must name the columns {', '.join(STS_COLUMNS)}; "
+                                     f"missing {', '.join(missing)}")
+                continue
+            if len(cells) != len(header):
+                raise ValueError(f"{path}:{line}: {len(cells)} columns, the header has {len(header)}")
+            row = dict(zip(header, cells))
+        else:
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict) or any(c not in row for c in STS_COLUMNS):
+                raise ValueError(f"{path}:{line}: expected an object with {', '.join(STS_COLUMNS)}")
+        try:
+            score = float(row["score"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}:{line}: score {row['score']!r} is not a number") from None
+        rows.append((str(row["sentence1"]), str(row["sentence2"]), score, line))
+    return sts_pairs(path, rows)
+
+
+def read_sts_csv(path) -> StsPairs:
     """An STS-b style CSV: sentence1,sentence2,score per row (quoted as CSV where needed). A first row whose score
     is not a number is taken as a header; any later bad row is an error naming file and line."""
     s1, s2, scores = [], [], []
@@ -95,25 +156,50 @@ def evaluate_sts(pairs: StsPairs, model=None, **embed_options) -> dict[str, floa
             "pairs": len(pairs.scores)}
 
 
+def ir_line(name: str, result: dict) -> str:
+    """One line for a retrieval result, like the STS line."""
+    names = {"ndcg": "nDCG", "mrr": "MRR", "map": "MAP", "recall": "Recall"}
+    metrics = "  ".join(f"{names[k.split('@')[0]]}@{k.split('@')[1]} {v:.2f}" for k, v in result.items() if "@" in k)
+    return f"{name}: {result['queries']} queries, {result['documents']} documents  {metrics}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sts", required=True, metavar="FILE", help="CSV of sentence1,sentence2,score")
+    p.add_argument("--sts", action="append", default=[], metavar="FILE",
+                   help="STS pairs: CSV sentence1,sentence2,score, or TSV / JSONL with those named columns "
+                        "(repeatable)")
+    p.add_argument("--ir", action="append", default=[], metavar="DIR",
+                   help="a BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv (repeatable)")
     p.add_argument("--model", metavar="DIR", help="model folder (default: all-MiniLM-L6-v2)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, help="tokens per text including special tokens (default: the model's)")
     p.add_argument("--layers", type=int, help="use only the first N encoder layers")
     p.add_argument("--dim", type=int, help="keep the first D dimensions")
+    p.add_argument("--similarity-fn", choices=("cosine", "dot", "euclidean", "manhattan"),
+                   help="retrieval scores (default: the model folder's similarity_fn_name)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
+    if not args.sts and not args.ir:
+        p.error("nothing to evaluate: give --sts FILE and/or --ir DIR")
+    options = dict(batch_size=args.batch_size, max_length=args.max_length, num_layers=args.layers, dim=args.dim)
     try:
-        pairs = read_sts(args.sts)
-        result = evaluate_sts(pairs, args.model, batch_size=args.batch_size, max_length=args.max_length,
-                              progress=False if args.quiet else None,
-                              num_layers=args.layers, dim=args.dim)
+        from minilm.embedding import get_model
+        from minilm.retrieval import evaluate_ir, read_beir
+        sets = [("sts", path, read_sts(path)) for path in args.sts] + \
+            [("ir", path, read_beir(path)) for path in args.ir]  # every file is checked before the model loads
+        model = get_model(args.model)
+        for kind, path, data in sets:
+            if kind == "sts":
+                result = evaluate_sts(data, model, progress=False if args.quiet else None, **options)
+                print(f"{path}: {result['pairs']} pairs  spearman {result['spearman']:.2f}  "
+                      f"pearson {result['pearson']:.2f}")
+            else:
+                result = evaluate_ir(data, model, args.similarity_fn, progress=False if args.quiet else None,
+                                     **options)
+                print(ir_line(path, result))
     except (ValueError, FileNotFoundError) as e:
         print(f"minilm.evaluate: error: {e}", file=sys.stderr)
         return 1
-    print(f"{args.sts}: {result['pairs']} pairs  spearman {result['spearman']:.2f}  pearson {result['pearson']:.2f}")
     return 0
 
 

@@ -54,8 +54,9 @@ class RunArgs:
     devices: int = 0  # devices on the 'data' mesh axis (0: all)
     distributed: bool = False  # multi-host: call jax.distributed.initialize() first (TPU pods, Slurm, k8s)
     seed: int = 0  # data order and dropout derive from it
-    eval_sts: str | None = None  # STS CSV (sentence1,sentence2,score) for Spearman during training
-    eval_every: int = 0  # evaluate every K steps (0: only at the end, if --eval-sts)
+    eval_sts: str | None = None  # STS file (CSV sentence1,sentence2,score; TSV, JSONL) for Spearman during training
+    eval_ir: str | None = None  # BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv) for nDCG@10 etc.
+    eval_every: int = 0  # evaluate every K steps (0: only at the end, if --eval-sts or --eval-ir)
     log_every: int = 10  # one log line every K steps
     save_every: int = 0  # checkpoint every K steps (0: only at the end)
     keep: int = 3  # keep the newest K checkpoints
@@ -225,6 +226,14 @@ def start_state(params, sampler, mesh, resume_from: pathlib.Path | None):
 # The bookkeeping of a run.
 
 
+def read_evals(args: RunArgs) -> list:
+    """The evaluation sets a run scores as it goes: --eval-sts pairs and an --eval-ir retrieval set, read (and so
+    checked) before training starts."""
+    from minilm.evaluate import read_sts
+    from minilm.retrieval import read_beir
+    return ([read_sts(args.eval_sts)] if args.eval_sts else []) + ([read_beir(args.eval_ir)] if args.eval_ir else [])
+
+
 class StopRequest:
     """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current step and save; a second one stops now."""
 
@@ -304,12 +313,19 @@ class Run:
     def stopping(self) -> bool:
         return self.stop.requested or self.timed_out
 
-    def evaluate(self, step: int, params, pairs) -> None:
-        from minilm.evaluate import evaluate_sts
+    def evaluate(self, step: int, params, data) -> None:
+        """data: STS pairs (minilm.evaluate.read_sts) or a retrieval set (minilm.retrieval.read_beir)."""
+        from minilm.evaluate import StsPairs, evaluate_sts, ir_line
+        from minilm.retrieval import evaluate_ir
         model = dataclasses.replace(self.model, params=jax.device_get(params))
-        result = evaluate_sts(pairs, model, batch_size=64, progress=False)
-        self.write({"step": step, "sts_spearman": result["spearman"], "sts_pearson": result["pearson"]},
-                   f"step {step:>6}  STS spearman {result['spearman']:.2f}  pearson {result['pearson']:.2f}")
+        if isinstance(data, StsPairs):
+            result = evaluate_sts(data, model, batch_size=64, progress=False)
+            self.write({"step": step, "sts_spearman": result["spearman"], "sts_pearson": result["pearson"]},
+                       f"step {step:>6}  STS spearman {result['spearman']:.2f}  pearson {result['pearson']:.2f}")
+        else:
+            result = evaluate_ir(data, model, batch_size=64, progress=False)
+            self.write({"step": step, **{f"ir_{k}": v for k, v in result.items()}},
+                       f"step {step:>6}  " + ir_line("IR", result))
 
     def save(self, step: int, params, opt_state, data_state: dict) -> None:
         if self.leader:

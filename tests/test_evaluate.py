@@ -53,3 +53,75 @@ def test_command_equals_sentence_transformers_evaluator(real_model_dir, stsb_dir
     theirs = 100 * evaluator(st.SentenceTransformer(str(real_model_dir), device="cpu"))["spearman_cosine"]
     print(f"spearman: ours {ours:.2f}, sentence-transformers {theirs:.4f}")
     assert abs(ours - theirs) <= 0.01
+
+
+def test_sts_from_tsv_and_jsonl_equals_csv(stsb_dir, tmp_path):
+    import csv
+    import json
+    rows = list(csv.reader(open(stsb_dir / "stsb-en-dev.csv", encoding="utf-8")))[:300]
+    (tmp_path / "sts.tsv").write_text("genre\tsentence1\tsentence2\tscore\n" + "".join(
+        f"x\t{a}\t{b}\t{s}\n" for a, b, s in rows), encoding="utf-8")
+    (tmp_path / "sts.jsonl").write_text("".join(
+        json.dumps({"sentence1": a, "sentence2": b, "score": float(s)}) + "\n" for a, b, s in rows), encoding="utf-8")
+    with open(tmp_path / "sts.csv", "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows(rows)
+    pairs = {kind: evaluate.read_sts(tmp_path / f"sts.{kind}") for kind in ("csv", "tsv", "jsonl")}
+    for kind in ("tsv", "jsonl"):
+        assert pairs[kind].sentences1 == pairs["csv"].sentences1 and pairs[kind].sentences2 == pairs["csv"].sentences2
+        np.testing.assert_array_equal(pairs[kind].scores, pairs["csv"].scores)
+    (tmp_path / "bad.tsv").write_text("sentence1\tsentence2\tlabel\na\tb\t1\n")
+    with pytest.raises(ValueError, match="bad.tsv:1: the header must name the columns sentence1, sentence2, score"):
+        evaluate.read_sts(tmp_path / "bad.tsv")
+    (tmp_path / "bad.jsonl").write_text('{"sentence1": "a", "sentence2": "b", "score": 1}\n{"sentence1": "a"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2: expected an object with sentence1, sentence2, score"):
+        evaluate.read_sts(tmp_path / "bad.jsonl")
+
+
+def beir_folder(tmp_path, stsb_dir):
+    """A small BEIR folder from STS-b sentences: each query's relevant documents are its paired sentences."""
+    import csv
+    import json
+    rows = list(csv.reader(open(stsb_dir / "stsb-en-test.csv", encoding="utf-8")))[:400]
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    docs = list(dict.fromkeys(b for _, b, _ in rows))
+    doc_id = {d: f"d{i}" for i, d in enumerate(docs)}
+    with open(folder / "corpus.jsonl", "w") as f:
+        for d in docs:
+            f.write(json.dumps({"_id": doc_id[d], "title": d.split()[0], "text": d}) + "\n")
+    queries = list(dict.fromkeys(a for a, _, s in rows if float(s) >= 3.0))[:60]
+    with open(folder / "queries.jsonl", "w") as f:
+        for i, q in enumerate(queries):
+            f.write(json.dumps({"_id": f"q{i}", "text": q}) + "\n")
+    with open(folder / "qrels" / "test.tsv", "w") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for i, q in enumerate(queries):
+            for a, b, s in rows:
+                if a == q:
+                    f.write(f"q{i}\t{doc_id[b]}\t{1 if float(s) >= 3.0 else 0}\n")
+    return folder
+
+
+def test_retrieval_equals_sentence_transformers_evaluator(real_model_dir, stsb_dir, tmp_path, capsys):
+    st = need("sentence_transformers")
+    from minilm.retrieval import evaluate_ir, read_beir
+    folder = beir_folder(tmp_path, stsb_dir)
+    beir = read_beir(folder)
+    ours = evaluate_ir(beir, real_model_dir, progress=False)
+    try:  # sentence-transformers 6 moved it; 3.x-5.x keep it in sentence_transformers.evaluation
+        from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+    except ImportError:
+        from sentence_transformers.evaluation import InformationRetrievalEvaluator
+    evaluator = InformationRetrievalEvaluator(beir.queries, beir.corpus, beir.relevant, map_at_k=[100],
+                                              precision_recall_at_k=[10, 100])
+    theirs = evaluator(st.SentenceTransformer(str(real_model_dir), device="cpu"))
+    assert ours["queries"] == 60 and ours["documents"] > 300
+    for name in ("ndcg@10", "mrr@10", "map@100", "recall@10", "recall@100"):
+        assert abs(ours[name] - 100 * theirs[f"cosine_{name}"]) <= 1e-6 * 100, name
+    assert 50 < ours["ndcg@10"] < 100  # the paired sentence is usually found
+    assert evaluate.main(["--model", str(real_model_dir), "--ir", str(folder), "--quiet"]) == 0
+    line = capsys.readouterr().out
+    assert f"60 queries, {ours['documents']} documents  nDCG@10 {ours['ndcg@10']:.2f}" in line
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td1\n")
+    with pytest.raises(ValueError, match=r"test.tsv:2: expected 3 tab-separated columns"):
+        read_beir(folder)

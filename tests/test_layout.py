@@ -8,7 +8,7 @@ import re
 from tests.conftest import REPO
 
 CORE = ("config", "files", "model", "tokenizer", "checkpoint", "embedding", "losses", "relations", "optim", "data",
-        "parallel", "cli")  # the algorithm: what a reader learns from, plain
+        "parallel", "cli", "quantize")  # the algorithm: what a reader learns from, plain
 SCRIPTS = ("train.py", "distill.py", "embed.py")
 
 

@@ -78,13 +78,23 @@ def test_checkpoint_folder_and_metrics(setup):
     assert all(np.isfinite(r["loss"]) and r["sentences_per_s"] > 0 and r["tokens_per_s"] > 0 for r in records)
 
 
-def test_keep_layers_and_eval(setup, tmp_path, capsys):
+def test_keep_layers_and_sts_and_retrieval_evaluation(setup, tmp_path, capsys):
     sts = tmp_path / "sts.csv"
     sts.write_text("the cat sat,the cat sat on the mat,4.5\nthe man is eating,music plays,0.5\n"
                    "a dog,the dog,4.0\nthe woman plays,the man plays,2.5\n")
-    assert run(setup, "--steps", "2", "--keep-layers", "1", "--eval-sts", str(sts), out="small") == 0
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "the cat sat on the mat"}\n'
+                                       '{"_id": "d2", "title": "music", "text": "music plays"}\n')
+    (beir / "queries.jsonl").write_text('{"_id": "q1", "text": "the cat sat"}\n')
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    assert run(setup, "--steps", "2", "--keep-layers", "1", "--eval-sts", str(sts), "--eval-ir", str(beir),
+               out="small") == 0
     assert load(setup / "small" / "step-0000002").config.num_hidden_layers == 1
-    assert "STS spearman" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "STS spearman" in out and "IR: 1 queries, 2 documents  nDCG@10" in out
+    records = [json.loads(line) for line in (setup / "small" / "metrics.jsonl").read_text().splitlines()]
+    assert any("ir_ndcg@10" in r for r in records)
 
 
 @pytest.mark.parametrize("flags, message", [
