@@ -141,18 +141,35 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return pearson(rankdata(a), rankdata(b))
 
 
-def evaluate_sts(pairs: StsPairs, model=None, **embed_options) -> dict[str, float]:
-    """{"spearman", "pearson"} x 100 of cosine similarity against gold scores; each distinct sentence is
-    embedded once, with the fast path (embed_options: those of minilm.embed; fast=False takes the plain path)."""
+def pair_scores(a_ND: np.ndarray, b_ND: np.ndarray, fn: str) -> np.ndarray:
+    """[N] float64 similarity of each pair (a_i, b_i), with embedding.similarity's conventions."""
+    if fn == "cosine":
+        a_ND, b_ND = (np.asarray(l2_normalize(x), np.float64) for x in (a_ND, b_ND))
+        return (a_ND * b_ND).sum(axis=1)
+    a_ND, b_ND = np.asarray(a_ND, np.float64), np.asarray(b_ND, np.float64)
+    if fn == "dot":
+        return (a_ND * b_ND).sum(axis=1)
+    if fn == "euclidean":
+        return -np.sqrt(np.square(a_ND - b_ND).sum(axis=1))
+    if fn == "manhattan":
+        return -np.abs(a_ND - b_ND).sum(axis=1)
+    raise ValueError(f"similarity function {fn!r} is not one of cosine, dot, euclidean, manhattan")
+
+
+def evaluate_sts(pairs: StsPairs, model=None, fn: str | None = None, **embed_options) -> dict[str, float]:
+    """{"spearman", "pearson"} x 100 of the pairs' similarity against gold scores, by fn (default: the model
+    folder's similarity function, cosine for all-MiniLM-L6-v2); each distinct sentence is embedded once, with the
+    fast path (embed_options: those of minilm.embed; fast=False takes the plain path)."""
+    from minilm.embedding import get_model
     from minilm.fast.embedding import embed
 
+    m = get_model(model)
     unique = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
     row = {s: i for i, s in enumerate(unique)}
-    emb = np.asarray(l2_normalize(embed(unique, model, **embed_options)), np.float64)
-    a = emb[[row[s] for s in pairs.sentences1]]
-    b = emb[[row[s] for s in pairs.sentences2]]
-    cosine = (a * b).sum(axis=1)
-    return {"spearman": 100 * spearman(cosine, pairs.scores), "pearson": 100 * pearson(cosine, pairs.scores),
+    emb = embed(unique, m, **embed_options)
+    scores = pair_scores(emb[[row[s] for s in pairs.sentences1]], emb[[row[s] for s in pairs.sentences2]],
+                         fn or m.similarity_fn)
+    return {"spearman": 100 * spearman(scores, pairs.scores), "pearson": 100 * pearson(scores, pairs.scores),
             "pairs": len(pairs.scores)}
 
 
@@ -176,7 +193,7 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, help="use only the first N encoder layers")
     p.add_argument("--dim", type=int, help="keep the first D dimensions")
     p.add_argument("--similarity-fn", choices=("cosine", "dot", "euclidean", "manhattan"),
-                   help="retrieval scores (default: the model folder's similarity_fn_name)")
+                   help="how pairs and documents are scored (default: the model folder's similarity_fn_name)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
     if not args.sts and not args.ir:
@@ -190,7 +207,8 @@ def main(argv=None) -> int:
         model = get_model(args.model)
         for kind, path, data in sets:
             if kind == "sts":
-                result = evaluate_sts(data, model, progress=False if args.quiet else None, **options)
+                result = evaluate_sts(data, model, args.similarity_fn, progress=False if args.quiet else None,
+                                      **options)
                 print(f"{path}: {result['pairs']} pairs  spearman {result['spearman']:.2f}  "
                       f"pearson {result['pearson']:.2f}")
             else:

@@ -49,10 +49,15 @@ def test_command_equals_sentence_transformers_evaluator(real_model_dir, stsb_dir
     printed = capsys.readouterr().out
     ours = float(printed.split("spearman")[1].split()[0])
     pairs = evaluate.read_sts(test_csv)
-    evaluator = EmbeddingSimilarityEvaluator(pairs.sentences1, pairs.sentences2, (pairs.scores / 5).tolist())
-    theirs = 100 * evaluator(st.SentenceTransformer(str(real_model_dir), device="cpu"))["spearman_cosine"]
-    print(f"spearman: ours {ours:.2f}, sentence-transformers {theirs:.4f}")
-    assert abs(ours - theirs) <= 0.01
+    fns = ("cosine", "dot", "euclidean", "manhattan")
+    evaluator = EmbeddingSimilarityEvaluator(pairs.sentences1, pairs.sentences2, (pairs.scores / 5).tolist(),
+                                             similarity_fn_names=list(fns))
+    theirs = evaluator(st.SentenceTransformer(str(real_model_dir), device="cpu"))
+    print(f"spearman: ours {ours:.2f}, sentence-transformers {100 * theirs['spearman_cosine']:.4f}")
+    assert abs(ours - 100 * theirs["spearman_cosine"]) <= 0.01
+    for fn in fns[1:]:  # each similarity function (1e-4: the same embeddings to float32 rounding)
+        result = evaluate.evaluate_sts(pairs, real_model_dir, fn, progress=False)
+        assert abs(result["spearman"] - 100 * theirs[f"spearman_{fn}"]) <= 1e-4 * 100, fn
 
 
 def test_sts_from_tsv_and_jsonl_equals_csv(stsb_dir, tmp_path):
