@@ -198,3 +198,39 @@ def test_only_the_newest_checkpoints_keep_the_optimizer_state(setup, capsys):
     assert load(lean / "step-0000001")  # still a model folder
     assert run(setup, "--resume", str(lean / "step-0000001"), out="lean2") == 1
     assert "no optimizer.safetensors" in capsys.readouterr().err
+
+
+def test_a_cls_model_trains_as_cls_and_saves_what_it_trained(setup, tmp_path, capsys):
+    """The loss pools as the folder does (CLS here, which gives another loss than mean pooling on the same batch),
+    and the checkpoint is a CLS folder that sentence-transformers embeds as we do (1e-5)."""
+    import jax
+    import jax.numpy as jnp
+    from minilm import embed
+    from minilm.checkpoint import save
+    from minilm.losses import contrastive_loss
+    from minilm.model import encode, l2_normalize
+    from tests.conftest import need
+    from tests.tiny import TEXTS
+    model = load(setup / "model")
+    model.pooling, model.normalize = "cls", False
+    save(model, tmp_path / "cls")
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "dog", "sat", "on", "mat", "man", "woman", "is", "eating", "food", "music", "plays"]
+    texts = [tuple(" ".join(rng.choice(words, 5)) for _ in range(2)) for _ in range(8)]
+    batch = jax.tree.map(jnp.asarray, train.runs.pad_columns(model.tokenizer, texts, 16))
+    loss = {p: float(train.device_loss(model.params, batch, None, cfg=model.config,
+                                       opts=train.LossOptions(pooling=p), axis_name=None)) for p in ("cls", "mean")}
+    C, B, T = batch.ids_CBT.shape
+    h = encode(model.params, batch.ids_CBT.reshape(C * B, T), batch.mask_CBT.reshape(C * B, T),
+               model.config).last_hidden_state
+    cls_CBD = l2_normalize(h[:, 0]).reshape(C, B, -1)  # the [CLS] token's state, pooled by hand
+    assert loss["cls"] == pytest.approx(float(contrastive_loss(*cls_CBD)), abs=1e-6)
+    assert abs(loss["cls"] - loss["mean"]) > 1e-3
+    assert train.main(["--model", str(tmp_path / "cls"), "--data", str(setup / "pairs.jsonl"), "--batch-size", "8",
+                       "--max-length", "16", "--steps", "2", "--out", str(tmp_path / "out")]) == 0
+    assert "cls pooling" in capsys.readouterr().out
+    trained = load(tmp_path / "out" / "step-0000002")
+    assert (trained.pooling, trained.normalize) == ("cls", False)
+    st = need("sentence_transformers")
+    theirs = st.SentenceTransformer(str(tmp_path / "out" / "step-0000002"), device="cpu").encode(TEXTS)
+    np.testing.assert_allclose(embed(TEXTS, trained), theirs, rtol=0, atol=1e-5)
