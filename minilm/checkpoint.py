@@ -47,6 +47,8 @@ class Model:
     pooling: str = "mean"  # 1_Pooling/config.json
     normalize: bool = True  # modules.json lists a Normalize module
     similarity_fn: str = "cosine"  # config_sentence_transformers.json similarity_fn_name
+    prompts: dict = dataclasses.field(default_factory=dict)  # config_sentence_transformers.json: kept on save
+    default_prompt_name: str | None = None
 
     @property
     def dim(self) -> int:
@@ -201,7 +203,10 @@ def load(folder, max_length: int | None = None) -> Model:
         raise ValueError(f"{folder}: max_length {tokenizer.max_length} exceeds max_position_embeddings "
                          f"{config.max_position_embeddings}")
     pooling, normalize = read_head(folder)
-    return Model(config, params, tokenizer, pooling, normalize, read_similarity_fn(folder))
+    st_file = folder / "config_sentence_transformers.json"
+    st_config = read_json(st_file, dict) if st_file.is_file() else {}
+    return Model(config, params, tokenizer, pooling, normalize, read_similarity_fn(folder),
+                 dict(st_config.get("prompts") or {}), st_config.get("default_prompt_name"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -258,8 +263,12 @@ def save_params(params: dict, file) -> None:
     safetensors.numpy.save_file(flat, str(file), metadata={"format": "pt"})  # "pt": as the Hub file; HF checks it
 
 
-def write_model(model: Model, folder: pathlib.Path) -> None:
-    """Write every file of the sentence-transformers layout into an existing (temporary) folder."""
+VERSION = "0.1.0"  # minilm's, recorded in config_sentence_transformers.json
+
+
+def write_model(model: Model, folder: pathlib.Path, card: str | None = None) -> None:
+    """Write every file of the sentence-transformers layout into an existing (temporary) folder, and a model card
+    README.md (`card`, or a short one that says what the model is and how to load it)."""
     save_params(model.params, folder / "model.safetensors")
     model.config.to_json(folder / "config.json")
     model.tokenizer.save(folder)
@@ -273,11 +282,29 @@ def write_model(model: Model, folder: pathlib.Path) -> None:
     write_json(folder / "1_Pooling" / "config.json",
                {"word_embedding_dimension": model.dim,
                 **{key: mode == model.pooling for mode, key in ST_POOLING_KEYS.items()}})
-    write_json(folder / "config_sentence_transformers.json", {"similarity_fn_name": model.similarity_fn})
+    write_json(folder / "config_sentence_transformers.json",
+               {"__version__": {"minilm": VERSION}, "model_type": "SentenceTransformer", "prompts": model.prompts,
+                "default_prompt_name": model.default_prompt_name, "similarity_fn_name": model.similarity_fn})
+    (folder / "README.md").write_text(card or model_card(model, folder.name), encoding="utf-8")
 
 
-def save(model: Model, folder) -> pathlib.Path:
+def model_card(model: Model, name: str, sections: str = "") -> str:
+    """A model card in the Hub's format: metadata, what the model is, how to use it, then `sections`."""
+    c = model.config
+    head = f"{model.pooling} pooling" + (", L2-normalised" if model.normalize else "")
+    return (f"---\nlibrary_name: sentence-transformers\npipeline_tag: sentence-similarity\ntags:\n"
+            f"- sentence-transformers\n- feature-extraction\n- sentence-similarity\n- minilm\n---\n\n"
+            f"# {name}\n\nA sentence-embedding model: a BERT encoder of {c.num_hidden_layers} layers x "
+            f"{c.hidden_size} ({c.num_attention_heads} heads), {head}, {model.dim}-dimensional embeddings compared by "
+            f"{model.similarity_fn} similarity; texts up to {model.tokenizer.max_length} tokens. Saved by minilm "
+            f"{VERSION}.\n\n## Usage\n\n```bash\npython embed.py --model {name} \"A sentence to embed.\"\n```\n\n"
+            f"```python\nfrom sentence_transformers import SentenceTransformer\n"
+            f"embeddings = SentenceTransformer(\"{name}\").encode([\"A sentence to embed.\"])\n```\n"
+            + (f"\n{sections}" if sections else ""))
+
+
+def save(model: Model, folder, card: str | None = None) -> pathlib.Path:
     """Save atomically as a folder that minilm, transformers and sentence-transformers load."""
     with atomic_dir(folder) as tmp:
-        write_model(model, tmp)
+        write_model(model, tmp, card)
     return pathlib.Path(folder)

