@@ -112,10 +112,15 @@ def parse_args(argv=None):
     p.add_argument("--no-normalize", action="store_true", help="return the pooled vectors without L2 normalisation")
     p.add_argument("--layers", type=int, help="use only the first N encoder layers (adaptive-layer models)")
     p.add_argument("--dim", type=int, help="keep the first D dimensions (Matryoshka models), then normalise")
+    p.add_argument("--prompt", metavar="TEXT", help="put TEXT before every text (e.g. 'query: ')")
+    p.add_argument("--prompt-name", metavar="NAME", help="put the model folder's prompt NAME before every text "
+                                                         "(default: the folder's default_prompt_name, if any)")
     p.add_argument("--similarity", action="store_true", help="print the similarity matrix of the texts")
     p.add_argument("--similarity-fn", choices=("cosine", "dot", "euclidean", "manhattan"),
                    help="for --similarity and --query (default: the model folder's similarity_fn_name, else cosine)")
-    p.add_argument("--query", action="append", metavar="Q", help="print the texts nearest to Q (repeatable)")
+    p.add_argument("--query", action="append", metavar="Q",
+                   help="print the texts nearest to Q (repeatable); Q gets the folder's 'query' prompt and the texts "
+                        "its 'document' (or 'passage') prompt, when it has them")
     p.add_argument("--top-k", type=int, default=5, help="results per query (default 5)")
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="store the embeddings quantized as sentence-transformers' quantize_embeddings does: int8 / "
@@ -142,6 +147,8 @@ def parse_args(argv=None):
         p.error("--plain computes in float32 (the reference); --dtype is for the fast path")
     if args.similarity and args.query:
         p.error("--similarity and --query are different modes; use one")
+    if args.prompt is not None and args.prompt_name:
+        p.error("--prompt gives the prompt itself and --prompt-name names one of the folder's; use one")
     if args.precision in ("int8", "uint8") and not args.calibration:
         p.error(f"--precision {args.precision} needs --calibration FILE: texts (or embeddings) that give each "
                 "dimension's range")
@@ -191,6 +198,10 @@ def embed_texts(args, total: int | None, out, read_lines) -> None:
     kw = dict(batch_size=args.batch_size, max_length=args.max_length, num_layers=args.layers, dim=args.dim,
               normalize=False if args.no_normalize else None, pack=not args.no_pack, dtype=args.dtype,
               fast=not args.plain)
+    prompted = args.prompt is not None or args.prompt_name
+    prompt = dict(prompt=args.prompt, prompt_name=args.prompt_name or (None if prompted or not args.query else
+                                                                       "document"))
+    kw.update(prompt)
     lines = (text for _, text in read_lines(args.input)) if args.input else ()
     texts = itertools.chain(args.texts, lines)
     if args.similarity:
@@ -207,7 +218,7 @@ def embed_texts(args, total: int | None, out, read_lines) -> None:
     ranges = calibration(args, model, kw) if args.precision in ("int8", "uint8") else None
     stream = embed_stream(texts, model, progress=not args.quiet, total=total, **kw)
     if args.query:  # the corpus streams past: keep only each query's best hits so far
-        queries = embed(args.query, model, progress=False, **kw)
+        queries = embed(args.query, model, progress=False, **{**kw, "prompt": None, "prompt_name": "query"})
         best = [[] for _ in args.query]  # per query: (score, line number, text), best first
         seen = 0
         for chunk, emb in stream:

@@ -47,8 +47,9 @@ class Model:
     pooling: str = "mean"  # 1_Pooling/config.json
     normalize: bool = True  # modules.json lists a Normalize module
     similarity_fn: str = "cosine"  # config_sentence_transformers.json similarity_fn_name
-    prompts: dict = dataclasses.field(default_factory=dict)  # config_sentence_transformers.json: kept on save
-    default_prompt_name: str | None = None
+    prompts: dict = dataclasses.field(default_factory=dict)  # config_sentence_transformers.json: name -> prompt
+    default_prompt_name: str | None = None  # the prompt used when none is asked for
+    include_prompt: bool = True  # 1_Pooling/config.json: False pools without the prompt's tokens
 
     @property
     def dim(self) -> int:
@@ -126,11 +127,12 @@ def load_params(folder, cfg: Config) -> dict:
     return unflatten({k: tensors[k] for k in expected})
 
 
-def read_head(folder: pathlib.Path) -> tuple[str, bool]:
-    """(pooling mode, normalize) from modules.json and 1_Pooling/config.json; a bare HF folder gets mean + L2."""
+def read_head(folder: pathlib.Path) -> tuple[str, bool, bool]:
+    """(pooling mode, normalize, include_prompt) from modules.json and 1_Pooling/config.json; a bare HF folder gets
+    mean + L2."""
     modules_file = folder / "modules.json"
     if not modules_file.is_file():
-        return "mean", True
+        return "mean", True, True
     modules = read_json(modules_file, list)
     if not all(isinstance(m, dict) for m in modules):
         raise ValueError(f"{modules_file}: expected a JSON array of objects (one per module)")
@@ -138,14 +140,15 @@ def read_head(folder: pathlib.Path) -> tuple[str, bool]:
     unknown = [k for k in kinds if k not in ST_MODULES]
     if unknown:
         raise ValueError(f"{modules_file}: module(s) {unknown} not supported; minilm implements {sorted(ST_MODULES)}")
-    pooling = "mean"
+    pooling, include_prompt = "mean", True
     for m, kind in zip(modules, kinds):
         if kind == "Pooling":
             cfg_file = folder / m.get("path", "1_Pooling") / "config.json"
             if not cfg_file.is_file():
                 raise FileNotFoundError(f"{cfg_file}: missing (modules.json lists a Pooling module)")
-            pooling = pooling_mode(read_json(cfg_file, dict), cfg_file)
-    return pooling, "Normalize" in kinds
+            pc = read_json(cfg_file, dict)
+            pooling, include_prompt = pooling_mode(pc, cfg_file), pc.get("include_prompt", True) is not False
+    return pooling, "Normalize" in kinds, include_prompt
 
 
 def pooling_mode(pc: dict, cfg_file) -> str:
@@ -165,9 +168,6 @@ def pooling_mode(pc: dict, cfg_file) -> str:
             raise ValueError(f"{cfg_file}: exactly one pooling mode of {POOLING_MODES} must be true, got "
                              f"{modes + others}; minilm pools with one of {supported}")
         mode = modes[0]
-    if pc.get("include_prompt") is False:
-        raise ValueError(f"{cfg_file}: include_prompt false (pooling that leaves out prompt tokens) is not supported "
-                         f"yet; minilm pools over every token")
     return mode
 
 
@@ -202,11 +202,11 @@ def load(folder, max_length: int | None = None) -> Model:
     if tokenizer.max_length > config.max_position_embeddings:
         raise ValueError(f"{folder}: max_length {tokenizer.max_length} exceeds max_position_embeddings "
                          f"{config.max_position_embeddings}")
-    pooling, normalize = read_head(folder)
+    pooling, normalize, include_prompt = read_head(folder)
     st_file = folder / "config_sentence_transformers.json"
     st_config = read_json(st_file, dict) if st_file.is_file() else {}
     return Model(config, params, tokenizer, pooling, normalize, read_similarity_fn(folder),
-                 dict(st_config.get("prompts") or {}), st_config.get("default_prompt_name"))
+                 dict(st_config.get("prompts") or {}), st_config.get("default_prompt_name"), include_prompt)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -281,7 +281,8 @@ def write_model(model: Model, folder: pathlib.Path, card: str | None = None) -> 
     write_json(folder / "modules.json", modules)
     write_json(folder / "1_Pooling" / "config.json",
                {"word_embedding_dimension": model.dim,
-                **{key: mode == model.pooling for mode, key in ST_POOLING_KEYS.items()}})
+                **{key: mode == model.pooling for mode, key in ST_POOLING_KEYS.items()},
+                **({} if model.include_prompt else {"include_prompt": False})})
     write_json(folder / "config_sentence_transformers.json",
                {"__version__": {"minilm": VERSION}, "model_type": "SentenceTransformer", "prompts": model.prompts,
                 "default_prompt_name": model.default_prompt_name, "similarity_fn_name": model.similarity_fn})

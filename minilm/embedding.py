@@ -46,19 +46,22 @@ def get_model(model=None) -> Model:
 
 
 # One compiled forward per batch shape; the options that change the program are static.
-embed_batch = jax.jit(sentence_embedding, static_argnames=("cfg", "pooling", "normalize", "num_layers", "dim"))
+embed_batch = jax.jit(sentence_embedding,
+                      static_argnames=("cfg", "pooling", "normalize", "num_layers", "dim", "skip"))
 
 
 def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = None, normalize: bool | None = None,
-          num_layers: int | None = None, dim: int | None = None) -> np.ndarray:
+          num_layers: int | None = None, dim: int | None = None, prompt: str | None = None,
+          prompt_name: str | None = None) -> np.ndarray:
     """Embed a list of strings -> float32 [N, dim], row i for texts[i].
 
     model: a Model, a folder, or None for all-MiniLM-L6-v2. max_length: tokens including [CLS] and [SEP] (default:
     the folder's max_seq_length, 256 for all-MiniLM-L6-v2). normalize: None follows the folder (its Normalize
     module). num_layers: run only the first N layers; dim: keep the first D dimensions (adaptive-layer and Matryoshka
-    models)."""
+    models). prompt, prompt_name: text put before each text (with_prompt)."""
     m = get_model(model)
     texts = check_options(texts, m, batch_size, max_length, num_layers, dim)
+    texts, skip = with_prompt(m, texts, prompt, prompt_name)
     normalize = m.normalize if normalize is None else normalize
     out = []
     # Parity with torch needs full float32 matmuls (GPUs default to TF32 and TPUs to bfloat16 passes).
@@ -66,9 +69,44 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
         for start in range(0, len(texts), batch_size):
             batch = m.tokenizer.batch(texts[start:start + batch_size], max_length=max_length)  # padded [B, T]
             emb_BD = embed_batch(m.params, batch.ids_BT, batch.mask_BT, type_ids_BT=batch.type_ids_BT, cfg=m.config,
-                                 pooling=m.pooling, normalize=normalize, num_layers=num_layers, dim=dim)
+                                 pooling=m.pooling, normalize=normalize, num_layers=num_layers, dim=dim, skip=skip)
             out.append(np.asarray(emb_BD, np.float32))
     return np.concatenate(out)
+
+
+DOCUMENT_PROMPTS = ("document", "passage", "corpus")  # the names sentence-transformers' encode_document looks for
+
+
+def resolve_prompt(m: Model, prompt: str | None = None, prompt_name: str | None = None) -> str:
+    """The text to put before each text: `prompt`; else the folder's prompts[prompt_name]; else the prompt of the
+    folder's default_prompt_name; else none. prompt_name "query" / "document" fall back to no prompt (and
+    "document" to "passage" or "corpus") when the folder lacks them, as encode_query / encode_document do."""
+    if prompt is not None:
+        return prompt
+    if prompt_name in ("query", "document"):
+        names = ("query",) if prompt_name == "query" else DOCUMENT_PROMPTS
+        prompt_name = next((n for n in names if n in m.prompts), m.default_prompt_name)
+    elif prompt_name is None:
+        prompt_name = m.default_prompt_name
+    if prompt_name is None:
+        return ""
+    if prompt_name not in m.prompts:
+        names = ", ".join(m.prompts) or "none"
+        raise ValueError(f"prompt name {prompt_name!r} is not one of the model's prompts ({names}; they are in "
+                         f"config_sentence_transformers.json)")
+    return m.prompts[prompt_name]
+
+
+def with_prompt(m: Model, texts: list[str], prompt: str | None = None,
+                prompt_name: str | None = None) -> tuple[list[str], int]:
+    """(texts with the prompt put before each, tokens that pooling skips). The skip is 0 unless the folder's
+    Pooling has include_prompt false: then [CLS] and the prompt's tokens, the prompt tokenized alone less its
+    trailing [SEP], as sentence-transformers measures it."""
+    p = resolve_prompt(m, prompt, prompt_name)
+    if not p:
+        return texts, 0
+    skip = 0 if m.include_prompt else len(m.tokenizer.encode(p).ids) - 1
+    return [p + t for t in texts], skip
 
 
 def check_options(texts, m: Model, batch_size: int, max_length, num_layers, dim) -> list[str]:

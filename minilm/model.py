@@ -246,10 +246,12 @@ POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 
 
 def pool(h_BTD: jax.Array, mask_BT: jax.Array, mode: str = "mean") -> jax.Array:
-    """Token states -> one vector per sentence. mean: average over real tokens (count clamped at 1e-9, as ST)."""
+    """Token states -> one vector per sentence. mean: average over real tokens (count clamped at 1e-9, as ST); cls:
+    the first real token ([CLS], or the first after a prompt that pooling leaves out)."""
     m_BT1 = mask_BT[..., None].astype(h_BTD.dtype)
     if mode == "cls":
-        return h_BTD[:, 0]
+        first_B = jnp.argmax(mask_BT, axis=1)
+        return jnp.take_along_axis(h_BTD, first_B[:, None, None], axis=1)[:, 0]
     if mode == "max":  # ST sets padded positions to -1e9 before the max
         return jnp.where(m_BT1 > 0, h_BTD, -1e9).max(axis=1)
     count_B1 = jnp.maximum(m_BT1.sum(axis=1), 1e-9)
@@ -261,18 +263,25 @@ def pool(h_BTD: jax.Array, mask_BT: jax.Array, mode: str = "mean") -> jax.Array:
     raise ValueError(f"pooling mode {mode!r} is not supported; expected one of {POOLING_MODES}")
 
 
+def skip_prompt(mask_BT: jax.Array, skip: int) -> jax.Array:
+    """The pooling mask without the first `skip` tokens ([CLS] and a prompt that pooling leaves out, as
+    sentence-transformers' include_prompt=False); the encoder still attends to them."""
+    return mask_BT * (jnp.arange(mask_BT.shape[1]) >= skip).astype(mask_BT.dtype) if skip else mask_BT
+
+
 PACKED_POOLING_MODES = ("mean", "cls", "mean_sqrt_len")
 
 
 def pool_segments(h_BTD: jax.Array, segments_BT: jax.Array, positions_BT: jax.Array, num_segments: int,
-                  mode: str = "mean") -> jax.Array:
+                  mode: str = "mean", skip: int = 0) -> jax.Array:
     """Packed rows -> one vector per text: emb_BND[b, n] pools the tokens of segment n+1 of row b (zeros for an
-    empty slot). The same sums as `pool`, as a [B, T, N] one-hot matmul."""
+    empty slot), leaving out each text's first `skip` tokens (skip_prompt). The same sums as `pool`, as a [B, T, N]
+    one-hot matmul."""
     if mode not in PACKED_POOLING_MODES:
         raise ValueError(f"pooling mode {mode!r} cannot pool packed rows; expected one of {PACKED_POOLING_MODES}")
-    member_BTN = segments_BT[..., None] == jnp.arange(1, num_segments + 1)
+    member_BTN = (segments_BT[..., None] == jnp.arange(1, num_segments + 1)) & (positions_BT[..., None] >= skip)
     if mode == "cls":
-        member_BTN = member_BTN & (positions_BT[..., None] == 0)
+        member_BTN = member_BTN & (positions_BT[..., None] == skip)
     member_BTN = member_BTN.astype(h_BTD.dtype)
     summed_BND = jnp.einsum("BTN,BTD->BND", member_BTN, h_BTD)
     count_BN1 = jnp.maximum(member_BTN.sum(axis=1), 1e-9)[..., None]
@@ -292,11 +301,12 @@ def l2_normalize(x_ND: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 def sentence_embedding(params: dict, ids_BT, mask_BT, cfg: Config, type_ids_BT=None, key=None,
                        pooling: str = "mean", normalize: bool = True, num_layers: int | None = None,
-                       dim: int | None = None) -> jax.Array:
-    """Ids -> sentence embeddings emb_BD: encode, pool over the attention mask, optionally L2-normalise. `dim` keeps
-    the first D dimensions (Matryoshka models), cut before the normalisation so the shorter vector has unit length."""
+                       dim: int | None = None, skip: int = 0) -> jax.Array:
+    """Ids -> sentence embeddings emb_BD: encode, pool over the attention mask (less the first `skip` tokens:
+    skip_prompt), optionally L2-normalise. `dim` keeps the first D dimensions (Matryoshka models), cut before the
+    normalisation so the shorter vector has unit length."""
     h_BTD = encode(params, ids_BT, mask_BT, cfg, type_ids_BT, key, num_layers).last_hidden_state
-    emb_BD = pool(h_BTD, mask_BT, pooling)[:, :dim]
+    emb_BD = pool(h_BTD, skip_prompt(mask_BT, skip), pooling)[:, :dim]
     return l2_normalize(emb_BD) if normalize else emb_BD
 
 

@@ -31,10 +31,19 @@ class SentenceModel:
 
     def encode(self, texts, batch_size: int = 32, normalize: bool | None = None, **options) -> np.ndarray:
         """float32 [N, dim] for a list of texts, or [dim] for one string (as sentence-transformers' encode).
-        options: those of minilm.embed (max_length, num_layers, dim, pack, dtype, progress, fast)."""
+        options: those of minilm.embed (prompt, prompt_name, max_length, num_layers, dim, pack, dtype, progress,
+        fast)."""
         if isinstance(texts, str):
             return self.encode([texts], batch_size, normalize, **options)[0]
         return embed(texts, self.model, batch_size=batch_size, normalize=normalize, **options)
+
+    def encode_query(self, texts, **options) -> np.ndarray:
+        """encode with the folder's 'query' prompt (none if it has none), as sentence-transformers' encode_query."""
+        return self.encode(texts, **{"prompt_name": "query", **options})
+
+    def encode_document(self, texts, **options) -> np.ndarray:
+        """encode with the folder's 'document' (or 'passage', 'corpus') prompt, as encode_document."""
+        return self.encode(texts, **{"prompt_name": "document", **options})
 
     def similarity(self, a: np.ndarray, b: np.ndarray, fn: str | None = None) -> np.ndarray:
         """Scores [N, M] of two sets of embeddings ([N] and [M] for single vectors) by the folder's similarity

@@ -32,19 +32,20 @@ from minilm.model import PACKED_POOLING_MODES, encode, l2_normalize, pool, pool_
 TRACES = collections.Counter()  # (rows, length, slots) -> times embed_rows was traced: each is one compilation
 
 
-@xla.jit(static_argnames=("cfg", "pooling", "normalize", "num_layers", "dim", "slots"))
+@xla.jit(static_argnames=("cfg", "pooling", "normalize", "num_layers", "dim", "slots", "skip"))
 def embed_rows(params, ids_BT, positions_BT, segments_BT, *, cfg, pooling, normalize, num_layers=None, dim=None,
-               slots=1):
+               slots=1, skip=0):
     """The jitted entry point: rows of one or more texts -> emb_BND, one vector per (row, slot). Segment s + 1
     of a row is the text in slot s (0 = padding). `dim` keeps the first D dimensions (Matryoshka), truncating
-    before the L2 normalisation so the shorter vector has unit length."""
+    before the L2 normalisation so the shorter vector has unit length; `skip` leaves each text's first tokens out
+    of the pooling (a prompt, model.skip_prompt)."""
     TRACES[ids_BT.shape + (slots,)] += 1  # runs while tracing only, not on each call
     h_BTD = encode(params, ids_BT, segments_BT > 0, cfg, num_layers=num_layers, positions_BT=positions_BT,
                    segments_BT=segments_BT).last_hidden_state.astype(jnp.float32)  # pool in float32
     if pooling == "max":  # one text per row: pool over its tokens as usual
-        emb_BND = pool(h_BTD, segments_BT > 0, "max")[:, None]
+        emb_BND = pool(h_BTD, (segments_BT > 0) & (positions_BT >= skip), "max")[:, None]
     else:
-        emb_BND = pool_segments(h_BTD, segments_BT, positions_BT, slots, pooling)
+        emb_BND = pool_segments(h_BTD, segments_BT, positions_BT, slots, pooling, skip)
     emb_BND = emb_BND[..., :dim]
     return l2_normalize(emb_BND) if normalize else emb_BND
 
@@ -66,20 +67,23 @@ def cast_params(model: Model, dtype: str):
 
 
 def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = None, normalize: bool | None = None,
-          num_layers: int | None = None, dim: int | None = None, pack: bool = True, dtype: str = "float32",
-          progress=None, fast: bool = True) -> np.ndarray:
+          num_layers: int | None = None, dim: int | None = None, prompt: str | None = None,
+          prompt_name: str | None = None, pack: bool = True, dtype: str = "float32", progress=None,
+          fast: bool = True) -> np.ndarray:
     """Embed a list of strings -> float32 [N, dim], row i for texts[i]: minilm.embedding.embed, faster.
 
-    The options of the plain path (model, batch_size, max_length, normalize, num_layers, dim), plus: pack: several
+    The options of the plain path (model, batch_size, max_length, normalize, num_layers, dim, prompt, prompt_name),
+    plus: pack: several
     texts share a row (packing.plan_packed), packed_tokens(batch_size) per forward; without it, batch_size texts per
     forward, sorted by length and padded (packing.plan_padded). dtype "bfloat16" computes the encoder in bfloat16
     (for GPUs and TPUs); float32 is the reference. progress: a line on stderr as forwards finish (None: for 1,000
     texts or more). fast=False runs the plain path itself."""
     if not fast:
         return embedding.embed(texts, model, batch_size=batch_size, max_length=max_length, normalize=normalize,
-                               num_layers=num_layers, dim=dim)
+                               num_layers=num_layers, dim=dim, prompt=prompt, prompt_name=prompt_name)
     m = get_model(model)
     texts = check_options(texts, m, batch_size, max_length, num_layers, dim)
+    texts, skip = embedding.with_prompt(m, texts, prompt, prompt_name)
     cfg = m.config
     normalize = m.normalize if normalize is None else normalize
     if dtype not in ("float32", "bfloat16"):
@@ -108,7 +112,7 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     with jax.default_matmul_precision("highest"), report.stopped_on_error(own):
         for fwd in plan:  # dispatch is asynchronous: the next batch is built while this one computes
             emb_BND = embed_rows(params, *fwd.arrays(ids, m.tokenizer.pad_id), cfg=cfg, pooling=m.pooling,
-                                 normalize=normalize, num_layers=num_layers, dim=dim, slots=fwd.slots)
+                                 normalize=normalize, num_layers=num_layers, dim=dim, slots=fwd.slots, skip=skip)
             if pending:
                 collect(*pending)
             pending = (fwd, emb_BND)
