@@ -275,6 +275,10 @@ def distill(args: Args) -> int:
     resume_from = runs.resolve_resume(args.resume) if args.resume else None
     student = load(resume_from) if resume_from else make_student(args, teacher)
     t_cfg, s_cfg = teacher.config, student.config
+    for name, m in (("teacher", teacher), ("student", student)):
+        if m.dense and args.embedding_loss != "none":
+            raise ValueError(f"the {name} has Dense modules after its pooling; embedding distillation does not run "
+                             f"through them yet")
     relations = () if args.relations == "none" else parse_relations(args.relations)
     if args.embedding_loss not in ("none", *EMBEDDING_LOSSES):
         raise ValueError(f"--embedding-loss {args.embedding_loss!r}: expected none, {', '.join(EMBEDDING_LOSSES)}")

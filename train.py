@@ -219,6 +219,10 @@ def train(args: Args) -> int:
         params, cfg = keep_layers(model.params, model.config, args.keep_layers)
         model = dataclasses.replace(model, params=params, config=cfg)
     cfg = model.config
+    if model.dense:
+        raise ValueError(f"{args.model}: the folder has Dense modules after its pooling; train.py does not train "
+                         f"through them yet (the loss would skip them), so it stops rather than save a model it did "
+                         f"not train")
     if args.max_length > cfg.max_position_embeddings:
         raise ValueError(f"--max-length {args.max_length} exceeds max_position_embeddings "
                          f"{cfg.max_position_embeddings}")

@@ -26,7 +26,7 @@ import safetensors.numpy
 
 from minilm.config import Config
 from minilm.files import read_json
-from minilm.model import POOLING_MODES, flatten, param_shapes, unflatten
+from minilm.model import ACTIVATIONS, POOLING_MODES, flatten, param_shapes, unflatten
 from minilm.tokenizer import Tokenizer
 
 SKIPPED = ("embeddings.position_ids",)  # an int64 buffer (0..P-1) older transformers saved; not a parameter
@@ -35,7 +35,8 @@ ST_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_
                    "max": "pooling_mode_max_tokens", "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens"}
 # sentence-transformers 5.4 and later write one key, "pooling_mode": "mean" (or a list), with these names:
 ST_POOLING_NAMES = {"mean": "mean", "cls": "cls", "max": "max", "mean_sqrt_len_tokens": "mean_sqrt_len"}
-ST_MODULES = {"Transformer", "Pooling", "Normalize"}  # the module classes we implement (the last part of "type")
+ST_MODULES = {"Transformer", "Pooling", "Dense", "Normalize"}  # the module classes we implement (the last part of
+# "type", so both sentence_transformers.models.Pooling and, since 5.4, ...sentence_transformer.modules.pooling.Pooling)
 
 
 @dataclasses.dataclass(eq=False)
@@ -50,10 +51,12 @@ class Model:
     prompts: dict = dataclasses.field(default_factory=dict)  # config_sentence_transformers.json: name -> prompt
     default_prompt_name: str | None = None  # the prompt used when none is asked for
     include_prompt: bool = True  # 1_Pooling/config.json: False pools without the prompt's tokens
+    dense: tuple = ()  # Dense modules after the pooling: ({"weight": [out, in], "bias": [out]}, ...)
+    activations: tuple[str, ...] = ()  # each Dense module's activation_function (model.ACTIVATIONS)
 
     @property
     def dim(self) -> int:
-        return self.config.hidden_size
+        return self.dense[-1]["weight"].shape[0] if self.dense else self.config.hidden_size
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -127,28 +130,64 @@ def load_params(folder, cfg: Config) -> dict:
     return unflatten({k: tensors[k] for k in expected})
 
 
-def read_head(folder: pathlib.Path) -> tuple[str, bool, bool]:
-    """(pooling mode, normalize, include_prompt) from modules.json and 1_Pooling/config.json; a bare HF folder gets
-    mean + L2."""
+def read_dense(folder: pathlib.Path, width: int) -> tuple[dict, str]:
+    """A Dense module's folder -> ({"weight", "bias"?}, activation): config.json and model.safetensors (keys
+    linear.weight [out, in], linear.bias [out]), checked against the width that comes in."""
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{cfg_file}: missing (modules.json lists a Dense module)")
+    cfg = read_json(cfg_file, dict)
+    activation = cfg.get("activation_function") or "torch.nn.modules.activation.Tanh"  # its default
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{cfg_file}: activation_function {activation!r} is not supported; minilm implements "
+                         f"{', '.join(a.rsplit('.', 1)[-1] for a in ACTIVATIONS)}")
+    if cfg.get("use_residual"):
+        raise ValueError(f"{cfg_file}: use_residual is not supported; minilm implements a plain Dense layer")
+    file = folder / "model.safetensors"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: missing; minilm reads Dense weights from safetensors only (re-save the model "
+                                "with sentence-transformers' safe_serialization=True)")
+    tensors = safetensors.numpy.load_file(str(file))
+    if "linear.weight" not in tensors:
+        raise ValueError(f"{file}: no tensor 'linear.weight' (found {sorted(tensors)})")
+    weight = tensors["linear.weight"].astype(np.float32)
+    if weight.ndim != 2 or weight.shape[1] != width:
+        raise ValueError(f"{file}: linear.weight has shape {weight.shape}, expected [out, {width}] for the "
+                         f"{width}-dimensional vectors that come in")
+    p = {"weight": weight}
+    if "linear.bias" in tensors:
+        p["bias"] = tensors["linear.bias"].astype(np.float32)
+        if p["bias"].shape != (weight.shape[0],):
+            raise ValueError(f"{file}: linear.bias has shape {p['bias'].shape}, expected ({weight.shape[0]},)")
+    return p, activation
+
+
+def read_head(folder: pathlib.Path, width: int) -> tuple[str, bool, bool, tuple, tuple]:
+    """(pooling mode, normalize, include_prompt, dense, activations) from modules.json and the modules' folders; a
+    bare HF folder gets mean + L2."""
     modules_file = folder / "modules.json"
     if not modules_file.is_file():
-        return "mean", True, True
+        return "mean", True, True, (), ()
     modules = read_json(modules_file, list)
     if not all(isinstance(m, dict) for m in modules):
         raise ValueError(f"{modules_file}: expected a JSON array of objects (one per module)")
     kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
     unknown = [k for k in kinds if k not in ST_MODULES]
     if unknown:
-        raise ValueError(f"{modules_file}: module(s) {unknown} not supported; minilm implements {sorted(ST_MODULES)}")
-    pooling, include_prompt = "mean", True
+        raise ValueError(f"{modules_file}: module(s) {unknown} not supported; minilm implements a BERT Transformer, "
+                         f"then Pooling, Dense and Normalize modules (convert or drop the others to load it here)")
+    pooling, include_prompt, dense, activations = "mean", True, [], []
     for m, kind in zip(modules, kinds):
+        if kind == "Dense":
+            p, activation = read_dense(folder / m.get("path", ""), dense[-1]["weight"].shape[0] if dense else width)
+            dense.append(p), activations.append(activation)
         if kind == "Pooling":
             cfg_file = folder / m.get("path", "1_Pooling") / "config.json"
             if not cfg_file.is_file():
                 raise FileNotFoundError(f"{cfg_file}: missing (modules.json lists a Pooling module)")
             pc = read_json(cfg_file, dict)
             pooling, include_prompt = pooling_mode(pc, cfg_file), pc.get("include_prompt", True) is not False
-    return pooling, "Normalize" in kinds, include_prompt
+    return pooling, "Normalize" in kinds, include_prompt, tuple(dense), tuple(activations)
 
 
 def pooling_mode(pc: dict, cfg_file) -> str:
@@ -202,11 +241,12 @@ def load(folder, max_length: int | None = None) -> Model:
     if tokenizer.max_length > config.max_position_embeddings:
         raise ValueError(f"{folder}: max_length {tokenizer.max_length} exceeds max_position_embeddings "
                          f"{config.max_position_embeddings}")
-    pooling, normalize, include_prompt = read_head(folder)
+    pooling, normalize, include_prompt, dense, activations = read_head(folder, config.hidden_size)
     st_file = folder / "config_sentence_transformers.json"
     st_config = read_json(st_file, dict) if st_file.is_file() else {}
     return Model(config, params, tokenizer, pooling, normalize, read_similarity_fn(folder),
-                 dict(st_config.get("prompts") or {}), st_config.get("default_prompt_name"), include_prompt)
+                 dict(st_config.get("prompts") or {}), st_config.get("default_prompt_name"), include_prompt, dense,
+                 activations)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -274,13 +314,23 @@ def write_model(model: Model, folder: pathlib.Path, card: str | None = None) -> 
     model.tokenizer.save(folder)
     write_json(folder / "sentence_bert_config.json",
                {"max_seq_length": model.tokenizer.max_length, "do_lower_case": model.tokenizer.do_lower_case})
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    modules = [("", "Transformer"), ("1_Pooling", "Pooling")]
+    for p, activation in zip(model.dense, model.activations):  # 2_Dense, 3_Dense, ...
+        path = f"{len(modules)}_Dense"
+        modules.append((path, "Dense"))
+        (folder / path).mkdir()
+        out, width = p["weight"].shape
+        write_json(folder / path / "config.json", {"in_features": width, "out_features": out,
+                                                   "bias": "bias" in p, "activation_function": activation})
+        safetensors.numpy.save_file({"linear." + k: np.ascontiguousarray(v, np.float32) for k, v in p.items()},
+                                    str(folder / path / "model.safetensors"), metadata={"format": "pt"})
     if model.normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-    write_json(folder / "modules.json", modules)
+        modules.append((f"{len(modules)}_Normalize", "Normalize"))
+    write_json(folder / "modules.json", [{"idx": i, "name": str(i), "path": path,
+                                          "type": f"sentence_transformers.models.{kind}"}
+                                         for i, (path, kind) in enumerate(modules)])
     write_json(folder / "1_Pooling" / "config.json",
-               {"word_embedding_dimension": model.dim,
+               {"word_embedding_dimension": model.config.hidden_size,
                 **{key: mode == model.pooling for mode, key in ST_POOLING_KEYS.items()},
                 **({} if model.include_prompt else {"include_prompt": False})})
     write_json(folder / "config_sentence_transformers.json",

@@ -47,7 +47,7 @@ def get_model(model=None) -> Model:
 
 # One compiled forward per batch shape; the options that change the program are static.
 embed_batch = jax.jit(sentence_embedding,
-                      static_argnames=("cfg", "pooling", "normalize", "num_layers", "dim", "skip"))
+                      static_argnames=("cfg", "pooling", "normalize", "num_layers", "dim", "skip", "activations"))
 
 
 def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = None, normalize: bool | None = None,
@@ -69,7 +69,8 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
         for start in range(0, len(texts), batch_size):
             batch = m.tokenizer.batch(texts[start:start + batch_size], max_length=max_length)  # padded [B, T]
             emb_BD = embed_batch(m.params, batch.ids_BT, batch.mask_BT, type_ids_BT=batch.type_ids_BT, cfg=m.config,
-                                 pooling=m.pooling, normalize=normalize, num_layers=num_layers, dim=dim, skip=skip)
+                                 pooling=m.pooling, normalize=normalize, num_layers=num_layers, dim=dim, skip=skip,
+                                 dense=m.dense, activations=m.activations)
             out.append(np.asarray(emb_BD, np.float32))
     return np.concatenate(out)
 
@@ -127,8 +128,8 @@ def check_options(texts, m: Model, batch_size: int, max_length, num_layers, dim)
                          f"(max_position_embeddings of the model)")
     if num_layers is not None and not 1 <= num_layers <= cfg.num_hidden_layers:
         raise ValueError(f"num_layers {num_layers} is outside 1..{cfg.num_hidden_layers}")
-    if dim is not None and not 1 <= dim <= cfg.hidden_size:
-        raise ValueError(f"dim {dim} is outside 1..{cfg.hidden_size}")
+    if dim is not None and not 1 <= dim <= m.dim:
+        raise ValueError(f"dim {dim} is outside 1..{m.dim}")
     return texts
 
 

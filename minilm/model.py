@@ -299,14 +299,33 @@ def l2_normalize(x_ND: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x_ND / jnp.maximum(jnp.linalg.norm(x_ND, axis=-1, keepdims=True), eps)
 
 
+ACTIVATIONS = {  # sentence-transformers Dense activation_function (a torch class path) -> the function
+    "torch.nn.modules.activation.Tanh": jnp.tanh,
+    "torch.nn.modules.linear.Identity": lambda x: x,
+    "torch.nn.modules.activation.ReLU": jax.nn.relu,
+    "torch.nn.modules.activation.GELU": lambda x: jax.nn.gelu(x, approximate=False),
+    "torch.nn.modules.activation.Sigmoid": jax.nn.sigmoid,
+    "torch.nn.modules.activation.SiLU": jax.nn.silu,
+}
+
+
+def dense_head(emb_BD: jax.Array, dense: tuple = (), activations: tuple[str, ...] = ()) -> jax.Array:
+    """sentence-transformers' Dense modules after the pooling, in order: emb = activation(emb W^T + b)."""
+    for p, name in zip(dense, activations):
+        emb_BD = linear(p, emb_BD) if "bias" in p else emb_BD @ p["weight"].T
+        emb_BD = ACTIVATIONS[name](emb_BD)
+    return emb_BD
+
+
 def sentence_embedding(params: dict, ids_BT, mask_BT, cfg: Config, type_ids_BT=None, key=None,
                        pooling: str = "mean", normalize: bool = True, num_layers: int | None = None,
-                       dim: int | None = None, skip: int = 0) -> jax.Array:
+                       dim: int | None = None, skip: int = 0, dense: tuple = (),
+                       activations: tuple[str, ...] = ()) -> jax.Array:
     """Ids -> sentence embeddings emb_BD: encode, pool over the attention mask (less the first `skip` tokens:
-    skip_prompt), optionally L2-normalise. `dim` keeps the first D dimensions (Matryoshka models), cut before the
-    normalisation so the shorter vector has unit length."""
+    skip_prompt), the Dense modules if any (dense_head), optionally L2-normalise. `dim` keeps the first D dimensions
+    (Matryoshka models), cut before the normalisation so the shorter vector has unit length."""
     h_BTD = encode(params, ids_BT, mask_BT, cfg, type_ids_BT, key, num_layers).last_hidden_state
-    emb_BD = pool(h_BTD, skip_prompt(mask_BT, skip), pooling)[:, :dim]
+    emb_BD = dense_head(pool(h_BTD, skip_prompt(mask_BT, skip), pooling), dense, activations)[:, :dim]
     return l2_normalize(emb_BD) if normalize else emb_BD
 
 

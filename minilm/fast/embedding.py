@@ -27,14 +27,14 @@ from minilm.checkpoint import Model
 from minilm.embedding import check_options, get_model
 from minilm.fast import xla
 from minilm.fast.packing import Forward, plan_packed, plan_padded
-from minilm.model import PACKED_POOLING_MODES, encode, l2_normalize, pool, pool_segments
+from minilm.model import PACKED_POOLING_MODES, dense_head, encode, l2_normalize, pool, pool_segments
 
 TRACES = collections.Counter()  # (rows, length, slots) -> times embed_rows was traced: each is one compilation
 
 
-@xla.jit(static_argnames=("cfg", "pooling", "normalize", "num_layers", "dim", "slots", "skip"))
+@xla.jit(static_argnames=("cfg", "pooling", "normalize", "num_layers", "dim", "slots", "skip", "activations"))
 def embed_rows(params, ids_BT, positions_BT, segments_BT, *, cfg, pooling, normalize, num_layers=None, dim=None,
-               slots=1, skip=0):
+               slots=1, skip=0, dense=(), activations=()):
     """The jitted entry point: rows of one or more texts -> emb_BND, one vector per (row, slot). Segment s + 1
     of a row is the text in slot s (0 = padding). `dim` keeps the first D dimensions (Matryoshka), truncating
     before the L2 normalisation so the shorter vector has unit length; `skip` leaves each text's first tokens out
@@ -46,7 +46,7 @@ def embed_rows(params, ids_BT, positions_BT, segments_BT, *, cfg, pooling, norma
         emb_BND = pool(h_BTD, (segments_BT > 0) & (positions_BT >= skip), "max")[:, None]
     else:
         emb_BND = pool_segments(h_BTD, segments_BT, positions_BT, slots, pooling, skip)
-    emb_BND = emb_BND[..., :dim]
+    emb_BND = dense_head(emb_BND, dense, activations)[..., :dim]  # Dense modules, if any
     return l2_normalize(emb_BND) if normalize else emb_BND
 
 
@@ -93,7 +93,7 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     lengths = [len(x) for x in ids]
     pack = pack and m.pooling in PACKED_POOLING_MODES
     plan = plan_packed(lengths, tokens=packed_tokens(batch_size)) if pack else plan_padded(lengths, batch_size)
-    out = np.zeros((len(texts), dim or cfg.hidden_size), np.float32)
+    out = np.zeros((len(texts), dim or m.dim), np.float32)
     if isinstance(progress, Progress):  # a stream's: it reports across calls
         report, own = progress, False
     else:
@@ -112,7 +112,8 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     with jax.default_matmul_precision("highest"), report.stopped_on_error(own):
         for fwd in plan:  # dispatch is asynchronous: the next batch is built while this one computes
             emb_BND = embed_rows(params, *fwd.arrays(ids, m.tokenizer.pad_id), cfg=cfg, pooling=m.pooling,
-                                 normalize=normalize, num_layers=num_layers, dim=dim, slots=fwd.slots, skip=skip)
+                                 normalize=normalize, num_layers=num_layers, dim=dim, slots=fwd.slots, skip=skip,
+                                 dense=m.dense, activations=m.activations)
             if pending:
                 collect(*pending)
             pending = (fwd, emb_BND)
