@@ -13,7 +13,7 @@ import safetensors.numpy
 from minilm.checkpoint import atomic_dir, load, save
 from minilm import embed
 from minilm.model import encode, flatten
-from tests.conftest import need
+from tests.conftest import REPO, need
 from tests.tiny import TEXTS, tiny_model
 
 STS_SENTENCES = ["A man is playing a guitar.", "A woman is slicing an onion.", "", "Ünïcödé 日本語 🙂",
@@ -210,3 +210,23 @@ def test_sharded_checkpoint_loads(tmp_path):
     loaded = flatten(load(tmp_path / "m").params)
     for k, v in flatten(model.params).items():
         assert np.array_equal(np.asarray(v), loaded[k]), k
+
+
+def test_pre_5_4_layout_fixture_loads_as_sentence_transformers_reads_it(tmp_path):
+    """tests/fixtures/st2-layout (written by make_st2_folder.py beside it): old class paths, one boolean per pooling
+    mode (mean_sqrt_len here), a Dense module, Normalize, max_seq_length in sentence_bert_config.json."""
+    st = need("sentence_transformers")
+    folder = REPO / "tests" / "fixtures" / "st2-layout"
+    ours = load(folder)
+    assert (ours.pooling, ours.normalize, ours.dim, ours.tokenizer.max_length) == ("mean_sqrt_len", True, 8, 24)
+    texts = ["The cat sat on the mat.", "a man is eating food!", "music plays", "THE DOGS"]
+    theirs = st.SentenceTransformer(str(folder), device="cpu").encode(texts)
+    np.testing.assert_allclose(embed(texts, ours), theirs, rtol=0, atol=1e-5)
+
+
+def test_real_model_re_saved_by_the_installed_sentence_transformers(real_model_dir, stsb_dir, tmp_path):
+    st = need("sentence_transformers")
+    from minilm.evaluate import evaluate_sts, read_sts
+    st.SentenceTransformer(str(real_model_dir), device="cpu").save(str(tmp_path / "re-saved"))
+    result = evaluate_sts(read_sts(stsb_dir / "stsb-en-test.csv"), load(tmp_path / "re-saved"), progress=False)
+    assert round(result["spearman"], 2) == 82.03
