@@ -33,7 +33,7 @@ from minilm import cli, optim, parallel, runs
 from minilm.checkpoint import Model, load
 from minilm.fast import xla
 from minilm.losses import EMBEDDING_LOSSES, embedding_distill_loss
-from minilm.model import encode, flatten, init_params, keep_layers, l2_normalize
+from minilm.model import dense_head, encode, flatten, init_params, keep_layers, l2_normalize
 from minilm.relations import count_texts, distill_loss, layer_qkv, parse_relations, relation_heads
 
 
@@ -69,13 +69,14 @@ class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
 
 
 def device_loss(s_params, t_params, batch, targets_bD, key, *, t_cfg, s_cfg, relations, heads, t_layer: int,
-                s_layer: int, t_head=("mean", True), s_head=("mean", True), embedding_loss="none",
+                s_layer: int, t_head=("mean", True, ()), s_head=("mean", True, ()), embedding_loss="none",
                 embedding_weight=1.0, projection=None, axis_name="data"):
     """This device's rows: the teacher (no dropout, never differentiated) against the student, by the relations at
     t_layer and s_layer and/or the sentence embeddings. Rows are packed (several texts a row: segments say which
     text each token belongs to, positions restart at 0 for each) or padded (one text a row: segments = the mask);
     both give the same loss. targets_bD: the teacher's embeddings of this device's texts from a cache (None: from
-    the teacher's forward here). *_head: (pooling, normalize) of each model; projection [D_t, D_s]: the teacher's
+    the teacher's forward here). *_head: (pooling, normalize, Dense activations) of each model, whose Dense weights
+    are params["dense"]; projection [D_t, D_s]: the teacher's
     embedding -> the student's width. The mean over this device's texts, then over all devices' texts (devices may
     hold different numbers of packed texts). Returns (loss, {part: value})."""
     key = parallel.device_key(key, axis_name)
@@ -97,11 +98,11 @@ def device_loss(s_params, t_params, batch, targets_bD, key, *, t_cfg, s_cfg, rel
                                    heads, n)
     if embedding:
         if targets_bD is None:
-            targets_bD = sentence_embeddings(t_enc.last_hidden_state, batch, *t_head)
+            targets_bD = sentence_embeddings(t_params, t_enc.last_hidden_state, batch, *t_head)
         if projection is not None:  # the teacher's embedding on the student's width, normalised if the student's is
             targets_bD = targets_bD @ projection
             targets_bD = l2_normalize(targets_bD) if s_head[1] else targets_bD
-        student_bD = sentence_embeddings(s_enc.last_hidden_state, batch, *s_head)
+        student_bD = sentence_embeddings(s_params, s_enc.last_hidden_state, batch, *s_head)
         parts["embedding"] = embedding_distill_loss(student_bD, targets_bD, embedding_loss).sum() / n
         loss = loss + embedding_weight * parts["embedding"]
     if axis_name is not None:  # the mean over all devices' texts: a psum of each device's sum, over their count
@@ -110,9 +111,10 @@ def device_loss(s_params, t_params, batch, targets_bD, key, *, t_cfg, s_cfg, rel
     return loss, parts
 
 
-def sentence_embeddings(h_BTD, batch, pooling: str, normalize: bool):
-    """[b, D]: the texts' sentence embeddings from the last layer's token states (one column of texts)."""
-    emb_bD = runs.pool_columns(h_BTD, batch, pooling)[0]
+def sentence_embeddings(params, h_BTD, batch, pooling: str, normalize: bool, activations: tuple = ()):
+    """[b, D]: the texts' sentence embeddings from the last layer's token states (one column of texts): pooled,
+    through the model's Dense modules if any, normalised if the model normalises."""
+    emb_bD = dense_head(runs.pool_columns(h_BTD, batch, pooling)[0], params.get("dense", ()), activations)
     return l2_normalize(emb_bD) if normalize else emb_bD
 
 
@@ -167,7 +169,8 @@ def make_student(args: Args, teacher: Model) -> Model:
         cfg = dataclasses.replace(t_cfg, hidden_size=D, num_attention_heads=args.student_heads or max(1, D // 64),
                                   intermediate_size=args.student_intermediate_size or 4 * D,
                                   num_hidden_layers=args.student_num_layers or t_cfg.num_hidden_layers)
-        return dataclasses.replace(teacher, config=cfg, params=init_params(cfg, jax.random.key(args.seed)))
+        return dataclasses.replace(teacher, config=cfg, params=init_params(cfg, jax.random.key(args.seed)),
+                                   dense=(), activations=())  # its own width: the teacher's Dense would not fit
     layers = args.student_layers
     if not layers and args.student_num_layers:  # spread evenly: 12 -> 6 keeps 0,2,...,10; 6 -> 3 keeps 0,2,4
         L, M = t_cfg.num_hidden_layers, args.student_num_layers
@@ -189,8 +192,8 @@ PCA_TEXTS = 10_000  # teacher embeddings the projection is fitted on
 
 def fingerprint(texts: list[str], teacher: Model, max_length: int) -> str:
     """What a cache of teacher embeddings depends on: the texts, the teacher's weights and head, the truncation."""
-    h = hashlib.sha256(f"{max_length} {teacher.pooling} {teacher.normalize}\n".encode())
-    for name, x in sorted(flatten(teacher.params).items()):
+    h = hashlib.sha256(f"{max_length} {teacher.pooling} {teacher.normalize} {teacher.activations}\n".encode())
+    for name, x in sorted(flatten(runs.trainable(teacher)).items()):
         h.update(name.encode()), h.update(np.ascontiguousarray(x).tobytes())
     for text in texts:
         h.update(text.encode("utf-8") + b"\0")
@@ -235,7 +238,7 @@ def pca_projection(emb_ND: np.ndarray, dim: int) -> np.ndarray:
 def projection_for(args: Args, teacher: Model, student: Model, sampler, cache) -> np.ndarray | None:
     """None when the widths agree; else the PCA projection of the teacher's embeddings of PCA_TEXTS texts, drawn
     with the run's seed (the same on resume)."""
-    D_t, D_s = teacher.config.hidden_size, student.config.hidden_size
+    D_t, D_s = teacher.dim, student.dim  # the embeddings' widths (a Dense module may change the hidden size)
     if args.embedding_loss == "none" or D_t == D_s:
         return None
     if D_s > D_t:
@@ -275,10 +278,6 @@ def distill(args: Args) -> int:
     resume_from = runs.resolve_resume(args.resume) if args.resume else None
     student = load(resume_from) if resume_from else make_student(args, teacher)
     t_cfg, s_cfg = teacher.config, student.config
-    for name, m in (("teacher", teacher), ("student", student)):
-        if m.dense and args.embedding_loss != "none":
-            raise ValueError(f"the {name} has Dense modules after its pooling; embedding distillation does not run "
-                             f"through them yet")
     relations = () if args.relations == "none" else parse_relations(args.relations)
     if args.embedding_loss not in ("none", *EMBEDDING_LOSSES):
         raise ValueError(f"--embedding-loss {args.embedding_loss!r}: expected none, {', '.join(EMBEDDING_LOSSES)}")
@@ -299,12 +298,13 @@ def distill(args: Args) -> int:
     # The step and the state it updates.
     distill_step = make_distill_step(mesh, runs.adamw(args), t_cfg=t_cfg, s_cfg=s_cfg, relations=relations,
                                      heads=heads, t_layer=t_layer, s_layer=s_layer,
-                                     t_head=(teacher.pooling, teacher.normalize),
-                                     s_head=(student.pooling, student.normalize), embedding_loss=args.embedding_loss,
+                                     t_head=(teacher.pooling, teacher.normalize, teacher.activations),
+                                     s_head=(student.pooling, student.normalize, student.activations),
+                                     embedding_loss=args.embedding_loss,
                                      embedding_weight=args.embedding_weight,
                                      projection=None if projection is None else jnp.asarray(projection))
-    t_params = parallel.replicate(teacher.params, mesh)
-    params, opt_state, start = runs.start_state(student.params, sampler, mesh, resume_from)
+    t_params = parallel.replicate(runs.trainable(teacher), mesh)  # with its Dense modules, if any
+    params, opt_state, start = runs.start_state(runs.trainable(student), sampler, mesh, resume_from)
     if jax.process_index() == 0:
         shape = lambda c: f"{c.num_hidden_layers}x{c.hidden_size}, {c.num_attention_heads} heads"
         objectives = [f"relations of teacher layer {t_layer} -> student layer {s_layer}, {heads[0]} relation heads: "

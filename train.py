@@ -25,7 +25,7 @@ from minilm.checkpoint import load
 from minilm.fast import xla
 from minilm.fast.packing import Packed
 from minilm.losses import contrastive_loss, layer_kl, matryoshka_loss
-from minilm.model import PACKED_POOLING_MODES, encode, keep_layers, l2_normalize
+from minilm.model import PACKED_POOLING_MODES, dense_head, encode, keep_layers, l2_normalize
 from minilm.runs import Padded, pool_columns
 
 
@@ -60,6 +60,7 @@ class LossOptions:
     kl_weight: float = 1.0
     kl_temperature: float = 0.3
     pooling: str = "mean"  # the model folder's own pooling (1_Pooling/config.json): a CLS model trains as CLS
+    activations: tuple[str, ...] = ()  # its Dense modules' activations (their weights are params["dense"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -67,20 +68,22 @@ class LossOptions:
 # D hidden; packed: R rows of L tokens per device, N = L // 4 text slots per row.
 
 
-def embed_columns(params, batch, cfg, key, all_layers=False, pooling="mean"):
-    """Normalised pooled embeddings [C, b, D] of every column in one forward pass (and, with all_layers, those of
-    every layer's output [L+1, C, b, D], index 0 the embedding layer). Normalised whether or not the model has a
-    Normalize module: the loss compares cosines, which do not see the norm."""
+def embed_columns(params, batch, cfg, key, all_layers=False, pooling="mean", activations=()):
+    """Normalised pooled embeddings [C, b, D] of every column in one forward pass, through the model's Dense modules
+    if it has them (and, with all_layers, those of every layer's output [L+1, C, b, D], index 0 the embedding layer).
+    Normalised whether or not the model has a Normalize module: the loss compares cosines, which do not see the
+    norm."""
     if isinstance(batch, Packed):
         enc = encode(params, batch.ids_RL, batch.segments_RL > 0, cfg, key=key, positions_BT=batch.positions_RL,
                      segments_BT=batch.segments_RL)
     else:
         C, b, T = batch.ids_CBT.shape
         enc = encode(params, batch.ids_CBT.reshape(C * b, T), batch.mask_CBT.reshape(C * b, T), cfg, key=key)
-    emb_CbD = l2_normalize(pool_columns(enc.last_hidden_state, batch, pooling))
+    head = lambda h: l2_normalize(dense_head(pool_columns(h, batch, pooling), params.get("dense", ()), activations))
+    emb_CbD = head(enc.last_hidden_state)
     if not all_layers:
         return emb_CbD
-    return emb_CbD, jnp.stack([l2_normalize(pool_columns(h, batch, pooling)) for h in enc.hidden_states])
+    return emb_CbD, jnp.stack([head(h) for h in enc.hidden_states])
 
 
 def column_loss(emb_CbD, opts: LossOptions, axis_name):
@@ -96,10 +99,12 @@ def device_loss(params, batch, key, *, cfg, opts: LossOptions, axis_name="data")
     averaged over devices (axis_name None: one device holding the whole batch)."""
     dropout_key = None if key is None else jax.random.fold_in(parallel.device_key(key, axis_name), 0)
     if not opts.adaptive_layers:
-        return column_loss(embed_columns(params, batch, cfg, dropout_key, pooling=opts.pooling), opts, axis_name)
+        return column_loss(embed_columns(params, batch, cfg, dropout_key, pooling=opts.pooling,
+                                         activations=opts.activations), opts, axis_name)
     # AdaptiveLayerLoss: the loss on the last layer, plus on one layer drawn uniformly from 0..L-1 (the same on
     # every device: drawn from the step key, before the device fold), plus a KL pulling it toward the last.
-    emb_CbD, layers_LCbD = embed_columns(params, batch, cfg, dropout_key, all_layers=True, pooling=opts.pooling)
+    emb_CbD, layers_LCbD = embed_columns(params, batch, cfg, dropout_key, all_layers=True, pooling=opts.pooling,
+                                         activations=opts.activations)
     layer = jax.random.randint(jax.random.fold_in(key, 1) if key is not None else jax.random.key(0),
                                (), 0, cfg.num_hidden_layers)
     emb_i_CbD = layers_LCbD[layer]
@@ -110,7 +115,7 @@ def device_loss(params, batch, key, *, cfg, opts: LossOptions, axis_name="data")
                                         axis_name))
 
 
-def chunk_embedder(batch: Padded, cfg, key, mini: int, pooling: str = "mean"):
+def chunk_embedder(batch: Padded, cfg, key, mini: int, pooling: str = "mean", activations=()):
     """Row chunks of `mini` rows and embed_chunk(params, j) -> [C, mini, D], each chunk with its own dropout key,
     so that a chunk embedded twice (GradCache's first pass and its replay) sees the same dropout."""
     if not isinstance(batch, Padded):
@@ -119,7 +124,8 @@ def chunk_embedder(batch: Padded, cfg, key, mini: int, pooling: str = "mean"):
 
     def embed_chunk(params, j):
         chunk_key = None if key is None else jax.random.fold_in(key, 1000 + j)
-        return embed_columns(params, Padded(*(x[:, chunks[j]] for x in batch)), cfg, chunk_key, pooling=pooling)
+        return embed_columns(params, Padded(*(x[:, chunks[j]] for x in batch)), cfg, chunk_key, pooling=pooling,
+                             activations=activations)
 
     return chunks, embed_chunk
 
@@ -130,7 +136,8 @@ def cached_device_loss_and_grads(params, batch: Padded, key, *, cfg, opts: LossO
     1. embed each chunk of `mini` rows without keeping activations; 2. the loss and its gradient with respect to
     the embeddings (the gathers run here, so other devices' rows contribute); 3. replay each chunk with the same
     dropout key and back-propagate its slice of that gradient into the params."""
-    chunks, embed_chunk = chunk_embedder(batch, cfg, parallel.device_key(key, axis_name), mini, opts.pooling)
+    chunks, embed_chunk = chunk_embedder(batch, cfg, parallel.device_key(key, axis_name), mini, opts.pooling,
+                                         opts.activations)
     emb_CbD = jnp.concatenate([jax.lax.stop_gradient(embed_chunk(params, j)) for j in range(len(chunks))], axis=1)
     loss, g_CbD = jax.value_and_grad(lambda e: column_loss(e, opts, axis_name))(emb_CbD)
     grads = jax.tree.map(jnp.zeros_like, params)
@@ -219,16 +226,12 @@ def train(args: Args) -> int:
         params, cfg = keep_layers(model.params, model.config, args.keep_layers)
         model = dataclasses.replace(model, params=params, config=cfg)
     cfg = model.config
-    if model.dense:
-        raise ValueError(f"{args.model}: the folder has Dense modules after its pooling; train.py does not train "
-                         f"through them yet (the loss would skip them), so it stops rather than save a model it did "
-                         f"not train")
     if args.max_length > cfg.max_position_embeddings:
         raise ValueError(f"--max-length {args.max_length} exceeds max_position_embeddings "
                          f"{cfg.max_position_embeddings}")
     for d in args.matryoshka_dims:
-        if not 1 <= d <= cfg.hidden_size:
-            raise ValueError(f"--matryoshka-dims: {d} is outside 1..{cfg.hidden_size}")
+        if not 1 <= d <= model.dim:
+            raise ValueError(f"--matryoshka-dims: {d} is outside 1..{model.dim}")
     sampler = BatchSampler(parse_data_specs(list(args.data)), args.batch_size, seed=args.seed,
                            datasets_per_batch=args.datasets_per_batch, on_error=args.on_bad_line)
     for path, n in sampler.skipped.items():
@@ -239,9 +242,9 @@ def train(args: Args) -> int:
     # The step and the state it updates.
     opts = LossOptions(scale=args.scale, symmetric=args.symmetric, matryoshka_dims=args.matryoshka_dims,
                        matryoshka_weights=args.matryoshka_weights, adaptive_layers=args.adaptive_layers,
-                       pooling=model.pooling)
+                       pooling=model.pooling, activations=model.activations)
     train_step = make_train_step(mesh, cfg, opts, runs.adamw(args), args.mini_batch_size)
-    params, opt_state, start = runs.start_state(model.params, sampler, mesh, resume_from)
+    params, opt_state, start = runs.start_state(runs.trainable(model), sampler, mesh, resume_from)
     if jax.process_index() == 0:
         print(f"training {cfg.num_hidden_layers}-layer model ({sum(x.size for x in jax.tree.leaves(params)):,} "
               f"params, {model.pooling} pooling) on {mesh.size} {jax.devices()[0].platform} device(s), {jax.process_count()} process(es)")

@@ -110,6 +110,19 @@ def make_batch(tokenizer, examples, max_length: int, mesh, pack: bool):
     return parallel.shard_batch(batch, mesh), texts * jax.process_count(), tokens * jax.process_count()
 
 
+def trainable(model: Model) -> dict:
+    """The parameters a run trains: the encoder's, and the Dense modules' under "dense" when the folder has them."""
+    return {**model.params, "dense": list(model.dense)} if model.dense else model.params
+
+
+def with_params(model: Model, params: dict) -> Model:
+    """The model with these (trained) parameters, the Dense modules' taken back out of `params`."""
+    if "dense" not in params:
+        return dataclasses.replace(model, params=params)
+    return dataclasses.replace(model, params={k: v for k, v in params.items() if k != "dense"},
+                               dense=tuple(params["dense"]))
+
+
 def pool_columns(h_BTD, batch, pooling: str = "mean") -> jax.Array:
     """The token states of a batch's rows -> one pooled vector per text [C, b, D], in the batch's text order (not
     normalised). Padded: each row is a text. Packed: each row's slots pooled (model.pool_segments), then the texts
@@ -158,7 +171,7 @@ def save_checkpoint(out: pathlib.Path, step: int, model: Model, opt_state, data_
     removed, and beyond the newest `keep_optimizer` (0: all) their optimizer state (two thirds of a checkpoint).
     Its README.md model card gives the command, data, steps and the latest evaluation (`metrics`)."""
     folder = out / f"step-{step:07d}"
-    host_model = dataclasses.replace(model, params=jax.device_get(model.params))
+    host_model = dataclasses.replace(model, params=jax.device_get(model.params), dense=jax.device_get(model.dense))
     card = model_card(host_model, folder.name, training_card(script, step, args, metrics or {}))
     try:
         with atomic_dir(folder) as tmp:
@@ -345,7 +358,7 @@ class Run:
         """data: STS pairs (minilm.evaluate.read_sts) or a retrieval set (minilm.retrieval.read_beir)."""
         from minilm.evaluate import StsPairs, evaluate_sts, ir_line
         from minilm.retrieval import evaluate_ir
-        model = dataclasses.replace(self.model, params=jax.device_get(params))
+        model = with_params(self.model, jax.device_get(params))
         if isinstance(data, StsPairs):
             result = evaluate_sts(data, model, batch_size=64, progress=False)
             self.evaluated.update({"step": step, "sts_spearman": result["spearman"], "sts_pearson": result["pearson"]})
@@ -359,7 +372,7 @@ class Run:
 
     def save(self, step: int, params, opt_state, data_state: dict) -> None:
         if self.leader:
-            model = dataclasses.replace(self.model, params=params)
+            model = with_params(self.model, params)
             self.last_saved = save_checkpoint(self.out, step, model, opt_state, data_state, self.args, self.args.keep,
                                               self.args.keep_optimizer, self.script, self.evaluated)
             print(f"saved {self.last_saved}", flush=True)
