@@ -53,7 +53,9 @@ class Config:
         """Take the BERT fields of an HF config dict; other keys (transformers_version, ...) are ignored."""
         model_type = d.get("model_type", "bert")
         if model_type != "bert":
-            raise ValueError(f"{source}: model_type {model_type!r} is not supported; minilm implements 'bert'")
+            raise ValueError(f"{source}: model_type {model_type!r} is not supported; minilm implements BERT encoders "
+                             f"(model_type 'bert': all-MiniLM-L6-v2, paraphrase-MiniLM, BERT-base and their kin); "
+                             f"embed this model with sentence-transformers instead")
         architectures = d.get("architectures") or []
         if not isinstance(architectures, list) or not all(isinstance(a, str) and "Bert" in a for a in architectures):
             raise ValueError(f"{source}: architectures {architectures!r} is not supported; minilm implements BERT "

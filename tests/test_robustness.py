@@ -310,7 +310,7 @@ BAD_FOLDERS = {
     "config hidden_act": (edit_config(hidden_act="swish2"), ValueError,
                           r"config\.json: hidden_act 'swish2' is not supported; expected one of \('gelu'"),
     "config model_type": (edit_config(model_type="gpt2"), ValueError,
-                          r"config\.json: model_type 'gpt2' is not supported; minilm implements 'bert'"),
+                          r"config\.json: model_type 'gpt2' is not supported; minilm implements BERT encoders"),
     "config architectures": (edit_config(architectures=["GPT2LMHeadModel"]), ValueError,
                              r"config\.json: architectures \['GPT2LMHeadModel'\] is not supported"),
     "config invalid JSON": (write("config.json", '{\n  "hidden_size": 32,\n  "vocab_size": ,\n}'), ValueError,
