@@ -269,6 +269,7 @@ def distill(args: Args) -> int:
     # Options -> the mesh, teacher and student, the text.
     if args.distributed:
         jax.distributed.initialize()
+    xla.enable_compilation_cache()  # a rerun or a resume loads its compiled steps from disk (fast/xla.py)
     mesh = parallel.make_mesh(args.devices)
     if args.batch_size < 1 or args.batch_size % mesh.size:
         raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {mesh.size} devices of the mesh")

@@ -218,6 +218,7 @@ def train(args: Args) -> int:
     # Options -> the mesh, the model, the data.
     if args.distributed:
         jax.distributed.initialize()
+    xla.enable_compilation_cache()  # a rerun or a resume loads its compiled steps from disk (fast/xla.py)
     mesh = parallel.make_mesh(args.devices)
     check_args(args, mesh.size)
     resume_from = runs.resolve_resume(args.resume) if args.resume else None

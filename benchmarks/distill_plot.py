@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     results = [json.loads(line) for line in open(a.results)]
     speed = {}
     for r in map(json.loads, open(a.throughput)):
-        if r["batch"] == a.batch and r["engine"].startswith("minilm (packed"):
+        if r["batch"] == a.batch and r["engine"] == "minilm packed":
             speed[(r["layers"], r["hidden"])] = r["texts_per_s"]
     points = []
     print(f"| stage | shape | STS-b dev | STS-b test | sentences/s (batch {a.batch}) |\n|---|---|---|---|---|")
