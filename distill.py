@@ -50,7 +50,7 @@ class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
     relations: str = "qq,kk,vv"  # relations and weights: qq,kk,vv (MiniLMv2) or qk,vv (v1); e.g. qq:1,kk:1,vv:2;
     # none: embedding distillation alone
     embedding_loss: str = "none"  # mse or cosine: the student's sentence embedding learns the teacher's (none: off)
-    embedding_weight: float = 1.0  # weight of the embedding loss beside the relations (whose weights are in --relations)
+    embedding_weight: float = 1.0  # weight of the embedding loss beside the relations (theirs are in --relations)
     teacher_cache: str | None = None  # file of the teacher's embeddings of --data, written by the first run that
     # names it and read by later ones, so the teacher's forward runs once, not every step
     num_relation_heads: int = 48  # MiniLMv2 relation heads R (must divide both widths); 0: per attention head (v1)

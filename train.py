@@ -248,7 +248,8 @@ def train(args: Args) -> int:
     params, opt_state, start = runs.start_state(runs.trainable(model), sampler, mesh, resume_from)
     if jax.process_index() == 0:
         print(f"training {cfg.num_hidden_layers}-layer model ({sum(x.size for x in jax.tree.leaves(params)):,} "
-              f"params, {model.pooling} pooling) on {mesh.size} {jax.devices()[0].platform} device(s), {jax.process_count()} process(es)")
+              f"params, {model.pooling} pooling) on {mesh.size} {jax.devices()[0].platform} device(s), "
+              f"{jax.process_count()} process(es)")
         cli.print_args(args)
     if runs.finished("train.py", start, args):
         return 0

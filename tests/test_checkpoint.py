@@ -36,7 +36,8 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     assert (again.pooling, again.normalize, again.tokenizer.max_length) == ("mean", True, 24)
     np.testing.assert_array_equal(embed(TEXTS, again), embed(TEXTS, model))
     files = sorted(p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("*") if p.is_file())
-    assert files == ["1_Pooling/config.json", "README.md", "config.json", "config_sentence_transformers.json", "model.safetensors",
+    assert files == ["1_Pooling/config.json", "README.md", "config.json", "config_sentence_transformers.json",
+                     "model.safetensors",
                      "modules.json", "sentence_bert_config.json", "special_tokens_map.json", "tokenizer.json",
                      "tokenizer_config.json", "vocab.txt"]
 

@@ -55,7 +55,8 @@ def test_train_and_distill_through_dense_modules(tmp_path):
     st.SentenceTransformer(modules=modules, device="cpu").save(str(tmp_path / "dense"))
     before = load_folder(tmp_path / "dense")
     assert train.main(["--model", str(tmp_path / "dense"), "--data", str(tmp_path / "pairs.jsonl"), "--batch-size", "8",
-                       "--max-length", "16", "--steps", "2", "--lr", "1e-2", "--warmup", "1", "--out", str(tmp_path / "t")]) == 0
+                       "--max-length", "16", "--steps", "2", "--lr", "1e-2", "--warmup", "1",
+                       "--out", str(tmp_path / "t")]) == 0
     trained = load_folder(tmp_path / "t" / "step-0000002")
     assert trained.dim == 16 and np.abs(trained.dense[0]["weight"] - before.dense[0]["weight"]).max() > 1e-3
     np.testing.assert_allclose(embed(TEXTS, trained), st.SentenceTransformer(
