@@ -14,12 +14,11 @@ with those keys.
 import argparse
 import csv
 import dataclasses
-import json
 import sys
 
 import numpy as np
 
-from minilm.files import read_lines
+from minilm.files import json_object, read_lines
 from minilm.model import l2_normalize
 
 
@@ -72,12 +71,7 @@ def read_named_sts(path, kind: str) -> StsPairs:
                 raise ValueError(f"{path}:{line}: {len(cells)} columns, the header has {len(header)}")
             row = dict(zip(header, cells))
         else:
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict) or any(c not in row for c in STS_COLUMNS):
-                raise ValueError(f"{path}:{line}: expected an object with {', '.join(STS_COLUMNS)}")
+            row = json_object(path, line, text, STS_COLUMNS)
         try:
             score = float(row["score"])
         except (TypeError, ValueError):

