@@ -1,5 +1,7 @@
-"""minilm/xla.py: the CPU matmul library chosen by the CPU's features (or MINILM_CPU_MATMULS), each library
-giving the same values as plain jax.jit, and the compiled HLO holding what the option says."""
+"""minilm/fast/xla.py: the CPU matmul library chosen by measurement, stored and reused (MINILM_CPU_MATMULS
+overrides), each library giving the same values as plain jax.jit, and the compiled HLO holding what the option
+says."""
+import json
 import re
 
 import jax
@@ -10,8 +12,6 @@ import pytest
 from minilm.fast import xla
 from minilm.model import layer_norm
 
-AVX2 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse sse2 fma avx avx2 f16c\n"
-AVX512 = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse sse2 fma avx avx2 avx512f avx512bw\n"
 
 
 def ffn_block(x_TD, w_FD, v_DF):  # the matmul -> GELU -> matmul -> LayerNorm shape of a transformer layer
@@ -25,17 +25,31 @@ def library_fusions(hlo: str) -> dict[str, str]:
     return {name: bodies.get(name, "") for name in re.findall(r"calls=(%[\w.-]+).*__ynn_fusion", hlo)}
 
 
-def test_the_library_follows_the_cpu_and_the_variable(monkeypatch):
+def test_the_library_is_measured_once_stored_and_reused_and_the_variable_wins(monkeypatch, tmp_path):
     monkeypatch.delenv("MINILM_CPU_MATMULS", raising=False)
-    assert xla.matmul_library(AVX2) == "xla"
-    assert xla.matmul_library(AVX512) == "ynnpack"
-    assert xla.matmul_library("") == "ynnpack"  # unknown CPU (no /proc/cpuinfo): the library jaxlib would use
-    assert xla.matmul_library("processor\t: 0\nFeatures\t: fp asimd sve\n") == "ynnpack"  # an ARM CPU
+    monkeypatch.setenv("MINILM_COMPILE_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(xla, "measure_libraries", lambda: calls.append(1) or {"ynnpack": 150.0, "xla": 180.0,
+                                                                                  "default": 120.0})
+    assert xla.matmul_library() == "xla" and len(calls) == 1  # measured: the fastest
+    stored = json.loads((tmp_path / xla.CHOICE_FILE).read_text())
+    assert stored["library"] == "xla" and stored["machine"] == xla.machine() and stored["gflops"]["xla"] == 180.0
+    assert xla.matmul_library() == "xla" and len(calls) == 1  # read back, not measured again
     monkeypatch.setenv("MINILM_CPU_MATMULS", "default")
-    assert xla.matmul_library(AVX2) == "default"
+    assert xla.matmul_library() == "default" and len(calls) == 1  # the variable wins over the stored choice
     monkeypatch.setenv("MINILM_CPU_MATMULS", "onednn")
     with pytest.raises(ValueError, match="MINILM_CPU_MATMULS='onednn' is not one of ynnpack, xla, default"):
-        xla.matmul_library(AVX2)
+        xla.matmul_library()
+    monkeypatch.delenv("MINILM_CPU_MATMULS")
+    (tmp_path / xla.CHOICE_FILE).write_text(json.dumps({**stored, "machine": {**stored["machine"], "cpu": "other"}}))
+    assert xla.matmul_library() == "xla" and len(calls) == 2  # another machine's choice: measured again
+    monkeypatch.setenv("MINILM_COMPILE_CACHE", "0")
+    assert xla.matmul_library() == "xla" and len(calls) == 3  # no cache folder: measured, nothing stored
+
+
+def test_measurement_gives_a_rate_for_each_library_this_jaxlib_accepts():
+    rates = xla.measure_libraries(tokens=64, hidden=32, repeats=2)
+    assert "default" in rates and all(r > 0 for r in rates.values())
 
 
 @pytest.mark.parametrize("name", ["ynnpack", "xla"])  # ("default" is plain jax.jit, the reference itself)
