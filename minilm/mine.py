@@ -108,7 +108,8 @@ def mine(pairs: list[tuple[str, str]], model=None, corpus: list[str] | None = No
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m minilm.mine", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, metavar="FILE", help="pairs (anchor, positive): .jsonl or .tsv, .gz too")
     p.add_argument("--out", required=True, metavar="FILE", help="triplets as JSONL {anchor, positive, negative}")
     p.add_argument("--model", metavar="DIR", help="model folder (default: all-MiniLM-L6-v2)")
