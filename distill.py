@@ -219,6 +219,7 @@ def teacher_cache(path: str, texts: list[str], teacher: Model, max_length: int) 
         print(f"embedding {len(distinct):,} texts with the teacher once, for {file}", flush=True)
         emb_ND = embed(distinct, teacher, max_length=max_length, progress=True)
         if jax.process_index() == 0:
+            file.parent.mkdir(parents=True, exist_ok=True)
             tmp = file.with_name(f".{file.name}.tmp-{np.random.randint(1 << 30)}")
             safetensors.numpy.save_file({"embeddings": emb_ND}, tmp, metadata={"fingerprint": key})
             tmp.replace(file)
