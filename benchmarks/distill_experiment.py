@@ -9,9 +9,10 @@ relations, embeddings or both), fine-tune it (train.py, the same run for every r
 Every stage is a plain distill.py or train.py command (--list prints them), so a row can be rerun by hand.
 
 Interrupt it at any moment and run it again: a finished stage is skipped, an interrupted one continues from its
-newest checkpoint (--resume), a stage's scores are computed once and kept in OUT/results.jsonl. Every run is
-seeded, so a row gives the same figures again on the same machine. The figures in docs/distillation.md and the
-README come from this script's results.jsonl, summarised by --table.
+newest checkpoint (--resume), a stage's scores are computed once and kept in benchmarks/results/
+distill-experiment.jsonl (committed: a row scored there is not run again on a fresh machine). Every run is seeded,
+so a row gives the same figures again on the same machine. The figures in docs/distillation.md and the README come
+from that file; benchmarks/distill_plot.py draws them.
 """
 import argparse
 import dataclasses
@@ -35,6 +36,7 @@ FT_DATA = [f"{DATA}/flickr30k_captions/flickr30k_caption_pairs.jsonl.gz:3",
            f"{DATA}/twitter_url_paraphrase/twitter_url_paraphrase_pairs.jsonl.gz:1",
            f"{DATA}/mrpc/mrpc_positive_pairs.jsonl.gz:1", f"{DATA}/snli_devtest/snli_devtest_triplets.jsonl.gz:2"]
 STS_DEV, STS_TEST = DATA / "stsb/stsb-en-dev.csv", DATA / "stsb/stsb-en-test.csv"
+RESULTS = REPO / "benchmarks" / "results" / "distill-experiment.jsonl"
 
 DISTILL_STEPS, FT_STEPS = 2000, 600
 SCRATCH = ["--student-num-layers", "4", "--student-hidden-size", "256", "--student-heads", "4",
@@ -144,14 +146,20 @@ def score(model: pathlib.Path) -> dict:
     return {"dev": spearman[0], "test": spearman[1]}
 
 
+def shape(model: pathlib.Path) -> dict:
+    cfg = json.loads((pathlib.Path(model) / "config.json").read_text())
+    return {"layers": cfg["num_hidden_layers"], "hidden": cfg["hidden_size"]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), help="rows to run, in this order")
-    p.add_argument("--out", default=str(REPO / "runs" / "distill-experiment"), help="folder of every run and "
-                   "results.jsonl")
+    p.add_argument("--out", default=str(REPO / "runs" / "distill-experiment"), help="folder of every run")
+    p.add_argument("--results", default=str(RESULTS), help="the scores, one JSON line per stage (kept in the "
+                   "repository: a row whose stages are all there is not run again)")
     p.add_argument("--list", action="store_true", help="print each row's commands and stop")
     a = p.parse_args(argv)
-    out = pathlib.Path(a.out)
+    out, results = pathlib.Path(a.out), pathlib.Path(a.results)
     if a.list:
         for row in a.rows:
             for stage in ROWS[row]:
@@ -159,17 +167,20 @@ def main(argv=None) -> int:
                 print(f"{row:14s} {stage.name:14s} python {argv} --out {out / stage.name}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    done = {r["model"] for r in map(json.loads, results.read_text().splitlines())} if results.exists() else set()
+    done = {r["stage"] for r in map(json.loads, results.read_text().splitlines())} if results.exists() else set()
     for row in a.rows:
+        if all(stage.name in done for stage in ROWS[row]):
+            continue  # scored already (its checkpoints may be gone: a later stage would rebuild what it needs)
         for stage in ROWS[row]:
+            start = time.time()
             model = run_stage(stage, out)
-            if str(model) not in done:
-                record = {"row": row, "stage": stage.name, "model": str(model), **score(model)}
+            if stage.name not in done:
+                record = {"row": row, "stage": stage.name, **shape(model), **score(model),
+                          "minutes": round((time.time() - start) / 60, 1), "date": time.strftime("%Y-%m-%d")}
                 print(json.dumps(record), flush=True)
                 with open(results, "a") as f:
                     f.write(json.dumps(record) + "\n")
-                done.add(str(model))
+                done.add(stage.name)
     return 0
 
 

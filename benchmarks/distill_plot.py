@@ -1,10 +1,10 @@
 """Quality against speed: each student of benchmarks/distill_experiment.py as STS-b test Spearman against its
 embedding throughput, one point per row, the teacher among them. Writes a small PNG (docs/distill.png).
 
-    python benchmarks/distill_experiment.py                        # the scores: runs/distill-experiment/results.jsonl
+    python benchmarks/distill_experiment.py          # the scores: benchmarks/results/distill-experiment.jsonl
     python benchmarks/embed_bench.py --model DIR --engines minilm --batch-sizes 32 --no-cold-start \
-        --json runs/distill-experiment/throughput.jsonl            # once per student shape (see the README)
-    python benchmarks/distill_plot.py                              # needs matplotlib (the bench extra)
+        --json benchmarks/results/student-throughput.jsonl      # once per student shape (layers x hidden)
+    python benchmarks/distill_plot.py                # needs matplotlib (the bench extra)
 
 A result is matched to the throughput of a model of the same shape (layers x hidden): the weights do not change
 the speed. Also prints the table the README shows.
@@ -14,18 +14,13 @@ import json
 import pathlib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-RUNS = REPO / "runs" / "distill-experiment"
-
-
-def shape(model: str) -> tuple[int, int]:
-    cfg = json.loads((pathlib.Path(model) / "config.json").read_text())
-    return cfg["num_hidden_layers"], cfg["hidden_size"]
+RESULTS = REPO / "benchmarks" / "results"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default=str(RUNS / "results.jsonl"))
-    p.add_argument("--throughput", default=str(RUNS / "throughput.jsonl"))
+    p.add_argument("--results", default=str(RESULTS / "distill-experiment.jsonl"))
+    p.add_argument("--throughput", default=str(RESULTS / "student-throughput.jsonl"))
     p.add_argument("--batch", type=int, default=32, help="the batch size whose throughput is plotted")
     p.add_argument("--out", default=str(REPO / "docs" / "distill.png"))
     a = p.parse_args(argv)
@@ -37,7 +32,7 @@ def main(argv=None) -> int:
     points = []
     print(f"| stage | shape | STS-b dev | STS-b test | sentences/s (batch {a.batch}) |\n|---|---|---|---|---|")
     for r in results:
-        L, D = shape(r["model"])
+        L, D = r["layers"], r["hidden"]
         rate = speed.get((L, D))
         print(f"| {r['stage']} | {L} x {D} | {r['dev']:.2f} | {r['test']:.2f} | {rate or '-'} |")
         if rate:
