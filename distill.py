@@ -268,8 +268,8 @@ def distill(args: Args) -> int:
     from minilm.embedding import default_model_dir
 
     # Options -> the mesh, teacher and student, the text.
-    if args.distributed:
-        jax.distributed.initialize()
+    if args.distributed or args.coordinator:
+        parallel.initialize(args.coordinator, args.num_processes, args.process_id, args.peer_timeout)
     xla.enable_compilation_cache()  # a rerun or a resume loads its compiled steps from disk (fast/xla.py)
     mesh = parallel.make_mesh(args.devices)
     if args.batch_size < 1 or args.batch_size % mesh.size:

@@ -16,6 +16,23 @@ from jax.sharding import PartitionSpec as P
 AXIS = "data"
 
 
+def initialize(coordinator: str | None = None, num_processes: int = 0, process_id: int = -1,
+               peer_timeout: int = 60) -> None:
+    """Join the other processes of a multi-process run, before anything else touches JAX.
+
+    With no coordinator, jax.distributed.initialize finds the run by itself (Cloud TPU, Slurm, Open MPI). Otherwise
+    every process names process 0's HOST:PORT, the number of processes and its own number. Collectives between
+    processes' CPU devices go through gloo (TCP); a process that shows no sign of life for peer_timeout seconds makes
+    the others stop with an error rather than wait for it forever."""
+    if coordinator is not None and not (num_processes >= 1 and 0 <= process_id < num_processes):
+        raise ValueError(f"--coordinator needs --num-processes N >= 1 and --process-id 0..N-1; got "
+                         f"--num-processes {num_processes} --process-id {process_id}")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    where = {} if coordinator is None else \
+        {"coordinator_address": coordinator, "num_processes": num_processes, "process_id": process_id}
+    jax.distributed.initialize(**where, heartbeat_timeout_seconds=peer_timeout)
+
+
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
     """A 1-D mesh over the first num_devices devices (0: all of them, on every host)."""
     devices = jax.devices()

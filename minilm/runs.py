@@ -52,7 +52,14 @@ class RunArgs:
     dropout: bool = True  # dropout as in the config (0.1) while training
     pack: bool = True  # sequence packing: many texts per row (block-diagonal attention), no padding compute
     devices: int = 0  # devices on the 'data' mesh axis (0: all)
-    distributed: bool = False  # multi-host: call jax.distributed.initialize() first (TPU pods, Slurm, k8s)
+    distributed: bool = False  # multi-process: join the other processes first (jax.distributed.initialize; Cloud
+    # TPU, Slurm and Open MPI are found by themselves, other launchers give --coordinator and the two below)
+    coordinator: str | None = None  # multi-process: HOST:PORT of process 0, where it serves the others (implies
+    # --distributed)
+    num_processes: int = 0  # multi-process, with --coordinator: how many processes the run has
+    process_id: int = -1  # multi-process, with --coordinator: this process's number, 0..num_processes-1
+    peer_timeout: int = 60  # multi-process: seconds without a sign of life from a process after which the others
+    # stop with an error instead of waiting for it
     seed: int = 0  # data order and dropout derive from it
     eval_sts: str | None = None  # STS file (CSV sentence1,sentence2,score; TSV, JSONL) for Spearman during training
     eval_ir: str | None = None  # BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv) for nDCG@10 etc.
@@ -199,21 +206,25 @@ def save_checkpoint(out: pathlib.Path, step: int, model: Model, opt_state, data_
 FIXED_ON_RESUME = ("data", "batch_size", "datasets_per_batch")  # the saved data position means nothing otherwise
 MODEL_FROM_CHECKPOINT = ("model", "keep_layers", "student", "student_layers", "student_num_layers",
                          "student_hidden_size", "student_heads", "student_intermediate_size")  # no effect on resume
+LAUNCH_OPTIONS = ("devices", "distributed", "coordinator", "num_processes", "process_id", "peer_timeout")  # never
+# taken from the saved run
 
 
 def resumed_args(args: RunArgs, given: set[str]) -> RunArgs:
     """--resume DIR continues the run as it was: each option takes its value from the checkpoint's trainer_state.json
     unless it was given again on the command line (each change is printed), and the run writes into the folder that
-    holds the checkpoint unless --out is given. A change of --data or --batch-size is refused."""
+    holds the checkpoint unless --out is given. A change of --data or --batch-size is refused. How the run is launched
+    (devices, processes) is this launch's own: a run saved by two processes may be resumed by one, and back."""
     folder = resolve_resume(args.resume)
     saved = read_json(folder / "trainer_state.json", dict).get("args") or {}
     fields = {f.name for f in dataclasses.fields(args)}
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields and k not in given}
-    values.pop("resume", None)
+    for name in ("resume", *LAUNCH_OPTIONS):
+        values.pop(name, None)
     if "out" not in given:
         values["out"] = str(folder.parent)
     new = dataclasses.replace(args, **values)
-    for name in sorted(given & saved.keys() - {"resume", "out"}):
+    for name in sorted(given & saved.keys() - {"resume", "out", *LAUNCH_OPTIONS}):
         old = tuple(saved[name]) if isinstance(saved[name], list) else saved[name]
         if old != getattr(new, name):
             flag = "--" + name.replace("_", "-")
