@@ -29,7 +29,9 @@ def commands(text: str) -> list[tuple[str, list[str]]]:
         m = re.search(r"python (embed|train|distill)\.py\b(.*)", line)
         if not m or "..." in m.group(2) or "--help" in m.group(2):
             continue
-        rest = m.group(2).split("  #")[0].split(" < ")[0].split(" | ")[0]
+        rest = re.split(r"  #| < | \| | &$", m.group(2))[0]  # a comment, a redirect, a pipe, `&`
+        if rest.count('"') % 2:  # the command sits inside a quoted one (ssh --command "... python train.py ...")
+            rest = rest.rstrip().removesuffix('"')
         found.append((m.group(1), shlex.split(rest)))
     return found
 
