@@ -9,7 +9,8 @@ Texts: the unique sentences of an STS file (the STS-b test split: 2,552), or the
 and batch size: texts/s end to end (tokenization included) and model only (pre-tokenized), min / median / max over
 --repeats runs, and the largest difference from sentence-transformers' embeddings. Then: the useful GFLOP/s (the
 matmuls and attention of real tokens only, no padding) as a fraction of the matmul peak, the best GFLOP/s that any
-matmul library here (XLA's, torch's) reaches on the model's shapes; minilm's first-call time (compilation); and the
+matmul library here (XLA's, torch's) reaches on the model's shapes; each engine's op time split into matmuls,
+attention and elementwise passes (benchmarks/op_profile.py); minilm's first-call time (compilation); and the
 whole-process time of `python embed.py "one sentence"` against a sentence-transformers one-liner. Peers that are
 not installed are skipped. Timings are wall-clock; run it on an otherwise idle machine.
 """
@@ -37,6 +38,7 @@ from minilm import embedding  # noqa: E402
 from minilm.fast import embedding as fast, xla  # noqa: E402
 from minilm.fast.packing import plan_packed, plan_padded  # noqa: E402
 from minilm.evaluate import read_sts  # noqa: E402
+from benchmarks import op_profile  # noqa: E402
 
 
 def unique_sentences(path) -> list[str]:
@@ -134,6 +136,9 @@ class Minilm:
                                          slots=fwd.slots) for fwd, a in zip(plan, arrays)]
         jax.block_until_ready(outs)
 
+    def profile(self, prepared):
+        return op_profile.minilm_profile(self, prepared)
+
 
 class SentenceTransformers:
     name = "sentence-transformers"
@@ -157,6 +162,9 @@ class SentenceTransformers:
         with torch.inference_mode():
             for features in prepared:
                 self.model(features)
+
+    def profile(self, prepared):
+        return op_profile.torch_profile(self, prepared)
 
 
 class OnnxRuntime:
@@ -203,6 +211,7 @@ class OnnxRuntime:
         options.intra_op_num_threads = os.cpu_count()
         self.dim = bert.config.hidden_size
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path = path  # op_profile.ort_profile opens a second session of it
         self.tokenizer = Tokenizer.from_file(str(pathlib.Path(model_dir) / "tokenizer.json"))
         self.tokenizer.enable_truncation(256)
         self.tokenizer.no_padding()
@@ -240,6 +249,9 @@ class OnnxRuntime:
         for _, ids, mask in prepared:
             self.run(ids, mask)
 
+    def profile(self, prepared):
+        return op_profile.ort_profile(self, prepared)
+
 
 def cold_start(model_dir, repeats: int) -> dict:
     """Whole-process seconds of `python embed.py "one sentence"` (a fresh compilation cache for the first run, then
@@ -273,6 +285,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--engines", default="minilm,st,ort", help="any of minilm,st,ort")
     p.add_argument("--no-cold-start", action="store_true")
+    p.add_argument("--no-profile", action="store_true", help="skip the op-time split by class")
     p.add_argument("--json", metavar="FILE", help="also append each engine's median end-to-end texts/s to FILE "
                    "(JSON lines: model, layers, hidden, engine, batch, texts_per_s)")
     args = p.parse_args(argv)
@@ -316,28 +329,33 @@ def main(argv=None):
             prepared = eng.prepare(texts, bs)
             eng.model_only(prepared)
             only = timed(eng.model_only, args.repeats, prepared)
-            rows.append((bs, eng.name, e2e, only, emb))
+            shares = None if args.no_profile else eng.profile(prepared)
+            rows.append((bs, eng.name, e2e, only, emb, shares))
     shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{'batch':>5}  {'engine':<22} {'end to end, texts/s (min / median / max)':>44}  "
           f"{'model only, median':>18}  {'max |diff| vs ST':>16}  useful GFLOP/s (% of peak)")
-    for bs, name, e2e, only, emb in rows:
+    for bs, name, e2e, only, emb, _ in rows:
         rate = lambda t: len(texts) / t
         diff = f"{np.abs(emb - reference[bs]).max():.1e}" if bs in reference else "-"
         med = statistics.median(only)
         print(f"{bs:>5}  {name:<22} {rate(max(e2e)):>14.0f} / {rate(statistics.median(e2e)):>6.0f} / "
               f"{rate(min(e2e)):>6.0f}            {rate(med):>12.0f}        {diff:>16}  "
               f"{flops / med / 1e9:.0f} ({100 * flops / med / 1e9 / peak:.0f}%)")
+    if not args.no_profile:
+        print("\nop time by class, model only (op_profile.py says how each engine is measured):")
+        for bs, name, _, _, _, shares in rows:
+            print(f"  batch {bs:>3}  {name:<22} {op_profile.shares_line(shares)}")
     if args.json:
         with open(args.json, "a") as f:
-            for bs, name, e2e, _, _ in rows:
+            for bs, name, e2e, _, _, _ in rows:
                 f.write(json.dumps({"model": str(model_dir), "layers": model.config.num_hidden_layers,
                                     "hidden": model.config.hidden_size, "engine": name, "batch": bs,
                                     "texts": len(texts), "texts_per_s": round(len(texts) / statistics.median(e2e), 1),
                                     "date": time.strftime("%Y-%m-%d")}) + "\n")
     print("\nratios of median end-to-end throughput (minilm / peer):")
     for bs in sorted({r[0] for r in rows}):
-        by = {name: len(texts) / statistics.median(e2e) for b, name, e2e, _, _ in rows if b == bs}
+        by = {name: len(texts) / statistics.median(e2e) for b, name, e2e, _, _, _ in rows if b == bs}
         for ours in [n for n in by if n.startswith("minilm")]:
             print(f"  batch {bs}: {ours}: " + ", ".join(f"{by[ours] / v:.2f}x {n}" for n, v in by.items()
                                                          if not n.startswith("minilm")))

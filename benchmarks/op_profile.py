@@ -1,0 +1,217 @@
+"""Where the time goes: each engine's profiled op time split into matmuls, attention and elementwise passes.
+
+    python benchmarks/op_profile.py                      # minilm, rows of 128, 256 and 512 tokens, 4,096 per forward
+    python benchmarks/op_profile.py --lengths 256 --top 15   # and the 15 slowest ops
+
+embed_bench.py prints the same split for every engine on its own texts (minilm_profile, torch_profile, ort_profile).
+
+The classes:
+- matmul: the Q, K, V, output and feed-forward projections ([tokens, D] x [D, F]);
+- attention: the per-head scores and weighted sum (batched matmuls over [rows, heads, T, T]), the mask, the
+  softmax (for ONNX Runtime's fused Attention op also its Q, K, V projection, which it does not time apart);
+- elementwise: GELU, LayerNorm (with its residual add), and the rest (bias adds, embeddings, transposes, pooling).
+
+How each engine is measured: minilm with JAX's profiler (one event per XLA op, each op classified from the compiled
+HLO: a dot without batch dimensions is a projection; a batched dot, or anything of shape [.., H, T, T], is attention;
+erf is GELU, rsqrt LayerNorm); sentence-transformers with torch.profiler (self time of each aten op); ONNX Runtime
+with its own session profiler (kernel time of each node). Times are summed op times: where ops run side by side
+(XLA runs independent ops on several threads) the sum exceeds the wall time, and the shares are of the sum.
+"""
+import argparse
+import collections
+import glob
+import gzip
+import json
+import pathlib
+import re
+import sys
+import tempfile
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+
+from minilm import embedding  # noqa: E402
+from minilm.fast import embedding as fast  # noqa: E402
+
+CLASSES = ("matmul", "attention", "gelu", "layernorm", "other")
+
+
+def hlo_op_classes(hlo: str) -> dict[str, str]:
+    """{name of each top-level op of a compiled HLO module: its class}, from the op's own line and the bodies of the
+    computations it calls (fusions)."""
+    bodies, name, lines = {}, None, []
+    for line in hlo.splitlines():
+        head = re.match(r"^(?:ENTRY )?%(\S+) .*\{$", line)
+        if head:
+            name, lines = head.group(1), []
+        elif line.startswith("}") and name:
+            bodies[name], name = lines, None
+        elif name:
+            lines.append(line)
+    entry = next(k for k in bodies if k.startswith("main"))
+
+    def text_of(line: str, seen=()) -> list[str]:
+        out = [line]
+        for callee in re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", line):
+            if callee not in seen:
+                out += [t for body_line in bodies.get(callee, []) for t in text_of(body_line, (*seen, callee))]
+        return out
+
+    classes = {}
+    for line in bodies[entry]:
+        m = re.match(r"^\s*(?:ROOT )?%(\S+) = ", line)
+        if not m:
+            continue
+        text = text_of(line)
+        dots = [t for t in text if re.search(r"\bdot\(", t)]
+        out = re.search(r"= \w+\[([\d,]*)\]", line)  # the op's output shape; [rows, heads, T, T]: attention
+        dims = [int(x) for x in out.group(1).split(",") if x] if out else []
+        square = len(dims) == 4 and dims[-1] == dims[-2]
+        if any("lhs_batch_dims" in d for d in dots) or square or any("exponential(" in t for t in text):
+            classes[m.group(1)] = "attention"
+        elif dots or "custom-call" in line and "matmul" in line.lower():
+            classes[m.group(1)] = "matmul"
+        elif any(re.search(r"\berf\(", t) for t in text):
+            classes[m.group(1)] = "gelu"
+        elif any(re.search(r"\brsqrt\(", t) for t in text):
+            classes[m.group(1)] = "layernorm"
+        else:
+            classes[m.group(1)] = "other"
+    return classes
+
+
+def minilm_profile(engine, prepared, top: int = 0) -> dict[str, float]:
+    """Seconds per class of minilm's forwards in `prepared` (embed_bench.Minilm.prepare), one trace per shape."""
+    plan, arrays = prepared
+    m = engine.model
+    by_shape = collections.defaultdict(list)
+    for fwd, a in zip(plan, arrays):
+        by_shape[(a[0].shape, fwd.slots)].append(a)
+    seconds, ops = collections.Counter(), collections.Counter()
+    with jax.default_matmul_precision("highest"):
+        for (shape, slots), batches in by_shape.items():
+            options = dict(cfg=m.config, pooling=m.pooling, normalize=m.normalize, slots=slots)
+            classes = hlo_op_classes(fast.embed_rows.jitted().lower(m.params, *batches[0], **options).compile()
+                                     .as_text())
+            jax.block_until_ready(fast.embed_rows(m.params, *batches[0], **options))  # compiled and warm
+            with tempfile.TemporaryDirectory() as trace:
+                jax.profiler.start_trace(trace, create_perfetto_trace=True)
+                jax.block_until_ready([fast.embed_rows(m.params, *a, **options) for a in batches])
+                jax.profiler.stop_trace()
+                events = json.load(gzip.open(glob.glob(f"{trace}/**/*.json.gz", recursive=True)[0]))["traceEvents"]
+            for e in events:
+                op = e.get("args", {}).get("hlo_op")
+                if e.get("ph") == "X" and op in classes:
+                    seconds[classes[op]] += e["dur"] / 1e6
+                    ops[f"{classes[op]:9s} {op} {shape}"] += e["dur"] / 1e6
+    print_top(ops, top)
+    return dict(seconds)
+
+
+def torch_profile(engine, prepared, top: int = 0) -> dict[str, float]:
+    """Seconds per class of sentence-transformers' forwards (self CPU time of each aten op)."""
+    from torch.profiler import ProfilerActivity, profile
+    engine.model_only(prepared)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        engine.model_only(prepared)
+    seconds, ops = collections.Counter(), collections.Counter()
+    for avg in prof.key_averages():
+        name = avg.key
+        if "scaled_dot_product" in name or "softmax" in name or name in ("aten::bmm", "aten::baddbmm"):
+            kind = "attention"
+        elif name in ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul"):
+            kind = "matmul"
+        elif "gelu" in name:
+            kind = "gelu"
+        elif "layer_norm" in name:
+            kind = "layernorm"
+        else:
+            kind = "other"
+        seconds[kind] += avg.self_cpu_time_total / 1e6
+        ops[f"{kind:9s} {name}"] += avg.self_cpu_time_total / 1e6
+    print_top(ops, top)
+    return dict(seconds)
+
+
+ORT_CLASSES = {"MatMul": "matmul", "Gemm": "matmul", "FusedMatMul": "matmul", "Attention": "attention",
+               "MultiHeadAttention": "attention", "Softmax": "attention", "Gelu": "gelu", "BiasGelu": "gelu",
+               "FastGelu": "gelu", "Erf": "gelu", "LayerNormalization": "layernorm",
+               "SkipLayerNormalization": "layernorm", "EmbedLayerNormalization": "layernorm"}
+
+
+def ort_profile(engine, prepared, top: int = 0) -> dict[str, float]:
+    """Seconds per class of ONNX Runtime's nodes, from a second session of the same model with profiling on. A
+    MatMul of the unfused graph's attention (scores, weighted sum) counts as attention."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = engine.session.get_session_options().intra_op_num_threads
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as work:
+        options.profile_file_prefix = str(pathlib.Path(work) / "ort")
+        session = ort.InferenceSession(str(engine.path), options, providers=["CPUExecutionProvider"])
+        run = lambda: [session.run(None, {"input_ids": ids, "attention_mask": mask,
+                                          "token_type_ids": np.zeros_like(ids)}) for _, ids, mask in prepared]
+        run()
+        events = json.loads(pathlib.Path(session.end_profiling()).read_text())
+    seconds, ops = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        op, node = e["args"].get("op_name", ""), e["name"]
+        kind = ORT_CLASSES.get(op, "other")
+        if op == "MatMul" and re.search(r"/self/MatMul(_\d+)?_kernel_time$", node):
+            kind = "attention"
+        seconds[kind] += e["dur"] / 1e6
+        ops[f"{kind:9s} {op}"] += e["dur"] / 1e6
+    print_top(ops, top)
+    return dict(seconds)
+
+
+def print_top(ops: collections.Counter, top: int) -> None:
+    total = sum(ops.values())
+    for name, s in ops.most_common(top):
+        print(f"    {100 * s / total:5.1f}%  {s * 1e3:9.1f} ms  {name}")
+
+
+def shares_line(seconds: dict[str, float]) -> str:
+    """'matmul 61%  attention 17%  elementwise 22% (GELU 7%, LayerNorm 5%, other 10%)  of 1.23 s op time'."""
+    total = sum(seconds.values()) or 1.0
+    pct = {k: 100 * seconds.get(k, 0.0) / total for k in CLASSES}
+    elementwise = pct["gelu"] + pct["layernorm"] + pct["other"]
+    return (f"matmul {pct['matmul']:3.0f}%  attention {pct['attention']:3.0f}%  elementwise {elementwise:3.0f}% "
+            f"(GELU {pct['gelu']:.0f}%, LayerNorm {pct['layernorm']:.0f}%, other {pct['other']:.0f}%)  "
+            f"of {total:.2f} s op time")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2)")
+    p.add_argument("--lengths", default="128,256,512", help="row lengths T: rows of one text of T tokens each")
+    p.add_argument("--tokens", type=int, default=4096, help="tokens per forward (rows = tokens // T)")
+    p.add_argument("--forwards", type=int, default=4, help="forwards profiled per length")
+    p.add_argument("--top", type=int, default=0, help="also print the N slowest ops of each length")
+    args = p.parse_args(argv)
+
+    from benchmarks.embed_bench import Minilm
+    engine = Minilm(args.model or embedding.default_model_dir(), pack=False)
+    rng = np.random.default_rng(0)
+    vocab = engine.model.config.vocab_size
+    print(f"minilm on {jax.devices()[0].platform}, {args.tokens} tokens per forward, one text per row")
+    for T in map(int, args.lengths.split(",")):
+        R = args.tokens // T
+        ids = rng.integers(1000, vocab, (R, T)).astype(np.int32)
+        positions = np.broadcast_to(np.arange(T, dtype=np.int32), (R, T)).copy()
+        segments = np.ones((R, T), np.int32)
+        plan = [type("Fwd", (), {"slots": 1})()] * args.forwards
+        seconds = minilm_profile(engine, (plan, [(ids, positions, segments)] * args.forwards), args.top)
+        per_forward = sum(seconds.values()) / args.forwards
+        print(f"T {T:>4} x {R:>3} rows: {shares_line(seconds)}; {R * T / per_forward:,.0f} tokens/s by op time")
+
+
+if __name__ == "__main__":
+    main()
