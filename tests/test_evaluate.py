@@ -37,7 +37,7 @@ def test_read_sts_errors_name_file_and_line(tmp_path):
         evaluate.read_sts(tmp_path / "missing.csv")
 
 
-def test_command_equals_sentence_transformers_evaluator(real_model_dir, stsb_dir, capsys):
+def test_command_equals_sentence_transformers_evaluator(real_model_dir, stsb_dir, capsys, monkeypatch):
     st = need("sentence_transformers")
     try:  # sentence-transformers >= 6 moved it; the old path still works there, with a deprecation warning
         from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
@@ -45,6 +45,16 @@ def test_command_equals_sentence_transformers_evaluator(real_model_dir, stsb_dir
         from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
 
     test_csv = stsb_dir / "stsb-en-test.csv"
+    emb = {}  # the command's own embeddings, kept for the other similarity functions below
+
+    from minilm.fast import embedding as fast
+
+    def embed_and_keep(texts, *args, real=fast.embed, **kwargs):
+        out = real(texts, *args, **kwargs)
+        emb.update(zip(texts, out))
+        return out
+
+    monkeypatch.setattr(fast, "embed", embed_and_keep)  # evaluate_sts imports it when called
     assert evaluate.main(["--model", str(real_model_dir), "--sts", str(test_csv)]) == 0
     printed = capsys.readouterr().out
     ours = float(printed.split("spearman")[1].split()[0])
@@ -55,9 +65,6 @@ def test_command_equals_sentence_transformers_evaluator(real_model_dir, stsb_dir
     theirs = evaluator(st.SentenceTransformer(str(real_model_dir), device="cpu"))
     print(f"spearman: ours {ours:.2f}, sentence-transformers {100 * theirs['spearman_cosine']:.4f}")
     assert abs(ours - 100 * theirs["spearman_cosine"]) <= 0.01
-    from minilm import embed
-    unique = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))  # embedded once for the other functions
-    emb = dict(zip(unique, embed(unique, real_model_dir)))
     a, b = (np.stack([emb[t] for t in side]) for side in (pairs.sentences1, pairs.sentences2))
     for fn in fns[1:]:  # each similarity function (1e-4: the same embeddings to float32 rounding)
         ours_fn = 100 * evaluate.spearman(evaluate.pair_scores(a, b, fn), pairs.scores)

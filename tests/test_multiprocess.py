@@ -115,7 +115,8 @@ def test_distill_two_processes_equal_one_process(setup):
     assert_params_equal(setup / "d-two" / "step-0000003", setup / "d-one" / "step-0000003")
 
 
-@pytest.mark.parametrize("victim,how", [(1, signal.SIGKILL), (0, signal.SIGSTOP)])
+@pytest.mark.parametrize("victim,how", [(1, signal.SIGKILL),
+                                         pytest.param(0, signal.SIGSTOP, marks=pytest.mark.slow)])
 def test_when_one_process_dies_or_freezes_the_other_stops(setup, victim, how):
     """Process 1 killed, or process 0 (the coordinator) frozen: the survivor exits with an error that says another
     process died, within --peer-timeout (10 s) plus a margin, instead of waiting forever."""

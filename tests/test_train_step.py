@@ -83,9 +83,10 @@ def test_negatives_span_every_device(tmp_path):
     assert abs(float(sharded(model, batch, opts, 8)[0]) - local_only) > 0.1
 
 
-@pytest.mark.parametrize("name", ["pairs-symmetric", "triplets", "matryoshka"])
-@pytest.mark.parametrize("n, mini", [(8, 1), (2, 4), (1, 8)])
+@pytest.mark.parametrize("name, n, mini", [("pairs-symmetric", 8, 1), ("triplets", 2, 4), ("matryoshka", 1, 8),
+                                           ("pairs", 8, 2)])
 def test_gradcache_equals_plain_step(tmp_path, name, n, mini):
+    """Each loss and each (devices, chunk rows) once: one row a chunk on 8 devices, 4 on 2, all 8 on 1."""
     columns, opts = OPTIONS[name]
     model = tiny_model(tmp_path)
     batch = make_batch(model, columns)
@@ -112,8 +113,7 @@ def test_gradcache_replays_the_same_dropout(tmp_path):
     assert abs(float(with_dropout[0]) - float(without[0])) > 1e-4  # dropout did change the loss
 
 
-@pytest.mark.parametrize("name", ["pairs-symmetric", "triplets", "adaptive-layers"])
-@pytest.mark.parametrize("n", [1, 8])
+@pytest.mark.parametrize("name, n", [("pairs-symmetric", 8), ("triplets", 1), ("adaptive-layers", 8)])
 def test_packed_equals_padded(tmp_path, name, n):
     """Sequence packing (train.py's default): texts share rows with a block-diagonal mask and restarting
     positions; loss and gradients equal the padded batch's on one device, whether packed for 1 or 8 devices."""
