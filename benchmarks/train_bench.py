@@ -2,6 +2,7 @@
 training step with the same loss, batch, data and model (torch, CPU).
 
     python benchmarks/train_bench.py --steps 40 --batch-size 64
+    python benchmarks/train_bench.py --steps 30 --runs train,st --rounds 3   # the ratio three times in a row
 
 train.py and distill.py run as users run them (subprocesses, one device) and their own metrics.jsonl gives the
 throughput of the logged intervals after the first (which holds the compilation). train.py and distill.py run
@@ -76,7 +77,12 @@ def main(argv=None):
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2)")
     p.add_argument("--skip", type=int, default=2, help="log intervals / steps left out as warm-up")
+    p.add_argument("--runs", default=",".join(RUNS), help=f"which runs, of {','.join(RUNS)}")
+    p.add_argument("--rounds", type=int, default=1, help="run them all this many times in a row, one table each")
     args = p.parse_args(argv)
+    runs = args.runs.split(",")
+    if not set(runs) <= set(RUNS):
+        p.error(f"--runs: unknown {sorted(set(runs) - set(RUNS))}; expected some of {','.join(RUNS)}")
     sys.path.insert(0, str(REPO))
     from minilm.embedding import default_model_dir
     model_dir = pathlib.Path(args.model) if args.model else default_model_dir()
@@ -84,33 +90,44 @@ def main(argv=None):
     common = ["--model", str(model_dir), "--steps", str(args.steps), "--batch-size",
               str(args.batch_size), "--max-length", str(args.max_length), "--log-every", str(log_every),
               "--warmup", "5", "--lr", "5e-5"]
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = pathlib.Path(tmp)
-        results["train.py"] = script_throughput(["train.py", "--data", str(PAIRS), *common], tmp / "train",
-                                                args.skip)
-        results["train.py --no-pack"] = script_throughput(["train.py", "--data", str(PAIRS), "--no-pack", *common],
-                                                          tmp / "train-padded", args.skip)
-        for flags, name in (((), "distill.py"), (("--no-pack",), "distill.py --no-pack")):
-            results[name] = script_throughput(
-                ["distill.py", "--data", str(TEXT), "--student-layers", "0,2,4", *flags,
-                 *[("--teacher" if a == "--model" else a) for a in common]], tmp / name.replace(" ", ""), args.skip)
     with gzip.open(PAIRS, "rt", encoding="utf-8") as f:
         pairs = [(r["anchor"], r["positive"]) for r in map(json.loads, f)][: args.steps * args.batch_size]
-    try:
-        results["sentence-transformers"] = sentence_transformers_throughput(
-            model_dir, pairs, args.batch_size, args.steps, args.max_length, args.skip * log_every)
-    except ImportError as e:
-        print(f"skipping sentence-transformers: {e}", file=sys.stderr)
-    print(f"batch {args.batch_size} pairs (train.py, sentence-transformers; 2 x {args.batch_size} texts a step) or "
-          f"texts (distill.py: teacher 6 layers + student 3 layers), max_length {args.max_length}, {args.steps} steps, "
-          f"{os.cpu_count()} CPU cores")
-    print(f"{'':<24}{'steps/s':>9}{'sentences/s':>13}{'tokens/s':>10}")
-    for name, r in results.items():
-        print(f"{name:<24}{r['steps_per_s']:>9.2f}{r['sentences_per_s']:>13.1f}{r['tokens_per_s']:>10.0f}")
-    if "sentence-transformers" in results:
-        ratio = results["train.py"]["tokens_per_s"] / results["sentence-transformers"]["tokens_per_s"]
-        print(f"train.py / sentence-transformers tokens/s: {ratio:.2f}x")
+    ratios = []
+    for round_ in range(1, args.rounds + 1):
+        results = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = pathlib.Path(tmp)
+            for run in runs:
+                if run in ("train", "train-nopack"):
+                    flags = ["--no-pack"] if run == "train-nopack" else []
+                    results[RUNS[run]] = script_throughput(["train.py", "--data", str(PAIRS), *flags, *common],
+                                                           tmp / run, args.skip)
+                elif run in ("distill", "distill-nopack"):
+                    flags = ["--no-pack"] if run == "distill-nopack" else []
+                    results[RUNS[run]] = script_throughput(
+                        ["distill.py", "--data", str(TEXT), "--student-layers", "0,2,4", *flags,
+                         *[("--teacher" if a == "--model" else a) for a in common]], tmp / run, args.skip)
+                else:
+                    try:
+                        results[RUNS[run]] = sentence_transformers_throughput(
+                            model_dir, pairs, args.batch_size, args.steps, args.max_length, args.skip * log_every)
+                    except ImportError as e:
+                        print(f"skipping sentence-transformers: {e}", file=sys.stderr)
+        print(f"{'round ' + str(round_) + ': ' if args.rounds > 1 else ''}batch {args.batch_size} pairs (train.py, "
+              f"sentence-transformers; 2 x {args.batch_size} texts a step) or texts (distill.py: teacher 6 layers + "
+              f"student 3 layers), max_length {args.max_length}, {args.steps} steps, {os.cpu_count()} CPU cores")
+        print(f"{'':<24}{'steps/s':>9}{'sentences/s':>13}{'tokens/s':>10}")
+        for name, r in results.items():
+            print(f"{name:<24}{r['steps_per_s']:>9.2f}{r['sentences_per_s']:>13.1f}{r['tokens_per_s']:>10.0f}")
+        if "sentence-transformers" in results and "train.py" in results:
+            ratios.append(results["train.py"]["tokens_per_s"] / results["sentence-transformers"]["tokens_per_s"])
+            print(f"train.py / sentence-transformers tokens/s: {ratios[-1]:.2f}x", flush=True)
+    if len(ratios) > 1:
+        print("train.py / sentence-transformers, each round: " + ", ".join(f"{r:.2f}x" for r in ratios))
+
+
+RUNS = {"train": "train.py", "train-nopack": "train.py --no-pack", "distill": "distill.py",
+        "distill-nopack": "distill.py --no-pack", "st": "sentence-transformers"}
 
 
 if __name__ == "__main__":
