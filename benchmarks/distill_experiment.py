@@ -59,7 +59,8 @@ def distill(name, student, objective, text=PAIR_TEXT, cache="teacher-pairs", lr=
     argv = ["distill.py", "--data", *map(str, text), *student, *objective, "--steps", str(steps), "--batch-size", "64",
             "--lr", lr, "--warmup", "100", "--max-length", "128", "--save-every", "250", "--log-every", "50",
             "--eval-sts", str(STS_DEV), "--eval-every", "500", "--seed", "0"]
-    if "--embedding-loss" in objective:
+    if "none" in objective:  # embedding distillation alone: the teacher's embeddings from a cache, computed once;
+        # with relations the teacher runs in every step anyway, and its embeddings come from that same forward
         argv += ["--teacher-cache", f"{{root}}/{cache}.safetensors"]
     return Stage(name, tuple(argv), steps)
 
