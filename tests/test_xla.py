@@ -43,12 +43,14 @@ def test_the_library_is_measured_once_stored_and_reused_and_the_variable_wins(mo
     monkeypatch.delenv("MINILM_CPU_MATMULS")
     (tmp_path / xla.CHOICE_FILE).write_text(json.dumps({**stored, "machine": {**stored["machine"], "cpu": "other"}}))
     assert xla.matmul_library() == "xla" and len(calls) == 2  # another machine's choice: measured again
+    (tmp_path / xla.CHOICE_FILE).write_text(json.dumps({**stored, "measure": "feed-forward matmuls"}))
+    assert xla.matmul_library() == "xla" and len(calls) == 3  # measured another way (an older version): again
     monkeypatch.setenv("MINILM_COMPILE_CACHE", "0")
-    assert xla.matmul_library() == "xla" and len(calls) == 3  # no cache folder: measured, nothing stored
+    assert xla.matmul_library() == "default" and len(calls) == 3  # no cache folder: jaxlib's own, not measured
 
 
 def test_measurement_gives_a_rate_for_each_library_this_jaxlib_accepts():
-    rates = xla.measure_libraries(tokens=64, hidden=32, repeats=2)
+    rates = xla.measure_libraries(lengths=(16, 32), tokens=64, hidden=32, repeats=2)
     assert "default" in rates and all(r > 0 for r in rates.values())
 
 

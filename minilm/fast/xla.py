@@ -4,9 +4,9 @@ tests/test_xla.py proves each library's results equal to plain jax.jit (1e-5).
 On the CPU the matmuls are most of a forward, and which library computes them matters more than anything else we
 control. jaxlib hands them to YNNPACK by default and also fuses neighbouring reductions (LayerNorm's mean and
 variance) into those calls. Which is fastest depends on the CPU, and no rule from its feature flags held on every
-machine measured (docs/fast-path.md), so `jit` measures: the first time on a machine, each library runs the
-encoder's matmul shapes for about a second, the fastest is stored beside the compilation cache (matmul-library.json,
-keyed by CPU model, core count and jax version) and later processes read it. MINILM_CPU_MATMULS (one of
+machine measured (docs/fast-path.md), so `jit` measures: the first time on a machine, each library runs a whole
+encoder layer at a short and a long row length for about a second, the fastest is stored beside the compilation cache
+(matmul-library.json, keyed by CPU model, core count and jax version) and later processes read it. MINILM_CPU_MATMULS (one of
 MATMUL_LIBRARIES) overrides; deleting the file measures again. oneDNN is not offered: it crashed on long
 forwards and its kernels cannot be stored in the compilation cache. The choice only changes which kernels compute
 the same float32 operations; embeddings stay equal to sentence-transformers' to float32 rounding (the parity tests
@@ -17,6 +17,7 @@ import json
 import os
 import pathlib
 import platform
+import sys
 import time
 
 import jax
@@ -30,6 +31,7 @@ MATMUL_LIBRARIES = {  # name -> XLA:CPU compiler options
 
 
 CHOICE_FILE = "matmul-library.json"
+MEASURE = "one encoder layer, packed rows of 128 and 256 tokens"  # a stored choice measured otherwise is remeasured
 
 
 def machine() -> dict:
@@ -43,60 +45,80 @@ def machine() -> dict:
     return {"cpu": model, "cores": os.cpu_count(), "jax": jax.__version__}
 
 
-def measure_libraries(tokens: int = 2048, hidden: int = 384, repeats: int = 7) -> dict[str, float]:
-    """GFLOP/s of each library (that this jaxlib accepts) on the encoder's feed-forward matmuls, [tokens, hidden] x
-    [hidden, 4 hidden] -> GELU -> x [4 hidden, hidden]: the best of `repeats` rounds, the libraries taking turns
-    within each round so that a busy moment does not fall on one of them alone."""
-    key1, key2 = jax.random.split(jax.random.key(0))
-    x = jnp.ones((tokens, hidden), jnp.float32)
-    w1, w2 = jax.random.normal(key1, (4 * hidden, hidden)), jax.random.normal(key2, (hidden, 4 * hidden))
-    flops = 2 * 2 * tokens * hidden * 4 * hidden
+def measure_libraries(lengths: tuple[int, ...] = (128, 256), tokens: int = 4096, hidden: int = 384,
+                      repeats: int = 3) -> dict[str, float]:
+    """GFLOP/s of each library (that this jaxlib accepts) on one whole encoder layer (model.layer: Q, K, V, the
+    masked attention, the output projection, both LayerNorms and the feed-forward), of the fast path's shape: packed
+    rows of each of `lengths` tokens, `tokens` per forward, hidden//32 heads. Whole layers at a short and a long
+    length, because a library that wins on the feed-forward alone can lose on the attention and its fusions
+    (docs/fast-path.md). The rate is the useful FLOPs of all lengths over the summed best time of `repeats` rounds;
+    the libraries take turns within each round so that a busy moment does not fall on one of them alone."""
+    from minilm import model  # here: model.py does not need this module, and importing xla stays cheap
+    from minilm.config import Config
+
+    cfg = Config(vocab_size=8, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=max(1, hidden // 32),
+                 intermediate_size=4 * hidden, max_position_embeddings=max(lengths))
+    p = model.init_params(cfg, jax.random.key(0))["encoder"]["layer"][0]
+    inputs, flops = [], 0
+    for T in lengths:
+        rows = max(1, tokens // T)
+        x = jax.random.normal(jax.random.key(T), (rows, T, hidden))
+        segments = (jnp.arange(T) >= T // 3).astype(jnp.int32) + 1  # two texts a row: the packed mask
+        inputs.append((x, model.packed_attention_bias(jnp.broadcast_to(segments, (rows, T)))))
+        flops += rows * T * 2 * (4 * hidden * hidden + 2 * hidden * cfg.intermediate_size) + rows * 4 * T * T * hidden
     compiled = {}
     for name, options in MATMUL_LIBRARIES.items():
         try:
-            f = jax.jit(lambda a, b, c: jax.nn.gelu(a @ b.T) @ c.T, compiler_options=options or None)
-            f(x, w1, w2).block_until_ready()  # compile and warm up
+            f = jax.jit(lambda x, bias: model.layer(p, x, bias, cfg), compiler_options=options or None)
+            for x, bias in inputs:
+                f(x, bias).block_until_ready()  # compile and warm up
             compiled[name] = f
         except Exception:  # noqa: BLE001 - an option this jaxlib does not know
             continue
-    best = dict.fromkeys(compiled, float("inf"))
+    best = {name: [float("inf")] * len(inputs) for name in compiled}
     for _ in range(repeats):
         for name, f in compiled.items():
-            start = time.perf_counter()
-            f(x, w1, w2).block_until_ready()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: flops / seconds / 1e9 for name, seconds in best.items()}
+            for i, (x, bias) in enumerate(inputs):
+                start = time.perf_counter()
+                f(x, bias).block_until_ready()
+                best[name][i] = min(best[name][i], time.perf_counter() - start)
+    return {name: flops / sum(seconds) / 1e9 for name, seconds in best.items()}
 
 
 def matmul_library() -> str:
     """$MINILM_CPU_MATMULS if set; else the choice stored beside the compilation cache for this machine; else
-    measure (measure_libraries), store and return the fastest."""
+    measure (measure_libraries, some seconds, once a machine), store and return the fastest. With the cache turned
+    off (MINILM_COMPILE_CACHE=0) nothing could be stored, so nothing is measured: jaxlib's own "default"."""
     name = os.environ.get("MINILM_CPU_MATMULS")
     if name:
         if name not in MATMUL_LIBRARIES:
             raise ValueError(f"MINILM_CPU_MATMULS={name!r} is not one of {', '.join(MATMUL_LIBRARIES)}")
         return name
     folder = cache_dir()
-    file = pathlib.Path(folder) / CHOICE_FILE if folder else None
+    if folder is None:
+        return "default"
+    file = pathlib.Path(folder) / CHOICE_FILE
     here = machine()
-    if file and file.is_file():
+    if file.is_file():
         try:
             stored = json.loads(file.read_text())
-            if stored.get("machine") == here and stored.get("library") in MATMUL_LIBRARIES:
+            if stored.get("machine") == here and stored.get("measure") == MEASURE and \
+                    stored.get("library") in MATMUL_LIBRARIES:
                 return stored["library"]
         except (OSError, ValueError):
             pass  # unreadable: measure again and rewrite it
+    print(f"minilm: timing the CPU matmul libraries on this machine, once (the choice goes to {file})",
+          file=sys.stderr, flush=True)
     rates = measure_libraries()
     choice = max(rates, key=rates.get) if rates else "default"
-    if file:
-        try:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps({"machine": here, "library": choice,
-                                       "gflops": {k: round(v, 1) for k, v in rates.items()}}, indent=1) + "\n")
-            tmp.replace(file)
-        except OSError:
-            pass  # a read-only home: measure again next time
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"machine": here, "measure": MEASURE, "library": choice,
+                                   "gflops": {k: round(v, 1) for k, v in rates.items()}}, indent=1) + "\n")
+        tmp.replace(file)
+    except OSError:
+        pass  # a read-only home: measure again next time
     return choice
 
 
