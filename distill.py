@@ -29,7 +29,7 @@ import numpy as np
 import safetensors.numpy
 from jax.sharding import PartitionSpec as P
 
-from minilm import cli, optim, parallel, runs
+from minilm import cli, optim, parallel, resume, runs
 from minilm.checkpoint import Model, load
 from minilm.fast import xla
 from minilm.losses import EMBEDDING_LOSSES, embedding_distill_loss
@@ -277,7 +277,7 @@ def distill(args: Args) -> int:
     if not args.data:
         raise ValueError("no text: pass --data FILE [FILE ...] (one text a line, .txt or .txt.gz)")
     teacher = load(args.teacher or default_model_dir())
-    resume_from = runs.resolve_resume(args.resume) if args.resume else None
+    resume_from = resume.resolve_resume(args.resume) if args.resume else None
     student = load(resume_from) if resume_from else make_student(args, teacher)
     t_cfg, s_cfg = teacher.config, student.config
     relations = () if args.relations == "none" else parse_relations(args.relations)
@@ -306,7 +306,7 @@ def distill(args: Args) -> int:
                                      embedding_weight=args.embedding_weight,
                                      projection=None if projection is None else jnp.asarray(projection))
     t_params = parallel.replicate(runs.trainable(teacher), mesh)  # with its Dense modules, if any
-    params, opt_state, start = runs.start_state(runs.trainable(student), sampler, mesh, resume_from)
+    params, opt_state, start = resume.start_state(runs.trainable(student), sampler, mesh, resume_from)
     if jax.process_index() == 0:
         shape = lambda c: f"{c.num_hidden_layers}x{c.hidden_size}, {c.num_attention_heads} heads"
         objectives = [f"relations of teacher layer {t_layer} -> student layer {s_layer}, {heads[0]} relation heads: "
@@ -318,7 +318,7 @@ def distill(args: Args) -> int:
         print(f"distilling the teacher ({shape(t_cfg)}) into the student ({shape(s_cfg)}) by "
               f"{' and '.join(objectives)}; {len(sampler.texts):,} texts, {mesh.size} device(s)")
         cli.print_args(args)
-    if runs.finished("distill.py", start, args):
+    if resume.finished("distill.py", start, args):
         return 0
     rows = parallel.process_rows(args.batch_size)  # this process's rows of every global batch
     base_key = jax.random.key(args.seed)
@@ -347,7 +347,7 @@ def main(argv=None) -> int:
     args, _, given = cli.parse(Args, argv, description=__doc__)
     try:
         if args.resume:  # the run's own settings, except what is given again
-            args = runs.resumed_args(args, given)
+            args = resume.resumed_args(args, given)
         return distill(args)
     except (ValueError, OSError, KeyboardInterrupt) as e:
         return runs.error_status("distill.py", e)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from minilm import cli, optim, parallel, runs
+from minilm import cli, optim, parallel, resume, runs
 from minilm.checkpoint import load
 from minilm.fast import xla
 from minilm.fast.packing import Packed
@@ -221,7 +221,7 @@ def train(args: Args) -> int:
     xla.enable_compilation_cache()  # a rerun or a resume loads its compiled steps from disk (fast/xla.py)
     mesh = parallel.make_mesh(args.devices)
     check_args(args, mesh.size)
-    resume_from = runs.resolve_resume(args.resume) if args.resume else None
+    resume_from = resume.resolve_resume(args.resume) if args.resume else None
     model = load(resume_from or args.model or default_model_dir())
     if args.keep_layers and not resume_from:
         params, cfg = keep_layers(model.params, model.config, args.keep_layers)
@@ -245,13 +245,13 @@ def train(args: Args) -> int:
                        matryoshka_weights=args.matryoshka_weights, adaptive_layers=args.adaptive_layers,
                        pooling=model.pooling, activations=model.activations)
     train_step = make_train_step(mesh, cfg, opts, runs.adamw(args), args.mini_batch_size)
-    params, opt_state, start = runs.start_state(runs.trainable(model), sampler, mesh, resume_from)
+    params, opt_state, start = resume.start_state(runs.trainable(model), sampler, mesh, resume_from)
     if jax.process_index() == 0:
         print(f"training {cfg.num_hidden_layers}-layer model ({sum(x.size for x in jax.tree.leaves(params)):,} "
               f"params, {model.pooling} pooling) on {mesh.size} {jax.devices()[0].platform} device(s), "
               f"{jax.process_count()} process(es)")
         cli.print_args(args)
-    if runs.finished("train.py", start, args):
+    if resume.finished("train.py", start, args):
         return 0
     rows = parallel.process_rows(args.batch_size)  # this process's rows of every global batch
     pack = args.pack and not args.mini_batch_size and model.pooling in PACKED_POOLING_MODES  # max pooling: padded
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
     args, _, given = cli.parse(Args, argv, description=__doc__)
     try:
         if args.resume:  # the run's own settings, except what is given again
-            args = runs.resumed_args(args, given)
+            args = resume.resumed_args(args, given)
         return train(args)
     except (ValueError, OSError, KeyboardInterrupt) as e:
         return runs.error_status("train.py", e)
