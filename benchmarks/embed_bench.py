@@ -38,7 +38,7 @@ from minilm import embedding  # noqa: E402
 from minilm.fast import embedding as fast, xla  # noqa: E402
 from minilm.fast.packing import plan_packed, plan_padded  # noqa: E402
 from minilm.evaluate import read_sts  # noqa: E402
-from benchmarks import op_profile  # noqa: E402
+from benchmarks import host, op_profile  # noqa: E402
 
 
 def unique_sentences(path) -> list[str]:
@@ -325,37 +325,39 @@ def main(argv=None):
             emb = eng.end_to_end(texts, bs)  # also the warm-up (compiles any new shape)
             if eng.name == "sentence-transformers":
                 reference[bs] = emb
+            before = host.cpu_times()
             e2e = timed(eng.end_to_end, args.repeats, texts, bs)
             prepared = eng.prepare(texts, bs)
             eng.model_only(prepared)
             only = timed(eng.model_only, args.repeats, prepared)
+            steal = host.steal_share(before, host.cpu_times())
             shares = None if args.no_profile else eng.profile(prepared)
-            rows.append((bs, eng.name, e2e, only, emb, shares))
+            rows.append((bs, eng.name, e2e, only, emb, shares, steal))
     shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{'batch':>5}  {'engine':<22} {'end to end, texts/s (min / median / max)':>44}  "
-          f"{'model only, median':>18}  {'max |diff| vs ST':>16}  useful GFLOP/s (% of peak)")
-    for bs, name, e2e, only, emb, _ in rows:
+          f"{'model only, median':>18}  {'max |diff| vs ST':>16}  useful GFLOP/s (% of peak)  host steal")
+    for bs, name, e2e, only, emb, _, steal in rows:
         rate = lambda t: len(texts) / t
         diff = f"{np.abs(emb - reference[bs]).max():.1e}" if bs in reference else "-"
         med = statistics.median(only)
+        useful = f"{flops / med / 1e9:.0f} ({100 * flops / med / 1e9 / peak:.0f}%)"
         print(f"{bs:>5}  {name:<22} {rate(max(e2e)):>14.0f} / {rate(statistics.median(e2e)):>6.0f} / "
-              f"{rate(min(e2e)):>6.0f}            {rate(med):>12.0f}        {diff:>16}  "
-              f"{flops / med / 1e9:.0f} ({100 * flops / med / 1e9 / peak:.0f}%)")
+              f"{rate(min(e2e)):>6.0f}            {rate(med):>12.0f}        {diff:>16}  {useful:<28}{host.percent(steal):>10}")
     if not args.no_profile:
         print("\nop time by class, model only (op_profile.py says how each engine is measured):")
-        for bs, name, _, _, _, shares in rows:
+        for bs, name, _, _, _, shares, _ in rows:
             print(f"  batch {bs:>3}  {name:<22} {op_profile.shares_line(shares)}")
     if args.json:
         with open(args.json, "a") as f:
-            for bs, name, e2e, _, _, _ in rows:
+            for bs, name, e2e, _, _, _, _ in rows:
                 f.write(json.dumps({"model": str(model_dir), "layers": model.config.num_hidden_layers,
                                     "hidden": model.config.hidden_size, "engine": name, "batch": bs,
                                     "texts": len(texts), "texts_per_s": round(len(texts) / statistics.median(e2e), 1),
                                     "date": time.strftime("%Y-%m-%d")}) + "\n")
     print("\nratios of median end-to-end throughput (minilm / peer):")
     for bs in sorted({r[0] for r in rows}):
-        by = {name: len(texts) / statistics.median(e2e) for b, name, e2e, _, _, _ in rows if b == bs}
+        by = {name: len(texts) / statistics.median(e2e) for b, name, e2e, _, _, _, _ in rows if b == bs}
         for ours in [n for n in by if n.startswith("minilm")]:
             print(f"  batch {bs}: {ours}: " + ", ".join(f"{by[ours] / v:.2f}x {n}" for n, v in by.items()
                                                          if not n.startswith("minilm")))

@@ -10,7 +10,9 @@ twice each: with sequence packing (their default) and with --no-pack (one text p
 sentence-transformers). The peer is the plainest sentence-transformers loop, with nothing around it to slow it
 down: tokenize the batch (padded to its longest text), MultipleNegativesRankingLoss (cosine x 20, in-batch
 negatives), backward, gradient clipping, AdamW. Throughput counts real (non-padding) tokens, so both sides are
-measured on the same work.
+measured on the same work, and both are the median over intervals of --steps/10 steps after the first --skip.
+"host steal" is the share of the machine's CPU time that the virtual machine's host gave to other guests during
+each run (benchmarks/host.py).
 """
 import argparse
 import gzip
@@ -24,6 +26,10 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks import host  # noqa: E402
+
 DATA = REPO.parent / "shared" / "data"
 PAIRS = DATA / "flickr30k_captions" / "flickr30k_caption_pairs.jsonl.gz"
 TEXT = DATA / "unlabeled_text" / "wiki_sentences.txt.gz"
@@ -43,7 +49,9 @@ def script_throughput(argv: list[str], out: pathlib.Path, skip: int) -> dict:
 
 
 def sentence_transformers_throughput(model_dir, pairs: list[tuple[str, str]], batch_size: int, steps: int,
-                                     max_length: int, skip: int) -> dict:
+                                     max_length: int, skip: int, interval: int) -> dict:
+    """Steps timed one by one, grouped into intervals of `interval` steps as train.py logs them; the medians over
+    the intervals after the first `skip` (the same statistic as script_throughput)."""
     import torch
     from sentence_transformers import SentenceTransformer, losses
     torch.set_num_threads(os.cpu_count())
@@ -65,9 +73,12 @@ def sentence_transformers_throughput(model_dir, pairs: list[tuple[str, str]], ba
         opt.zero_grad()
         times.append(time.perf_counter() - t)
         tokens.append(sum(int(f["attention_mask"].sum()) for f in features))
-    times, tokens = times[skip:], tokens[skip:]
-    return {"steps_per_s": len(times) / sum(times), "sentences_per_s": 2 * batch_size * len(times) / sum(times),
-            "tokens_per_s": sum(tokens) / sum(times), "wall_s": sum(times)}
+    cuts = range(skip * interval, len(times) - interval + 1, interval)
+    seconds = [sum(times[i:i + interval]) for i in cuts]
+    counts = [sum(tokens[i:i + interval]) for i in cuts]
+    return {"steps_per_s": statistics.median(interval / t for t in seconds),
+            "sentences_per_s": statistics.median(2 * batch_size * interval / t for t in seconds),
+            "tokens_per_s": statistics.median(n / t for n, t in zip(counts, seconds)), "wall_s": sum(times)}
 
 
 def main(argv=None):
@@ -83,7 +94,6 @@ def main(argv=None):
     runs = args.runs.split(",")
     if not set(runs) <= set(RUNS):
         p.error(f"--runs: unknown {sorted(set(runs) - set(RUNS))}; expected some of {','.join(RUNS)}")
-    sys.path.insert(0, str(REPO))
     from minilm.embedding import default_model_dir
     model_dir = pathlib.Path(args.model) if args.model else default_model_dir()
     log_every = max(1, args.steps // 10)
@@ -98,6 +108,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             tmp = pathlib.Path(tmp)
             for run in runs:
+                before = host.cpu_times()
                 if run in ("train", "train-nopack"):
                     flags = ["--no-pack"] if run == "train-nopack" else []
                     results[RUNS[run]] = script_throughput(["train.py", "--data", str(PAIRS), *flags, *common],
@@ -110,15 +121,19 @@ def main(argv=None):
                 else:
                     try:
                         results[RUNS[run]] = sentence_transformers_throughput(
-                            model_dir, pairs, args.batch_size, args.steps, args.max_length, args.skip * log_every)
+                            model_dir, pairs, args.batch_size, args.steps, args.max_length, args.skip, log_every)
                     except ImportError as e:
                         print(f"skipping sentence-transformers: {e}", file=sys.stderr)
+                if RUNS[run] in results:
+                    results[RUNS[run]]["steal"] = host.steal_share(before, host.cpu_times())
         print(f"{'round ' + str(round_) + ': ' if args.rounds > 1 else ''}batch {args.batch_size} pairs (train.py, "
               f"sentence-transformers; 2 x {args.batch_size} texts a step) or texts (distill.py: teacher 6 layers + "
               f"student 3 layers), max_length {args.max_length}, {args.steps} steps, {os.cpu_count()} CPU cores")
-        print(f"{'':<24}{'steps/s':>9}{'sentences/s':>13}{'tokens/s':>10}")
+        print(f"{'':<24}{'steps/s':>9}{'sentences/s':>13}{'tokens/s':>10}{'host steal':>12}")
         for name, r in results.items():
-            print(f"{name:<24}{r['steps_per_s']:>9.2f}{r['sentences_per_s']:>13.1f}{r['tokens_per_s']:>10.0f}")
+            steal = host.percent(r["steal"])
+            print(f"{name:<24}{r['steps_per_s']:>9.2f}{r['sentences_per_s']:>13.1f}{r['tokens_per_s']:>10.0f}"
+                  f"{steal:>12}")
         if "sentence-transformers" in results and "train.py" in results:
             ratios.append(results["train.py"]["tokens_per_s"] / results["sentence-transformers"]["tokens_per_s"])
             print(f"train.py / sentence-transformers tokens/s: {ratios[-1]:.2f}x", flush=True)

@@ -152,7 +152,7 @@ def jit(fun=None, **jit_kwargs):
     def call(*args, **kwargs):
         return jitted()(*args, **kwargs)
 
-    call.jitted = jitted
+    call.jitted, call.jit_kwargs = jitted, jit_kwargs
     return call
 
 
