@@ -343,7 +343,8 @@ def main(argv=None):
         med = statistics.median(only)
         useful = f"{flops / med / 1e9:.0f} ({100 * flops / med / 1e9 / peak:.0f}%)"
         print(f"{bs:>5}  {name:<22} {rate(max(e2e)):>14.0f} / {rate(statistics.median(e2e)):>6.0f} / "
-              f"{rate(min(e2e)):>6.0f}            {rate(med):>12.0f}        {diff:>16}  {useful:<28}{host.percent(steal):>10}")
+              f"{rate(min(e2e)):>6.0f}            {rate(med):>12.0f}        {diff:>16}  {useful:<28}"
+              f"{host.percent(steal):>10}")
     if not args.no_profile:
         print("\nop time by class, model only (op_profile.py says how each engine is measured):")
         for bs, name, _, _, _, shares, _ in rows:

@@ -243,8 +243,9 @@ class Run:
     def save(self, step: int, params, opt_state, data_state: dict) -> None:
         if self.leader:
             model = with_params(self.model, params)
-            self.last_saved = resume.save_checkpoint(self.out, step, model, opt_state, data_state, self.args, self.args.keep,
-                                              self.args.keep_optimizer, self.script, self.evaluated)
+            self.last_saved = resume.save_checkpoint(self.out, step, model, opt_state, data_state, self.args,
+                                                     self.args.keep, self.args.keep_optimizer, self.script,
+                                                     self.evaluated)
             print(f"saved {self.last_saved}", flush=True)
 
     def exit_status(self) -> int:

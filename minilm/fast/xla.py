@@ -5,12 +5,12 @@ On the CPU the matmuls are most of a forward, and which library computes them ma
 control. jaxlib hands them to YNNPACK by default and also fuses neighbouring reductions (LayerNorm's mean and
 variance) into those calls. Which is fastest depends on the CPU, and no rule from its feature flags held on every
 machine measured (docs/fast-path.md), so `jit` measures: the first time on a machine, each library runs a whole
-encoder layer at a short and a long row length for about a second, the fastest is stored beside the compilation cache
-(matmul-library.json, keyed by CPU model, core count and jax version) and later processes read it. MINILM_CPU_MATMULS (one of
-MATMUL_LIBRARIES) overrides; deleting the file measures again. oneDNN is not offered: it crashed on long
-forwards and its kernels cannot be stored in the compilation cache. The choice only changes which kernels compute
-the same float32 operations; embeddings stay equal to sentence-transformers' to float32 rounding (the parity tests
-run with the one chosen).
+encoder layer at a short and a long row length (some seconds in all), the fastest is stored beside the compilation
+cache (matmul-library.json, keyed by CPU model, core count and jax version) and later processes read it.
+MINILM_CPU_MATMULS (one of MATMUL_LIBRARIES) overrides; deleting the file measures again. oneDNN is not offered: it
+crashed on long forwards and its kernels cannot be stored in the compilation cache. The choice only changes which
+kernels compute the same float32 operations; embeddings stay equal to sentence-transformers' to float32 rounding
+(the parity tests run with the one chosen).
 """
 import functools
 import json
@@ -31,7 +31,8 @@ MATMUL_LIBRARIES = {  # name -> XLA:CPU compiler options
 
 
 CHOICE_FILE = "matmul-library.json"
-MEASURE = "one encoder layer and its mask, packed rows of 128 and 256 tokens"  # a stored choice measured otherwise is remeasured
+# How measure_libraries measures; a choice stored with another description (an older version's) is measured again.
+MEASURE = "one encoder layer and its mask, packed rows of 128 and 256 tokens"
 
 
 def machine() -> dict:
@@ -51,7 +52,7 @@ def measure_libraries(lengths: tuple[int, ...] = (128, 256), tokens: int = 4096,
     masked attention, the output projection, both LayerNorms and the feed-forward), of the fast path's shape: packed
     rows of each of `lengths` tokens, `tokens` per forward, hidden//32 heads. Whole layers at a short and a long
     length, because a library that wins on the feed-forward alone can lose on the attention and its fusions
-    (docs/fast-path.md). The rate is the useful FLOPs of all lengths over the summed best time of `repeats` rounds;
+    (docs/fast-path.md). The rate is the layer's FLOPs at all lengths over the summed best time of `repeats` rounds;
     the libraries take turns within each round so that a busy moment does not fall on one of them alone."""
     from minilm import model  # here: model.py does not need this module, and importing xla stays cheap
     from minilm.config import Config
