@@ -131,6 +131,10 @@ def make_loss_and_grads(mesh, **loss_options):
         return (loss, parts), jax.lax.psum(grads, parallel.AXIS)  # the gradient all-reduce
 
     def loss_and_grads(s_params, t_params, batch, targets, key):
+        if mesh.size == 1:  # one device holds the whole batch: no shard_map (parallel.on_one_device)
+            batch, targets = parallel.on_one_device((batch, targets), mesh)
+            return jax.value_and_grad(functools.partial(body, axis_name=None), has_aux=True)(
+                s_params, t_params, batch, targets, key)
         targets_spec = None if targets is None else P(parallel.AXIS)  # cached teacher embeddings: split like texts
         return jax.shard_map(per_device, mesh=mesh,
                              in_specs=(P(), P(), parallel.batch_spec(batch), targets_spec, P()),

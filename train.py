@@ -160,15 +160,22 @@ def make_loss_and_grads(mesh, cfg, opts: LossOptions, mini: int = 0):
     add up to the gradient of the global loss, and the psum adds them (docs/parallelism.md; tests/test_train_step.py
     checks 8 devices against one)."""
 
+    def device_loss_and_grads(params, batch, key, axis_name=parallel.AXIS):
+        if mini:
+            return cached_device_loss_and_grads(params, batch, key, cfg=cfg, opts=opts, mini=mini,
+                                                axis_name=axis_name)
+        loss_fn = functools.partial(device_loss, cfg=cfg, opts=opts, axis_name=axis_name)
+        return jax.value_and_grad(loss_fn)(params, batch, key)
+
     def per_device(params, batch, key):  # params: the whole model; batch: this device's rows [C, b, T] or [R, L]
         params = jax.lax.pcast(params, parallel.AXIS, to="varying")  # this device's own copy
-        if mini:
-            loss, grads = cached_device_loss_and_grads(params, batch, key, cfg=cfg, opts=opts, mini=mini)
-        else:
-            loss, grads = jax.value_and_grad(functools.partial(device_loss, cfg=cfg, opts=opts))(params, batch, key)
+        loss, grads = device_loss_and_grads(params, batch, key)
         return loss, jax.lax.psum(grads, parallel.AXIS)  # the gradient all-reduce
 
     def loss_and_grads(params, batch, key):
+        if mesh.size == 1:  # one device holds the whole batch: no shard_map (parallel.on_one_device)
+            batch = parallel.on_one_device(batch, mesh)
+            return device_loss_and_grads(params, batch, key, axis_name=None)
         return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), parallel.batch_spec(batch), P()),
                              out_specs=(P(), P()))(params, batch, key)
 

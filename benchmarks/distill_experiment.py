@@ -101,8 +101,9 @@ ROWS = {
     "s4-ft": row(student("s4", SCRATCH[:6]), ("s4-ft", 0)),
     "s4-rel": row(distill("s4-rel", SCRATCH, RELATIONS, lr="5e-4"), ("s4-rel-ft", 0)),
     "s4-both": row(distill("s4-both", SCRATCH, BOTH, lr="5e-4"), ("s4-both-ft", 0)),
-    "l2-emb": row(distill("l2-emb", ["--student-layers", "0,5"], EMBEDDING), ("l2-emb-ft", 0)),
-    "l4-emb": row(distill("l4-emb", ["--student-layers", "0,1,3,5"], EMBEDDING), ("l4-emb-ft", 0)),
+    # the best 3-layer recipe (relations, then fine-tuning) with 2 and 4 layers kept
+    "l2-rel": row(distill("l2-rel", ["--student-layers", "0,5"], RELATIONS), ("l2-rel-ft", 0)),
+    "l4-rel": row(distill("l4-rel", ["--student-layers", "0,1,3,5"], RELATIONS), ("l4-rel-ft", 0)),
 }
 
 

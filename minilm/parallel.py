@@ -81,6 +81,13 @@ def shard_batch(batch, mesh):
     return type(batch)(*(shard_rows(x, mesh, axis) for x, axis in zip(batch, batch.ROW_AXES)))
 
 
+def on_one_device(tree, mesh):
+    """A mesh of one device: its arrays marked whole (no longer split over 'data'), so that a step can run without
+    shard_map. Over one device shard_map's gradient all-reduce is a copy of every gradient that XLA keeps (65 ms a
+    step of all-MiniLM-L6-v2 on a 2-core CPU), and the in-batch gathers are copies too."""
+    return jax.tree.map(lambda x: jax.sharding.reshard(x, NamedSharding(mesh, P())), tree)
+
+
 def device_key(key: jax.Array | None, axis_name: str | None) -> jax.Array | None:
     """Inside shard_map: this device's own PRNG key (different dropout on every device); unchanged outside it."""
     if key is None or axis_name is None:

@@ -132,6 +132,27 @@ def test_dropout_keeps_expectation():
     assert abs(float(y.mean()) - 1.0) < 0.01
 
 
+def test_dropout_masks_are_independent():
+    """keep_mask hashes each element's index with seeds drawn from the key: neighbouring elements, elements a row
+    apart, and the masks of two keys (two steps) or of two folds of one key (two dropout sites) must not correlate,
+    and every column of a [rows, 1024] mask must drop at the rate asked. Tolerances: 5 standard errors."""
+    def corr(a, b):
+        a, b = a.astype(np.float64) - a.mean(), b.astype(np.float64) - b.mean()
+        return float((a * b).mean() / np.sqrt((a * a).mean() * (b * b).mean()))
+    shape = (1024, 1024)
+    key = jax.random.key(0)
+    m = np.asarray(M.keep_mask(key, shape, 0.9))
+    n = m.size
+    assert abs(m.mean() - 0.9) < 5 * np.sqrt(0.09 / n)
+    assert abs(corr(m[:, :-1], m[:, 1:])) < 5 / np.sqrt(n) and abs(corr(m[:-1], m[1:])) < 5 / np.sqrt(n)
+    for other in (jax.random.key(1), jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)):
+        assert abs(corr(m, np.asarray(M.keep_mask(other, shape, 0.9)))) < 5 / np.sqrt(n)
+    drop_per_column = 1 - m.mean(axis=0)
+    assert np.abs(drop_per_column - 0.1).max() < 5 * np.sqrt(0.09 / shape[0])
+    np.testing.assert_array_equal(m, np.asarray(M.keep_mask(key, shape, 0.9)))  # a function of (key, shape)
+    assert abs(np.asarray(M.keep_mask(key, (4096,), 0.5)).mean() - 0.5) < 5 * np.sqrt(0.25 / 4096)  # other rates
+
+
 def test_init_params_follow_hf_init():
     cfg = dataclasses.replace(TINY[0], hidden_size=64, intermediate_size=256, num_attention_heads=4)
     params = M.init_params(cfg, jax.random.key(0))
