@@ -47,7 +47,12 @@ def main(argv=None) -> int:
         new = (L, D) not in colours
         c = colours.setdefault((L, D), f"C{len(colours)}")
         ax.scatter(rate, test, color=c, s=22, label=f"{L} layers x {D}" if new else None)
-        ax.annotate(f"{name} {test:.2f}", (rate, test), fontsize=7, xytext=(5, -3), textcoords="offset points")
+    # One label block per shape, its rows best first, beside its highest point: the rows of one shape share a speed,
+    # so labels at each point would lie on top of each other.
+    for L, D in colours:
+        rows = sorted((p for p in points if p[3:] == (L, D)), key=lambda p: -p[2])
+        ax.annotate("\n".join(f"{name} {test:.2f}" for name, _, test, _, _ in rows), rows[0][1:3], fontsize=6,
+                    xytext=(6, 3), textcoords="offset points", va="top")
     ax.set_xlabel(f"sentences/s, STS-b test sentences, batch {a.batch} (2-core CPU)")
     ax.set_ylabel("STS-b test Spearman")
     ax.set_title("Students of all-MiniLM-L6-v2: quality against speed", fontsize=10)
