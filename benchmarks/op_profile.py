@@ -2,6 +2,7 @@
 
     python benchmarks/op_profile.py                      # minilm, rows of 128, 256 and 512 tokens, 4,096 per forward
     python benchmarks/op_profile.py --lengths 256 --top 15   # and the 15 slowest ops
+    python benchmarks/op_profile.py --train              # train.py's step: its parts, and its op time by class
 
 embed_bench.py prints the same split for every engine on its own texts (minilm_profile, torch_profile, ort_profile).
 
@@ -203,6 +204,68 @@ def shares_line(seconds: dict[str, float]) -> str:
             f"of {total:.2f} s op time")
 
 
+def train_step_profile(model_dir, batch_size: int = 64, repeats: int = 3) -> None:
+    """train.py's step on flickr30k pairs, packed as train.py packs them, on one device: the wall time of its parts
+    (forward and loss, with and without dropout; forward and backward; AdamW), best of `repeats` passes over the
+    batches of the most common shape, then the op time of forward and backward by class."""
+    import time
+
+    import train
+    from minilm import checkpoint, optim, parallel, runs
+    m = checkpoint.load(model_dir)
+    with gzip.open(REPO.parent / "shared/data/flickr30k_captions/flickr30k_caption_pairs.jsonl.gz", "rt") as f:
+        pairs = [(r["anchor"], r["positive"]) for r in map(json.loads, f)][:12 * batch_size]
+    mesh = parallel.make_mesh(1)
+    t = time.perf_counter()
+    batches = [runs.make_batch(m.tokenizer, pairs[i:i + batch_size], 128, mesh, True)[0]
+               for i in range(0, len(pairs), batch_size)]
+    host_ms = 1e3 * (time.perf_counter() - t) / len(batches)
+    shape = collections.Counter(b.ids_RL.shape for b in batches).most_common(1)[0][0]
+    batches = [b for b in batches if b.ids_RL.shape == shape]
+    opts = train.LossOptions(pooling=m.pooling)
+    jit = functools.partial(jax.jit, compiler_options=xla.compiler_options())
+    loss = jit(lambda p, b, k: train.device_loss(p, parallel.on_one_device(b, mesh), k, cfg=m.config, opts=opts,
+                                                 axis_name=None))
+    loss_and_grads = train.make_loss_and_grads(mesh, m.config, opts)
+    grads = jit(loss_and_grads)
+    adam = optim.AdamWConfig(lr=5e-5, warmup=5, total_steps=100)
+    update = jit(functools.partial(optim.update, cfg=adam))
+    params, state, key = m.params, optim.init(m.params), jax.random.key(0)
+    g = grads(params, batches[0], key)[1]
+    one = {"forward and loss, dropout": lambda b: loss(params, b, key),
+           "forward and loss, no dropout": lambda b: loss(params, b, None),
+           "forward and backward, dropout": lambda b: grads(params, b, key),
+           "forward and backward, no dropout": lambda b: grads(params, b, None),
+           "AdamW (clipping included)": lambda b: update(params, g, state)}
+    print(f"train.py's step, {batch_size} flickr30k pairs packed into {shape[0]} rows of {shape[1]} tokens, "
+          f"{len(batches)} batches of that shape; tokenize and pack on the host: {host_ms:.0f} ms a batch")
+    for name, f in one.items():
+        jax.block_until_ready(f(batches[0]))
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            jax.block_until_ready([f(b) for b in batches])
+            best = min(best, (time.perf_counter() - t) / len(batches))
+        print(f"  {name:<34} {1e3 * best:8.0f} ms")
+    # Op time by class, matmuls in YNNPACK so that the profiler sees them (profiled_forward says why).
+    profiled = jax.jit(loss_and_grads, compiler_options=xla.MATMUL_LIBRARIES["ynnpack"])
+    classes = hlo_op_classes(profiled.lower(params, batches[0], key).compile().as_text())
+    jax.block_until_ready(profiled(params, batches[0], key))
+    with tempfile.TemporaryDirectory() as trace:
+        jax.profiler.start_trace(trace, create_perfetto_trace=True)
+        jax.block_until_ready([profiled(params, b, key) for b in batches])
+        jax.profiler.stop_trace()
+        events = json.load(gzip.open(glob.glob(f"{trace}/**/*.json.gz", recursive=True)[0]))["traceEvents"]
+    seconds, ops = collections.Counter(), collections.Counter()
+    for e in events:
+        op = e.get("args", {}).get("hlo_op")
+        if e.get("ph") == "X" and op in classes:
+            seconds[classes[op]] += e["dur"] / 1e6 / len(batches)
+            ops[f"{classes[op]:9s} {op}"] += e["dur"] / 1e6 / len(batches)
+    print(f"  forward and backward, dropout, op time a batch: {shares_line(seconds)}")
+    print_top(ops, 10)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2)")
@@ -210,7 +273,10 @@ def main(argv=None):
     p.add_argument("--tokens", type=int, default=4096, help="tokens per forward (rows = tokens // T)")
     p.add_argument("--forwards", type=int, default=4, help="forwards profiled per length")
     p.add_argument("--top", type=int, default=0, help="also print the N slowest ops of each length")
+    p.add_argument("--train", action="store_true", help="profile train.py's step instead (train_bench's batch)")
     args = p.parse_args(argv)
+    if args.train:
+        return train_step_profile(args.model or embedding.default_model_dir())
 
     from benchmarks.embed_bench import Minilm
     engine = Minilm(args.model or embedding.default_model_dir(), pack=False)
