@@ -28,6 +28,7 @@ import pathlib
 import re
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -100,6 +101,25 @@ def profiled_forward():
     return fast.embed_rows.jitted()
 
 
+def traced_op_seconds(jitted, calls: list[tuple], label: str = "", **kwargs) -> tuple[collections.Counter, ...]:
+    """jitted(*args, **kwargs) for each args in `calls` (the first already run once: compiled and warm) under JAX's
+    profiler -> (seconds per class, seconds per op named 'class op label'), each op classified from the compiled
+    HLO (hlo_op_classes)."""
+    classes = hlo_op_classes(jitted.lower(*calls[0], **kwargs).compile().as_text())
+    with tempfile.TemporaryDirectory() as trace:
+        jax.profiler.start_trace(trace, create_perfetto_trace=True)
+        jax.block_until_ready([jitted(*args, **kwargs) for args in calls])
+        jax.profiler.stop_trace()
+        events = json.load(gzip.open(glob.glob(f"{trace}/**/*.json.gz", recursive=True)[0]))["traceEvents"]
+    seconds, ops = collections.Counter(), collections.Counter()
+    for e in events:
+        op = e.get("args", {}).get("hlo_op")
+        if e.get("ph") == "X" and op in classes:
+            seconds[classes[op]] += e["dur"] / 1e6
+            ops[f"{classes[op]:9s} {op}{label}"] += e["dur"] / 1e6
+    return seconds, ops
+
+
 def minilm_profile(engine, prepared, top: int = 0) -> dict[str, float]:
     """Seconds per class of minilm's forwards in `prepared` (embed_bench.Minilm.prepare), one trace per shape."""
     plan, arrays = prepared
@@ -112,18 +132,11 @@ def minilm_profile(engine, prepared, top: int = 0) -> dict[str, float]:
     with jax.default_matmul_precision("highest"):
         for (shape, slots), batches in by_shape.items():
             options = dict(cfg=m.config, pooling=m.pooling, normalize=m.normalize, slots=slots)
-            classes = hlo_op_classes(forward.lower(m.params, *batches[0], **options).compile().as_text())
             jax.block_until_ready(forward(m.params, *batches[0], **options))  # compiled and warm
-            with tempfile.TemporaryDirectory() as trace:
-                jax.profiler.start_trace(trace, create_perfetto_trace=True)
-                jax.block_until_ready([forward(m.params, *a, **options) for a in batches])
-                jax.profiler.stop_trace()
-                events = json.load(gzip.open(glob.glob(f"{trace}/**/*.json.gz", recursive=True)[0]))["traceEvents"]
-            for e in events:
-                op = e.get("args", {}).get("hlo_op")
-                if e.get("ph") == "X" and op in classes:
-                    seconds[classes[op]] += e["dur"] / 1e6
-                    ops[f"{classes[op]:9s} {op} {shape}"] += e["dur"] / 1e6
+            shape_seconds, shape_ops = traced_op_seconds(forward, [(m.params, *a) for a in batches], f" {shape}",
+                                                         **options)
+            seconds.update(shape_seconds)
+            ops.update(shape_ops)
     print_top(ops, top)
     return dict(seconds)
 
@@ -208,8 +221,6 @@ def train_step_profile(model_dir, batch_size: int = 64, repeats: int = 3) -> Non
     """train.py's step on flickr30k pairs, packed as train.py packs them, on one device: the wall time of its parts
     (forward and loss, with and without dropout; forward and backward; AdamW), best of `repeats` passes over the
     batches of the most common shape, then the op time of forward and backward by class."""
-    import time
-
     import train
     from minilm import checkpoint, optim, parallel, runs
     m = checkpoint.load(model_dir)
@@ -249,21 +260,11 @@ def train_step_profile(model_dir, batch_size: int = 64, repeats: int = 3) -> Non
         print(f"  {name:<34} {1e3 * best:8.0f} ms")
     # Op time by class, matmuls in YNNPACK so that the profiler sees them (profiled_forward says why).
     profiled = jax.jit(loss_and_grads, compiler_options=xla.MATMUL_LIBRARIES["ynnpack"])
-    classes = hlo_op_classes(profiled.lower(params, batches[0], key).compile().as_text())
     jax.block_until_ready(profiled(params, batches[0], key))
-    with tempfile.TemporaryDirectory() as trace:
-        jax.profiler.start_trace(trace, create_perfetto_trace=True)
-        jax.block_until_ready([profiled(params, b, key) for b in batches])
-        jax.profiler.stop_trace()
-        events = json.load(gzip.open(glob.glob(f"{trace}/**/*.json.gz", recursive=True)[0]))["traceEvents"]
-    seconds, ops = collections.Counter(), collections.Counter()
-    for e in events:
-        op = e.get("args", {}).get("hlo_op")
-        if e.get("ph") == "X" and op in classes:
-            seconds[classes[op]] += e["dur"] / 1e6 / len(batches)
-            ops[f"{classes[op]:9s} {op}"] += e["dur"] / 1e6 / len(batches)
-    print(f"  forward and backward, dropout, op time a batch: {shares_line(seconds)}")
-    print_top(ops, 10)
+    seconds, ops = traced_op_seconds(profiled, [(params, b, key) for b in batches])
+    per_batch = lambda c: collections.Counter({k: v / len(batches) for k, v in c.items()})
+    print(f"  forward and backward, dropout, op time a batch: {shares_line(per_batch(seconds))}")
+    print_top(per_batch(ops), 10)
 
 
 def main(argv=None):
