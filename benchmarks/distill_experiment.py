@@ -3,6 +3,7 @@
     python benchmarks/distill_experiment.py                      # every row, in order; hours on a 2-core CPU
     python benchmarks/distill_experiment.py --rows l3-emb l3-ft  # some rows
     python benchmarks/distill_experiment.py --list               # the rows and their commands
+    python benchmarks/distill_experiment.py --check-st           # each final folder in sentence-transformers
 
 A row is a sequence of stages: make a student (keep teacher layers, or from scratch), distil it (distill.py:
 relations, embeddings or both), fine-tune it (train.py, the same run for every row), evaluate after each stage.
@@ -153,6 +154,17 @@ def shape(model: pathlib.Path) -> dict:
     return {"layers": cfg["num_hidden_layers"], "hidden": cfg["hidden_size"]}
 
 
+def check_sentence_transformers(model: pathlib.Path, texts: list[str]) -> float:
+    """The largest difference between our embeddings of `texts` and sentence-transformers' of the same folder."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from minilm.checkpoint import load
+    from minilm.embedding import embed
+    theirs = SentenceTransformer(str(model), device="cpu").encode(texts, batch_size=32, convert_to_numpy=True)
+    return float(np.abs(embed(texts, load(model)) - theirs).max())
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), help="rows to run, in this order")
@@ -160,8 +172,22 @@ def main(argv=None) -> int:
     p.add_argument("--results", default=str(RESULTS), help="the scores, one JSON line per stage (kept in the "
                    "repository: a row whose stages are all there is not run again)")
     p.add_argument("--list", action="store_true", help="print each row's commands and stop")
+    p.add_argument("--check-st", action="store_true", help="load each stage's final folder (those on disk) in "
+                   "sentence-transformers, embed 256 STS-b test sentences with both and stop; exit 1 above 1e-5")
     a = p.parse_args(argv)
     out, results = pathlib.Path(a.out), pathlib.Path(a.results)
+    if a.check_st:
+        from minilm.evaluate import read_sts
+        sts = read_sts(STS_TEST)
+        texts = sts.sentences1[:128] + sts.sentences2[:128]
+        worst = 0.0
+        for stage in dict.fromkeys(s for row in a.rows for s in ROWS[row]):
+            model = out / stage.name / (f"step-{stage.steps:07d}" if stage.steps else "")
+            if stage.argv[0] != "teacher" and (model / "config.json").is_file():
+                diff = check_sentence_transformers(model, texts)
+                worst = max(worst, diff)
+                print(f"{stage.name:14s} {shape(model)}  max |ours - sentence-transformers| {diff:.1e}", flush=True)
+        return int(worst > 1e-5)
     if a.list:
         for row in a.rows:
             for stage in ROWS[row]:
