@@ -90,7 +90,7 @@ def row(*stages):
 
 
 TEACHER = Stage("teacher", ("teacher",), 0)
-L3 = ["--student-layers", "0,3,5"]
+L2, L3, L4 = ["--student-layers", "0,5"], ["--student-layers", "0,3,5"], ["--student-layers", "0,1,3,5"]
 ROWS = {
     "teacher": [TEACHER],
     "l3-ft": row(student("l3", L3), ("l3-ft", 0)),
@@ -102,9 +102,11 @@ ROWS = {
     "s4-ft": row(student("s4", SCRATCH[:6]), ("s4-ft", 0)),
     "s4-rel": row(distill("s4-rel", SCRATCH, RELATIONS, lr="5e-4"), ("s4-rel-ft", 0)),
     "s4-both": row(distill("s4-both", SCRATCH, BOTH, lr="5e-4"), ("s4-both-ft", 0)),
-    # the best 3-layer recipe (relations, then fine-tuning) with 2 and 4 layers kept
-    "l2-rel": row(distill("l2-rel", ["--student-layers", "0,5"], RELATIONS), ("l2-rel-ft", 0)),
-    "l4-rel": row(distill("l4-rel", ["--student-layers", "0,1,3,5"], RELATIONS), ("l4-rel-ft", 0)),
+    # the best 3-layer recipe (relations, then fine-tuning) with 2 and 4 layers kept, and their controls
+    "l2-rel": row(distill("l2-rel", L2, RELATIONS), ("l2-rel-ft", 0)),
+    "l4-rel": row(distill("l4-rel", L4, RELATIONS), ("l4-rel-ft", 0)),
+    "l2-ft": row(student("l2", L2), ("l2-ft", 0)),
+    "l4-ft": row(student("l4", L4), ("l4-ft", 0)),
 }
 
 
