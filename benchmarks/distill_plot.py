@@ -47,12 +47,16 @@ def main(argv=None) -> int:
         new = (L, D) not in colours
         c = colours.setdefault((L, D), f"C{len(colours)}")
         ax.scatter(rate, test, color=c, s=22, label=f"{L} layers x {D}" if new else None)
-    # One label block per shape, its rows best first, beside its highest point: the rows of one shape share a speed,
-    # so labels at each point would lie on top of each other.
+    # One label block per shape, its rows best first: the rows of one shape share a speed, so labels at each point
+    # would lie on top of each other. The block goes right of the shape's highest point, or, when a faster shape is
+    # close enough for the two blocks to overlap, left of its lowest point.
+    rates = {(L, D): rate for _, rate, _, L, D in points}
     for L, D in colours:
         rows = sorted((p for p in points if p[3:] == (L, D)), key=lambda p: -p[2])
-        ax.annotate("\n".join(f"{name} {test:.2f}" for name, _, test, _, _ in rows), rows[0][1:3], fontsize=6,
-                    xytext=(6, 3), textcoords="offset points", va="top")
+        crowded = any(0 < rate - rates[L, D] < 150 for rate in rates.values())
+        ax.annotate("\n".join(f"{name} {test:.2f}" for name, _, test, _, _ in rows),
+                    rows[-1][1:3] if crowded else rows[0][1:3], fontsize=6, xytext=(-6, 0) if crowded else (6, 3),
+                    textcoords="offset points", va="top", ha="right" if crowded else "left")
     ax.set_xlabel(f"sentences/s, STS-b test sentences, batch {a.batch} (2-core CPU)")
     ax.set_ylabel("STS-b test Spearman")
     ax.set_title("Students of all-MiniLM-L6-v2: quality against speed", fontsize=10)
