@@ -112,6 +112,9 @@ def test_no_gradient_reaches_the_teacher(setup):
 
 
 def test_loss_is_zero_when_the_student_is_the_teacher(setup, embedding_loss="mse"):
+    """Zero up to float32 rounding: teacher and student are separate computations that XLA fuses differently, and
+    their embeddings differ in the last bit (the mse was 2e-17 here). A real difference (dropout left on, another
+    pooling, a layer skipped) gives 1e-6 or more."""
     teacher = load(setup / "teacher")
     kw = dict(t_cfg=teacher.config, s_cfg=teacher.config, relations=parse_relations("qq,kk,vv"), heads=(8, 8),
               t_layer=-1 % 2, s_layer=-1 % 2, embedding_loss=embedding_loss, axis_name=None)
@@ -119,10 +122,10 @@ def test_loss_is_zero_when_the_student_is_the_teacher(setup, embedding_loss="mse
         b = jax.tree.map(jnp.asarray, batch(teacher, batch_texts(), 1, pack))
         loss, parts = jax.jit(functools.partial(distill.device_loss, **kw))(teacher.params, teacher.params, b, None,
                                                                             None)
-        assert abs(float(parts["embedding"])) <= 1e-7 and float(loss) <= 1e-6, (pack, parts)
+        assert abs(float(parts["embedding"])) <= 1e-12 and float(loss) <= 1e-6, (pack, parts)
         student = jax.jit(functools.partial(distill.device_loss, **kw))  # a student copied from the teacher
         loss, parts = student(jax.tree.map(jnp.copy, teacher.params), teacher.params, b, None, None)
-        assert abs(float(parts["embedding"])) <= 1e-7, parts
+        assert abs(float(parts["embedding"])) <= 1e-12, parts
 
 
 def test_pca_projection_is_the_top_principal_subspace():
