@@ -1,4 +1,5 @@
-"""What distillation buys: students distilled (or not) and then fine-tuned alike, each scored on STS-b dev and test.
+"""What distillation buys: students distilled (or not) and then fine-tuned alike, each scored on STS-b dev and test
+and on retrieval (the Reuters development set: titles -> bodies, nDCG@10, Recall@1 and @10).
 
     python benchmarks/distill_experiment.py                      # every row, in order; hours on a 2-core CPU
     python benchmarks/distill_experiment.py --rows l3-emb l3-ft  # some rows
@@ -14,6 +15,11 @@ newest checkpoint (--resume), a stage's scores are computed once and kept in ben
 distill-experiment.jsonl (committed: a row scored there is not run again on a fresh machine). Every run is seeded,
 so a row gives the same figures again on the same machine. The figures in docs/distillation.md and the README come
 from that file; benchmarks/distill_plot.py draws them.
+
+The retrieval data (benchmarks/retrieval_data.py) is written once under OUT/retrieval-data: the development set
+(the last 2,000 Reuters articles) and the passages, titles and title -> body pairs of the other articles, Wikipedia
+and Brown passages. Before any stage runs, every text file a row distils or fine-tunes on is checked against the
+development articles; one that holds a development title or sentence stops the script, naming file and line.
 """
 import argparse
 import dataclasses
@@ -22,6 +28,8 @@ import pathlib
 import subprocess
 import sys
 import time
+
+import retrieval_data
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -36,6 +44,13 @@ PROSE_TEXT = [DATA / f"unlabeled_text/{name}_sentences.txt.gz" for name in ("wik
 FT_DATA = [f"{DATA}/flickr30k_captions/flickr30k_caption_pairs.jsonl.gz:3",
            f"{DATA}/twitter_url_paraphrase/twitter_url_paraphrase_pairs.jsonl.gz:1",
            f"{DATA}/mrpc/mrpc_positive_pairs.jsonl.gz:1", f"{DATA}/snli_devtest/snli_devtest_triplets.jsonl.gz:2"]
+# Passages as retrieval sees them (up to 256 tokens), the titles that query them, and the shorter pair-set sentences
+# (NLI, paraphrases; the 300,000 captions would be 80% of the pool): files of OUT/retrieval-data, named with {root}.
+PASSAGE_TEXT = ["{root}/retrieval-data/passages-reuters.txt.gz", "{root}/retrieval-data/passages-wiki.txt.gz",
+                "{root}/retrieval-data/passages-brown.txt.gz", "{root}/retrieval-data/titles-reuters.txt.gz",
+                *map(str, PAIR_TEXT[1:])]
+# Fine-tuning that keeps retrieval: the same sets and the Reuters title -> body pairs outside the development set.
+FT_RETRIEVAL = [*FT_DATA, "{root}/retrieval-data/reuters-train-pairs.jsonl.gz:2"]
 STS_DEV, STS_TEST = DATA / "stsb/stsb-en-dev.csv", DATA / "stsb/stsb-en-test.csv"
 RESULTS = REPO / "benchmarks" / "results" / "distill-experiment.jsonl"
 
@@ -56,9 +71,10 @@ class Stage:
     steps: int
 
 
-def distill(name, student, objective, text=PAIR_TEXT, cache="teacher-pairs", lr="1e-4", steps=DISTILL_STEPS):
+def distill(name, student, objective, text=PAIR_TEXT, cache="teacher-pairs", lr="1e-4", steps=DISTILL_STEPS,
+            max_length=128):
     argv = ["distill.py", "--data", *map(str, text), *student, *objective, "--steps", str(steps), "--batch-size", "64",
-            "--lr", lr, "--warmup", "100", "--max-length", "128", "--save-every", "250", "--log-every", "50",
+            "--lr", lr, "--warmup", "100", "--max-length", str(max_length), "--save-every", "250", "--log-every", "50",
             "--eval-sts", str(STS_DEV), "--eval-every", "500", "--seed", "0"]
     if "none" in objective and cache:  # embedding distillation alone: the teacher's embeddings from a cache,
         # computed once; with relations the teacher runs in every step anyway, and its embeddings come from that
@@ -73,20 +89,22 @@ def student(name, options):
     return Stage(name, ("student", *options), 0)
 
 
-def finetune(name, start: Stage, seed=0):
-    """train.py from the last checkpoint of the stage `start`, the same run for every row."""
+def finetune(name, start: Stage, seed=0, data=FT_DATA, max_length=128):
+    """train.py from the last checkpoint of the stage `start`, the same run for every row (or, with data and
+    max_length, the same run on other pairs)."""
     model = f"{{root}}/{start.name}" + (f"/step-{start.steps:07d}" if start.steps else "")
-    return Stage(name, ("train.py", "--model", model, "--data", *FT_DATA, "--on-bad-line", "skip", "--symmetric",
+    return Stage(name, ("train.py", "--model", model, "--data", *data, "--on-bad-line", "skip", "--symmetric",
                         "--steps", str(FT_STEPS), "--batch-size", "64", "--lr", "5e-5", "--warmup", "60",
-                        "--max-length", "128", "--save-every", "200", "--log-every", "50", "--seed", str(seed)),
+                        "--max-length", str(max_length), "--save-every", "200", "--log-every", "50", "--seed", str(seed)),
                  FT_STEPS)
 
 
 def row(*stages):
-    """Stages in order; a fine-tuning stage given as (name, seed) starts from the stage before it."""
+    """Stages in order; a fine-tuning stage given as (name, seed[, data, max_length]) starts from the stage before
+    it."""
     out = []
     for stage in stages:
-        out.append(finetune(stage[0], out[-1], stage[1]) if isinstance(stage, tuple) else stage)
+        out.append(finetune(stage[0], out[-1], *stage[1:]) if isinstance(stage, tuple) else stage)
     return out
 
 
@@ -110,6 +128,13 @@ ROWS = {
     "l4-rel": row(distill("l4-rel", L4, RELATIONS), ("l4-rel-ft", 0)),
     "l2-ft": row(student("l2", L2), ("l2-ft", 0)),
     "l4-ft": row(student("l4", L4), ("l4-ft", 0)),
+    # Retrieval: embedding distillation on passages (256 tokens), titles and short sentences, the teacher cached;
+    # then the usual fine-tuning, or that fine-tuning with the Reuters title -> body pairs at 256 tokens
+    "l3-psg": row(distill("l3-psg", L3, EMBEDDING, text=PASSAGE_TEXT, cache="teacher-passages", steps=1500,
+                          max_length=256), ("l3-psg-ft", 0)),
+    "l3-psg-ftr": row(distill("l3-psg", L3, EMBEDDING, text=PASSAGE_TEXT, cache="teacher-passages", steps=1500,
+                              max_length=256), ("l3-psg-ftr", 0, FT_RETRIEVAL, 256)),
+    "l3-ftr": row(student("l3", L3), ("l3-ftr", 0, FT_RETRIEVAL, 256)),
 }
 
 
@@ -145,13 +170,29 @@ def make_student(argv, folder: pathlib.Path) -> None:
     subprocess.run([sys.executable, "-c", code, str(folder), *argv], cwd=REPO, check=True)
 
 
-def score(model: pathlib.Path) -> dict:
-    """STS-b dev and test Spearman x 100 (python -m minilm.evaluate, in a subprocess)."""
+def score(model: pathlib.Path, reuters_dev: pathlib.Path) -> dict:
+    """STS-b dev and test Spearman x 100, Reuters development nDCG@10, Recall@1 and Recall@10 x 100 (python -m
+    minilm.evaluate, in a subprocess; each text at up to the model's max_seq_length tokens, 256 for these)."""
     out = subprocess.run([sys.executable, "-m", "minilm.evaluate", "--model", str(model), "--sts", str(STS_DEV),
-                          "--sts", str(STS_TEST), "--quiet"], cwd=REPO, check=True, capture_output=True,
-                         text=True).stdout.splitlines()
-    spearman = [float(line.split("spearman")[1].split()[0]) for line in out]
-    return {"dev": spearman[0], "test": spearman[1]}
+                          "--sts", str(STS_TEST), "--ir", str(reuters_dev), "--quiet"], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout.splitlines()
+    spearman = [float(line.split("spearman")[1].split()[0]) for line in out[:2]]
+    ir = out[2].split()
+    metric = lambda name: float(ir[ir.index(name) + 1])
+    return {"dev": spearman[0], "test": spearman[1], "reuters_ndcg10": metric("nDCG@10"),
+            "reuters_r1": metric("Recall@1"), "reuters_r10": metric("Recall@10")}
+
+
+def text_files(stage: Stage, out: pathlib.Path) -> list[str]:
+    """The text files a stage distils or fine-tunes on (a train.py file's :weight dropped)."""
+    files, taking = [], False
+    for a in stage.argv:
+        if a.startswith("--"):
+            taking = a == "--data"
+        elif taking:
+            files.append(a.replace("{root}", str(out)).rsplit(":", 1)[0] if ".gz:" in a else
+                         a.replace("{root}", str(out)))
+    return files
 
 
 def shape(model: pathlib.Path) -> dict:
@@ -200,7 +241,11 @@ def main(argv=None) -> int:
                 print(f"{row:14s} {stage.name:14s} python {argv} --out {out / stage.name}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    done = {r["stage"] for r in map(json.loads, results.read_text().splitlines())} if results.exists() else set()
+    stages = [s for row in a.rows for s in ROWS[row]]
+    files = retrieval_data.prepare(out / "retrieval-data", sorted({f for s in stages for f in text_files(s, out)}))
+    # a stage counts as done once it has all the scores, the retrieval ones included (older lines lack them)
+    done = {r["stage"] for r in map(json.loads, results.read_text().splitlines()) if "reuters_ndcg10" in r} \
+        if results.exists() else set()
     for row in a.rows:
         if all(stage.name in done for stage in ROWS[row]):
             continue  # scored already (its checkpoints may be gone: a later stage would rebuild what it needs)
@@ -208,7 +253,7 @@ def main(argv=None) -> int:
             start = time.time()
             model = run_stage(stage, out)
             if stage.name not in done:
-                record = {"row": row, "stage": stage.name, **shape(model), **score(model),
+                record = {"row": row, "stage": stage.name, **shape(model), **score(model, files["dev"]),
                           "minutes": round((time.time() - start) / 60, 1), "date": time.strftime("%Y-%m-%d")}
                 print(json.dumps(record), flush=True)
                 with open(results, "a") as f:

@@ -24,7 +24,7 @@ import numpy as np
 from minilm.embedding import similarity
 from minilm.files import json_object, read_lines
 
-CUTOFFS = {"ndcg": (10,), "mrr": (10,), "map": (100,), "recall": (10, 100)}
+CUTOFFS = {"ndcg": (10,), "mrr": (10,), "map": (100,), "recall": (1, 10, 100)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,176 @@
+"""The retrieval data of the distillation experiment: the Reuters development set, and training text that provably
+excludes it.
+
+    python benchmarks/retrieval_data.py --out runs/retrieval-data      # writes the files below, checks, prints counts
+
+Reuters-21578 (../shared/data/reuters21578) holds 17,961 (title, body) articles in a shuffled order. Its **last 2,000
+lines are the development set**: each title is a query, the corpus is the 2,000 bodies, one relevant body per title
+(a BEIR folder, scored by `python -m minilm.evaluate --ir`). Nothing from those 2,000 articles may be distilled or
+trained on. The files written here:
+
+    reuters-dev/                     corpus.jsonl, queries.jsonl, qrels/test.tsv
+    reuters-train-pairs.jsonl.gz     {"anchor": title, "positive": body} of the other articles (fine-tuning pairs)
+    passages-reuters.txt.gz          their bodies, one passage a line (distillation text)
+    titles-reuters.txt.gz            their titles (short texts, as queries are)
+    passages-wiki.txt.gz             Wikipedia sentences joined in source order into passages of up to 1,000
+    passages-brown.txt.gz            characters (the length of a Reuters body); Brown Corpus sentences likewise
+
+How the exclusion is made and proven: a training article is dropped when its title or any sentence of its body
+(normalised: lower case, single spaces, at least 30 characters) is also a title or body sentence of a development
+article, so near-duplicate wire stories cannot carry a development article in. `check_no_leak` then splits every
+text of every file written here (and any other file given with --check) into sentences the same way and fails
+naming the file and line if one is a development title or sentence. The news sentence file of ../shared/data
+(news_reuters_sentences.txt.gz) is not used at all: it holds every article's full body, development ones included.
+"""
+import argparse
+import gzip
+import json
+import pathlib
+import re
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"
+REUTERS = DATA / "reuters21578" / "reuters21578_title_body.jsonl.gz"
+WIKI, BROWN = DATA / "unlabeled_text" / "wiki_sentences.txt.gz", DATA / "unlabeled_text" / "brown_sentences.txt.gz"
+DEV_ARTICLES = 2000  # the last lines of REUTERS
+PASSAGE_CHARS = 1000
+MIN_SENTENCE = 30  # shorter sentences ("Shr 10 cts.") recur across unrelated wire stories and prove nothing
+
+
+def read_jsonl(path) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def sentences(text: str) -> list[str]:
+    """Normalised sentences of at least MIN_SENTENCE characters (split after . ! or ? and a space)."""
+    return [s for s in re.split(r"(?<=[.!?])\s+", normalise(text)) if len(s) >= MIN_SENTENCE]
+
+
+def split_reuters(path=REUTERS) -> tuple[list[dict], list[dict]]:
+    """(train, dev) articles: dev is the last DEV_ARTICLES lines; train is the rest less every article that shares
+    a title or a body sentence with a dev article."""
+    articles = read_jsonl(path)
+    train, dev = articles[:-DEV_ARTICLES], articles[-DEV_ARTICLES:]
+    banned = dev_fingerprints(dev)
+    return [a for a in train if not leaks(a["anchor"], banned) and not leaks(a["positive"], banned)], dev
+
+
+def dev_fingerprints(dev: list[dict]) -> set[str]:
+    """Every normalised dev title and dev body sentence."""
+    return {normalise(a["anchor"]) for a in dev} | {s for a in dev for s in sentences(a["positive"])}
+
+
+def leaks(text: str, banned: set[str]) -> bool:
+    return normalise(text) in banned or any(s in banned for s in sentences(text))
+
+
+def passages(lines: list[str], max_chars: int = PASSAGE_CHARS) -> list[str]:
+    """Consecutive sentences joined with a space while the passage stays within max_chars."""
+    out, current = [], ""
+    for line in lines:
+        line = line.strip()
+        if current and len(current) + 1 + len(line) > max_chars:
+            out.append(current)
+            current = ""
+        current = f"{current} {line}".strip()
+    return out + [current] if current else out
+
+
+def read_text_lines(path) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def texts_of(path: pathlib.Path) -> list[tuple[int, str]]:
+    """(line, text) of a .txt[.gz] file or of every text of a .jsonl[.gz] pair or triplet file."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    out = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if ".jsonl" in path.name:
+                row = json.loads(line)
+                out += [(number, row[k]) for k in ("anchor", "positive", "negative") if k in row]
+            else:
+                out.append((number, line.rstrip("\n")))
+    return out
+
+
+def check_no_leak(paths, dev: list[dict]) -> int:
+    """Raise ValueError naming the file and line of the first text that carries a dev title or body sentence;
+    returns the number of texts checked."""
+    banned, checked = dev_fingerprints(dev), 0
+    for path in map(pathlib.Path, paths):
+        for number, text in texts_of(path):
+            if leaks(text, banned):
+                raise ValueError(f"{path}:{number}: holds a title or sentence of a Reuters development article "
+                                 f"(the last {DEV_ARTICLES} lines of {REUTERS.name}): {text[:80]!r}")
+            checked += 1
+    return checked
+
+
+def write_gzip_lines(path: pathlib.Path, lines) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as f:
+        f.writelines(line + "\n" for line in lines)
+    tmp.replace(path)
+
+
+def write_beir(folder: pathlib.Path, dev: list[dict]) -> None:
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    with open(folder / "corpus.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"_id": f"d{i}", "title": "", "text": a["positive"]}) + "\n" for i, a in enumerate(dev))
+    with open(folder / "queries.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"_id": f"q{i}", "text": a["anchor"]}) + "\n" for i, a in enumerate(dev))
+    with open(folder / "qrels" / "test.tsv", "w", encoding="utf-8") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        f.writelines(f"q{i}\td{i}\t1\n" for i in range(len(dev)))
+
+
+def prepare(out: pathlib.Path, check=()) -> dict[str, pathlib.Path]:
+    """Write every file (once: a finished folder is kept), check the whole selection, return the paths by name."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"dev": out / "reuters-dev", "pairs": out / "reuters-train-pairs.jsonl.gz",
+             "reuters": out / "passages-reuters.txt.gz", "titles": out / "titles-reuters.txt.gz",
+             "wiki": out / "passages-wiki.txt.gz", "brown": out / "passages-brown.txt.gz"}
+    train, dev = split_reuters()
+    if not all(p.exists() for p in files.values()):
+        write_beir(files["dev"], dev)
+        write_gzip_lines(files["pairs"], (json.dumps({"anchor": a["anchor"], "positive": a["positive"]})
+                                          for a in train))
+        write_gzip_lines(files["reuters"], (a["positive"] for a in train))
+        write_gzip_lines(files["titles"], (a["anchor"] for a in train))
+        write_gzip_lines(files["wiki"], passages(read_text_lines(WIKI)))
+        write_gzip_lines(files["brown"], passages(read_text_lines(BROWN)))
+    checked = check_no_leak([p for k, p in files.items() if k != "dev"] + list(check), dev)
+    print(f"retrieval data in {out}: {len(dev)} development articles, {len(train)} training articles "
+          f"({len(read_jsonl(REUTERS)) - DEV_ARTICLES - len(train)} dropped for sharing a title or sentence with "
+          f"one); {checked:,} training texts checked, none from the development set", flush=True)
+    return files
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(REPO / "runs" / "retrieval-data"), help="folder of the files")
+    p.add_argument("--check", nargs="*", default=[], metavar="FILE",
+                   help="more training files to check against the development set (.txt[.gz], .jsonl[.gz])")
+    a = p.parse_args(argv)
+    try:
+        files = prepare(pathlib.Path(a.out), a.check)
+    except ValueError as e:
+        print(f"retrieval_data.py: error: {e}", file=sys.stderr)
+        return 1
+    for name, path in files.items():
+        print(f"  {name:8s} {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The distillation experiment's retrieval data: the Reuters development articles never reach a training text.
+
+benchmarks/retrieval_data.py selects the training articles and writes the passages; these tests check the selection
+rule on data made here, that the check fails on a leak (naming file and line), and that the real selection passes it.
+"""
+import gzip
+import json
+import sys
+
+import pytest
+
+from tests.conftest import DATA, REPO, STRICT
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import retrieval_data as rd  # noqa: E402
+
+
+def article(title, body):
+    return {"anchor": title, "positive": body}
+
+
+def write_reuters(path, articles):
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(a) + "\n" for a in articles)
+
+
+def test_selection_drops_articles_that_share_a_title_or_sentence(tmp_path, monkeypatch):
+    dev_sentence = "The central bank raised its discount rate by half a point on Monday."
+    train = [article("OIL PRICES FALL", "Crude oil prices fell sharply in early trading today in New York."),
+             article("BANK RAISES RATE", "Some other text about a bank and its many branches in the city."),  # title
+             article("RATE RISE", "Analysts were surprised. " + dev_sentence.upper()),  # a sentence, other case
+             article("SHORT", "Shr 10 cts vs 5 cts. Net profit rose to a new record level this year.")]
+    dev = [article("BANK RAISES RATE", dev_sentence + " Shr 10 cts vs 5 cts.")] * 2
+    write_reuters(tmp_path / "r.jsonl.gz", train + dev)
+    monkeypatch.setattr(rd, "DEV_ARTICLES", 2)
+    kept, held = rd.split_reuters(tmp_path / "r.jsonl.gz")
+    assert held == dev
+    # a title or a normalised sentence of 30+ characters drops the article; "Shr 10 cts vs 5 cts." is too short
+    assert [a["anchor"] for a in kept] == ["OIL PRICES FALL", "SHORT"]
+
+
+def test_check_names_file_and_line_of_a_leak(tmp_path):
+    dev = [article("GOLD HITS HIGH", "Gold prices hit a six-year high on the London bullion market today.")]
+    clean, leaky = tmp_path / "clean.txt.gz", tmp_path / "leaky.jsonl"
+    rd.write_gzip_lines(clean, ["A passage about something else entirely, with no shared sentence."])
+    leaky.write_text(json.dumps({"anchor": "a", "positive": "b"}) + "\n" +
+                     json.dumps({"anchor": "Gold hits high", "positive": "unrelated"}) + "\n")
+    assert rd.check_no_leak([clean], dev) == 1
+    with pytest.raises(ValueError, match=r"leaky.jsonl:2: holds a title or sentence of a Reuters development"):
+        rd.check_no_leak([clean, leaky], dev)
+
+
+def test_passages_join_sentences_in_order_within_the_limit():
+    lines = ["a" * 40, "b" * 40, "c" * 40, "d" * 100]
+    assert rd.passages(lines, max_chars=90) == ["a" * 40 + " " + "b" * 40, "c" * 40, "d" * 100]
+
+
+def test_real_selection_excludes_the_development_articles(tmp_path):
+    if not rd.REUTERS.is_file():
+        message = f"{rd.REUTERS} not found (the shared data sets live beside the repository)"
+        pytest.fail(message) if STRICT else pytest.skip(message)
+    pairs = [DATA / "snli_devtest/snli_devtest_triplets.jsonl.gz", DATA / "mrpc/mrpc_positive_pairs.jsonl.gz"]
+    files = rd.prepare(tmp_path, pairs)  # writes every file and checks each against the development articles
+    queries = (files["dev"] / "queries.jsonl").read_text().splitlines()
+    assert len(queries) == 2000 == len((files["dev"] / "corpus.jsonl").read_text().splitlines())
+    train, dev = rd.split_reuters()
+    dev_ids = {a["id"] for a in dev}
+    assert not dev_ids & {a["id"] for a in train} and len(train) + len(dev) <= 17_961
+    titles = gzip.open(files["titles"], "rt", encoding="utf-8").read().splitlines()
+    assert len(titles) == len(train) and not set(titles) & {a["anchor"] for a in dev}
