@@ -190,7 +190,7 @@ def embed_texts(args, total: int | None, out, read_lines) -> None:
     from minilm.embedding import get_model, search, similarity
     from minilm.fast.embedding import embed, embed_stream
     from minilm.fast.xla import enable_compilation_cache
-    from minilm.quantize import binary_search, quantize
+    from minilm.quantize import binary_search, quantize, sign_cosine
 
     enable_compilation_cache()
     model = get_model(args.model)
@@ -224,8 +224,11 @@ def embed_texts(args, total: int | None, out, read_lines) -> None:
         for chunk, emb in stream:
             if args.precision == "float32":
                 found = search(queries, emb, args.top_k, fn)
-            else:  # the corpus as bits, ranked by Hamming distance (score = -distance) or rescored
+            else:  # the corpus as bits, ranked by Hamming distance (score = -distance) or rescored, the rescored
+                # score shown as a cosine (with the document's sign vector), the scale of the float search
                 found = binary_search(queries, quantize(emb, args.precision), args.top_k, args.rescore)
+                if args.rescore:
+                    found = [[(i, sign_cosine(s, queries[q])) for i, s in hits] for q, hits in enumerate(found)]
             for q, hits in enumerate(found):
                 best[q] = sorted(best[q] + [(s, seen + i, chunk[i]) for i, s in hits],
                                  key=lambda h: (-h[0], h[1]))[:args.top_k]

@@ -58,6 +58,13 @@ class Model:
     def dim(self) -> int:
         return self.dense[-1]["weight"].shape[0] if self.dense else self.config.hidden_size
 
+    def __repr__(self) -> str:  # a summary: the weights would print hundreds of thousands of characters
+        c = self.config
+        head = f"{self.pooling} pooling" + "".join(f", Dense -> {d['weight'].shape[0]}" for d in self.dense)
+        return (f"Model({c.num_hidden_layers} layers x {c.hidden_size}, {c.num_attention_heads} heads, "
+                f"max_length {self.tokenizer.max_length}, {head}{', normalized' if self.normalize else ''}, "
+                f"dim {self.dim}, {self.similarity_fn})")
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Loading.

@@ -78,3 +78,11 @@ def binary_search(query_QD: np.ndarray, corpus_NB: np.ndarray, top_k: int = 5,
         else:
             results.append([(int(j), -float(distance_QN[q, j])) for j in rows[:top_k]])
     return results
+
+
+def sign_cosine(score: float, query_D: np.ndarray) -> float:
+    """A rescored score (float query . 0/1 bits, binary_search) as the cosine between the query and the document's
+    sign vector (the bits as +1/-1): q . (2b - 1) / (|q| sqrt(D)) = (2 score - sum q) / (|q| sqrt(D)). The same order
+    for one query, on the scale of the float search's cosines (embed.py --rescore prints it)."""
+    q = np.asarray(query_D, np.float64)
+    return float((2 * score - q.sum()) / (np.linalg.norm(q) * np.sqrt(q.size)))

@@ -29,6 +29,9 @@ class SentenceModel:
     def dim(self) -> int:
         return self.model.dim
 
+    def __repr__(self) -> str:
+        return f"SentenceModel({self.model!r})"
+
     def encode(self, texts, batch_size: int = 32, normalize: bool | None = None, **options) -> np.ndarray:
         """float32 [N, dim] for a list of texts, or [dim] for one string (as sentence-transformers' encode).
         options: those of minilm.embed (prompt, prompt_name, max_length, num_layers, dim, pack, dtype, progress,

@@ -214,3 +214,9 @@ def test_query_over_binary_embeddings_with_rescoring(run, tmp_path):
     assert code == 0
     hits = re.findall(r"\[(\d+)\]", out)
     assert set(hits) == {"8", "10"}, out  # the two drum lines
+    # scores on the float search's scale (a cosine, with the document's sign vector), not query . bits (5.68)
+    scores = [float(s) for s in re.findall(r"\d\. +(-?\d+\.\d+) ", out)]
+    assert len(scores) == 2 and all(0.2 < s < 1.0 for s in scores), out
+    code, floats, _ = run("--query", "Someone plays the drums", "--input", str(tmp_path / "lines.txt"), "--top-k", "2")
+    best = float(re.findall(r"\d\. +(-?\d+\.\d+) ", floats)[0])
+    assert code == 0 and abs(best - scores[0]) < 0.3, (floats, out)

@@ -53,3 +53,14 @@ def test_folder_similarity_fn_is_read_saved_and_used(tmp_path, capsys):
         json.dumps({"similarity_fn_name": "jaccard"}))
     with pytest.raises(ValueError, match="config_sentence_transformers.json: similarity_fn_name 'jaccard'"):
         load(tmp_path / "saved-by-st")
+
+
+def test_repr_is_a_summary_not_the_weights(tmp_path):
+    """repr(SentenceModel) used to print every weight (420,622 characters for all-MiniLM-L6-v2)."""
+    from minilm.checkpoint import save
+    from minilm.sentence_model import SentenceModel
+    from tests.tiny import tiny_model
+    save(tiny_model(tmp_path), tmp_path / "tiny")
+    text = repr(SentenceModel.load(tmp_path / "tiny"))
+    assert text == ("SentenceModel(Model(2 layers x 32, 4 heads, max_length 24, mean pooling, normalized, dim 32, "
+                    "cosine))"), text

@@ -103,3 +103,21 @@ def test_progress_runs_on_a_clock_across_chunks(tiny_dir, monkeypatch, capsys):
     assert all(re.fullmatch(r"embedded \d+/40 texts  \d+/s  0:\d\d elapsed  (0:\d\d left|starting)", line)
                for line in lines[:-1]), lines
     assert lines[-1].startswith("embedded 40/40 texts") and "left" not in lines[-1]
+
+
+def test_plain_path_reports_progress_too(tiny_dir):
+    """embed.py --plain: the plain path counts its batches as they finish (its progress used to stay at 0), and its
+    embeddings are still the plain path's own."""
+    from minilm.embedding import embed as plain_embed
+    from minilm.fast import embedding as fast
+    texts = [f"the dog {i} is eating food" for i in range(10)]
+    seen = []
+    class Recorder(fast.Progress):
+        def __call__(self, done, final=False):
+            seen.append(done)
+            super().__call__(done, final)
+
+    report = Recorder(10, enabled=False)
+    emb = fast.embed(texts, tiny_dir, batch_size=4, fast=False, progress=report)
+    assert seen == [4, 8, 10] and report.done == 10
+    np.testing.assert_array_equal(emb, plain_embed(texts, tiny_dir, batch_size=4))

@@ -78,11 +78,24 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     forward, sorted by length and padded (packing.plan_padded). dtype "bfloat16" computes the encoder in bfloat16
     (for GPUs and TPUs); float32 is the reference. progress: a line on stderr as forwards finish (None: for 1,000
     texts or more). fast=False runs the plain path itself."""
-    if not fast:
-        return embedding.embed(texts, model, batch_size=batch_size, max_length=max_length, normalize=normalize,
-                               num_layers=num_layers, dim=dim, prompt=prompt, prompt_name=prompt_name)
     m = get_model(model)
     texts = check_options(texts, m, batch_size, max_length, num_layers, dim)
+    plain = functools.partial(embedding.embed, model=m, batch_size=batch_size, max_length=max_length,
+                              normalize=normalize, num_layers=num_layers, dim=dim, prompt=prompt,
+                              prompt_name=prompt_name)
+    if isinstance(progress, Progress):  # a stream's: it reports across calls
+        report, own = progress, False
+    else:
+        report = Progress(len(texts), enabled=len(texts) >= 1000 if progress is None else bool(progress),
+                          quiet_for=0.0 if progress is True else QUIET_FOR)
+        own = True
+    if not fast:  # the plain path itself, batch_size texts at a time (its own batches), reporting as it goes
+        out = []
+        with report.stopped_on_error(own):
+            for start in range(0, len(texts), batch_size):
+                out.append(plain(texts[start:start + batch_size]))
+                report(start + len(out[-1]), final=own and start + batch_size >= len(texts))
+        return np.concatenate(out)
     texts, skip = embedding.with_prompt(m, texts, prompt, prompt_name)
     cfg = m.config
     normalize = m.normalize if normalize is None else normalize
@@ -94,12 +107,6 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     pack = pack and m.pooling in PACKED_POOLING_MODES
     plan = plan_packed(lengths, tokens=packed_tokens(batch_size)) if pack else plan_padded(lengths, batch_size)
     out = np.zeros((len(texts), dim or m.dim), np.float32)
-    if isinstance(progress, Progress):  # a stream's: it reports across calls
-        report, own = progress, False
-    else:
-        report = Progress(len(texts), enabled=len(texts) >= 1000 if progress is None else bool(progress),
-                          quiet_for=0.0 if progress is True else QUIET_FOR)
-        own = True
     done, pending = 0, None
 
     def collect(fwd: Forward, emb_BND):  # the host waits here for the device, one forward behind
