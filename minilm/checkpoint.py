@@ -232,11 +232,14 @@ def read_similarity_fn(folder: pathlib.Path) -> str:
 
 
 def load(folder, max_length: int | None = None) -> Model:
-    """Load a model folder (HF BertModel or sentence-transformers layout)."""
+    """Load a model folder (HF BertModel or sentence-transformers layout), or a run's --out folder (its `latest`
+    checkpoint)."""
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder (expected a model folder with config.json and "
                                 "model.safetensors)")
+    if not (folder / "config.json").is_file() and (folder / "latest").is_file():  # a run's --out folder: the
+        folder = folder / (folder / "latest").read_text().strip()  # newest checkpoint, as --resume takes it
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: no config.json; not an HF / sentence-transformers model folder")
     config = Config.from_json(folder / "config.json")
@@ -354,7 +357,8 @@ def model_card(model: Model, name: str, sections: str = "") -> str:
             f"- sentence-transformers\n- feature-extraction\n- sentence-similarity\n- minilm\n---\n\n"
             f"# {name}\n\nA sentence-embedding model: a BERT encoder of {c.num_hidden_layers} layers x "
             f"{c.hidden_size} ({c.num_attention_heads} heads), {head}, {model.dim}-dimensional embeddings compared by "
-            f"{model.similarity_fn} similarity; texts up to {model.tokenizer.max_length} tokens. Saved by minilm "
+            f"{model.similarity_fn} similarity; it embeds texts of up to {model.tokenizer.max_length} tokens (max_seq_length; "
+            f"longer texts are cut). Saved by minilm "
             f"{VERSION}.\n\n## Usage\n\n```bash\npython embed.py --model {name} \"A sentence to embed.\"\n```\n\n"
             f"```python\nfrom sentence_transformers import SentenceTransformer\n"
             f"embeddings = SentenceTransformer(\"{name}\").encode([\"A sentence to embed.\"])\n```\n"

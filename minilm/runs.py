@@ -62,6 +62,10 @@ class RunArgs:
 
 
 def adamw(args: RunArgs) -> optim.AdamWConfig:
+    if args.warmup > args.steps:
+        print(f"warning: --warmup {args.warmup} is longer than the run's --steps {args.steps}: the learning rate "
+              f"never reaches --lr {args.lr:g} (it ends at {args.lr * max(args.steps - 1, 0) / args.warmup:.2g}) "
+              f"and never decays", file=sys.stderr)
     return optim.AdamWConfig(lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, total_steps=args.steps,
                              max_grad_norm=args.max_grad_norm or None)
 

@@ -188,7 +188,8 @@ def test_embedding_distillation_of_a_narrower_student_with_a_teacher_cache(setup
         records = [json.loads(line) for line in (setup / out / "metrics.jsonl").read_text().splitlines()]
         losses[out] = [r["embedding"] for r in records if "embedding" in r]
     printed = capsys.readouterr().out
-    assert "embedding 188 texts with the teacher once" in printed  # 200 lines, 188 distinct and "read from" in printed
+    assert "embedding 188 texts with the teacher once" in printed  # 200 lines, 188 distinct
+    assert "200 texts (188 distinct)" in printed and "read from" in printed
     assert "teacher PCA to 16 dims" in printed and cache.exists()
     assert losses["emb"] == losses["emb-again"] and len(losses["emb"]) == 25
     assert np.mean(losses["emb"][-5:]) < 0.8 * np.mean(losses["emb"][:5]), losses["emb"]
@@ -220,7 +221,11 @@ def test_kept_layers_resume_equals_straight_run(setup):
 def test_help_documents_every_flag(capsys):
     with pytest.raises(SystemExit):
         distill.main(["--help"])
-    text = " ".join(capsys.readouterr().out.split())
+    raw = capsys.readouterr().out
+    text = " ".join(raw.split())
     for f in dataclasses.fields(distill.Args):
         assert "--" + f.name.replace("_", "-") in text
+    # the docstring's continued command keeps its backslash-newline; --data takes pair and triplet files too
+    assert "--embedding-loss mse \\\n        --teacher-cache teacher.safetensors" in raw
+    assert "pair / triplet files (.jsonl[.gz], .tsv[.gz])" in text and "[-h] --data DATA [DATA ...]" in text
     assert set(distill.cli.field_comments(distill.Args)) == {f.name for f in dataclasses.fields(distill.Args)}

@@ -58,3 +58,10 @@ def test_documented_commands_parse():
 def test_a_wrong_command_would_fail():
     with pytest.raises(SystemExit):
         cli.parse(train.Args, commands("python train.py --no-such-flag 1")[0][1])
+
+
+def test_readme_shows_stdin_and_run_folders():
+    """Two ways in that worked but were not shown: stdin (--input -) and a run's folder as --model."""
+    found = [argv for script, argv in commands((REPO / "README.md").read_text()) if script == "embed"]
+    assert any(argv[argv.index("--input") + 1] == "-" for argv in found if "--input" in argv)
+    assert ["--model", "runs/l3", "a sentence"] in found

