@@ -135,6 +135,12 @@ ROWS = {
     "l3-psg-ftr": row(distill("l3-psg", L3, EMBEDDING, text=PASSAGE_TEXT, cache="teacher-passages", steps=1500,
                               max_length=256), ("l3-psg-ftr", 0, FT_RETRIEVAL, 256)),
     "l3-ftr": row(student("l3", L3), ("l3-ftr", 0, FT_RETRIEVAL, 256)),
+    "l3-psg-ftr-seed1": row(distill("l3-psg", L3, EMBEDDING, text=PASSAGE_TEXT, cache="teacher-passages",
+                                    steps=1500, max_length=256), ("l3-psg-ftr-seed1", 1, FT_RETRIEVAL, 256)),
+    # the same with 4 layers kept, and its control
+    "l4-psg-ftr": row(distill("l4-psg", L4, EMBEDDING, text=PASSAGE_TEXT, cache="teacher-passages", steps=1500,
+                              max_length=256), ("l4-psg-ftr", 0, FT_RETRIEVAL, 256)),
+    "l4-ftr": row(student("l4", L4), ("l4-ftr", 0, FT_RETRIEVAL, 256)),
 }
 
 
