@@ -91,3 +91,15 @@ def test_run_outputs_are_ignored_by_git():
     """The README trains into runs/ and the default output folders are out/ and out-distill/: none is committed."""
     ignored = (REPO / ".gitignore").read_text().split()
     assert {"/runs/", "/out/", "/out-distill/"} <= set(ignored)
+
+
+def test_the_learners_tier_names_tests_that_exist():
+    """Each entry of CORE_PROOFS (the `-m core` tier) is a test file, or a test in one, that exists: the list cannot
+    quietly lose a proof to a rename."""
+    from tests.conftest import CORE_PROOFS
+    for entry in CORE_PROOFS:
+        path, _, test = entry.partition("::")
+        assert (REPO / path).is_file(), entry
+        if test:
+            name = test.split("[")[0]
+            assert f"def {name}(" in (REPO / path).read_text(), entry
