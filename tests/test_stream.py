@@ -100,8 +100,9 @@ def test_progress_runs_on_a_clock_across_chunks(tiny_dir, monkeypatch, capsys):
     stream = embed_stream(iter(texts), tiny_dir, chunk_size=16, progress=True, total=40, batch_size=4, pack=False)
     assert [len(chunk) for chunk, _ in stream] == [16, 16, 8]
     lines = capsys.readouterr().err.strip().splitlines()
-    assert all(re.fullmatch(r"embedded \d+/40 texts  \d+/s  0:\d\d elapsed  (0:\d\d left|starting)", line)
-               for line in lines[:-1]), lines
+    assert all(re.fullmatch(r"embedded \d+/40 texts  \d+/s  0:\d\d elapsed  (0:\d\d left|starting)", line) or
+               re.fullmatch(r"(.*, then )?compiling the forward for \d+ x \d+ tokens \(once per shape\)  0:\d\d "
+                            r"elapsed", line) for line in lines[:-1]), lines
     assert lines[-1].startswith("embedded 40/40 texts") and "left" not in lines[-1]
 
 
@@ -121,3 +122,28 @@ def test_plain_path_reports_progress_too(tiny_dir):
     emb = fast.embed(texts, tiny_dir, batch_size=4, fast=False, progress=report)
     assert seen == [4, 8, 10] and report.done == 10
     np.testing.assert_array_equal(emb, plain_embed(texts, tiny_dir, batch_size=4))
+
+
+def test_progress_says_compiling_while_a_new_shape_compiles(tiny_dir, monkeypatch, capsys):
+    """While the first forward of a shape compiles (seconds, before any text is done) the progress line says so,
+    instead of counting 0 texts; a shape already compiled in this process says nothing."""
+    from minilm.fast import embedding as fast
+    seen = []
+    real = fast.embed_rows
+
+    def recording(*args, **kwargs):
+        seen.append(report.status)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fast, "embed_rows", recording)
+    monkeypatch.setattr(fast, "COMPILED", set())
+    report = fast.Progress(3, enabled=False)
+    fast.embed(["the cat sat", "a dog", "the man"], tiny_dir, progress=report)
+    report = fast.Progress(3, enabled=False)
+    fast.embed(["the cat sat", "a dog", "the man"], tiny_dir, progress=report)
+    assert len(seen) == 2 and seen[0].endswith("compiling the forward for 1 x 32 tokens (once per shape)"), seen
+    assert seen[1] is None and report.status is None
+    line = fast.Progress(40, enabled=False)
+    line.status = "compiling the forward for 8 x 64 tokens (once per shape)"
+    line.show(line.start + 3.2)
+    assert capsys.readouterr().err == "compiling the forward for 8 x 64 tokens (once per shape)  0:03 elapsed\n"

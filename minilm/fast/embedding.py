@@ -30,6 +30,7 @@ from minilm.fast.packing import Forward, plan_packed, plan_padded
 from minilm.model import PACKED_POOLING_MODES, dense_head, encode, l2_normalize, pool, pool_segments
 
 TRACES = collections.Counter()  # (rows, length, slots) -> times embed_rows was traced: each is one compilation
+COMPILED = set()  # the forwards (shape and options) this process has compiled or loaded from the cache
 
 
 @xla.jit(static_argnames=("cfg", "pooling", "normalize", "num_layers", "dim", "slots", "skip", "activations"))
@@ -118,9 +119,16 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     # Parity with torch needs full float32 matmuls (GPUs default to TF32 and TPUs to bf16 passes).
     with jax.default_matmul_precision("highest"), report.stopped_on_error(own):
         for fwd in plan:  # dispatch is asynchronous: the next batch is built while this one computes
+            key = (fwd.rows, fwd.length, fwd.slots, cfg, m.pooling, normalize, num_layers, dim, skip, dtype)
+            if key not in COMPILED:  # the call below blocks while it compiles: the progress line says so
+                report.status = ("measuring the CPU matmul libraries (once per machine), then " if
+                                 not xla.choice_known() else "") + \
+                    f"compiling the forward for {fwd.rows} x {fwd.length} tokens (once per shape)"
             emb_BND = embed_rows(params, *fwd.arrays(ids, m.tokenizer.pad_id), cfg=cfg, pooling=m.pooling,
                                  normalize=normalize, num_layers=num_layers, dim=dim, slots=fwd.slots, skip=skip,
                                  dense=m.dense, activations=m.activations)
+            COMPILED.add(key)
+            report.status = None
             if pending:
                 collect(*pending)
             pending = (fwd, emb_BND)
@@ -166,6 +174,7 @@ class Progress:
 
     def __init__(self, total: int | None, enabled: bool, every: float | None = None, quiet_for: float = 0.0):
         self.total, self.enabled, self.quiet_for, self.offset, self.done = total, enabled, quiet_for, 0, 0
+        self.status = None  # what the job is doing while no text is done yet (compiling), shown instead of a count
         self.tty = sys.stderr is not None and sys.stderr.isatty()
         self.every = (self.EVERY_TTY if self.tty else self.EVERY) if every is None else every
         self.start = self.last = time.perf_counter()
@@ -189,6 +198,10 @@ class Progress:
         self.last, self.shown = now, True
         elapsed = now - self.start
         rate = self.done / max(elapsed, 1e-9)
+        if self.status and not final and not self.done:
+            print(f"{self.status}  {clock(elapsed)} elapsed", end="\r" if self.tty else "\n", file=sys.stderr,
+                  flush=True)
+            return
         line = f"embedded {self.done}/{self.total} texts" if self.total else f"embedded {self.done} texts"
         line += f"  {rate:.0f}/s  {clock(elapsed)} elapsed"
         if self.total and not final:

@@ -126,6 +126,19 @@ def matmul_library() -> str:
     return choice
 
 
+def choice_known() -> bool:
+    """Whether the matmul library is known without measuring (set, stored for this machine, or not measured at
+    all); False when the next compilation will first measure the libraries."""
+    if os.environ.get("MINILM_CPU_MATMULS") or cache_dir() is None or jax.default_backend() != "cpu" or \
+            compiler_options.cache_info().currsize:
+        return True
+    try:
+        stored = json.loads((pathlib.Path(cache_dir()) / CHOICE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return stored.get("machine") == machine() and stored.get("measure") == MEASURE
+
+
 @functools.cache
 def compiler_options() -> dict | None:
     """The options of matmul_library() on the CPU backend when this jaxlib knows them (an older one rejects the
