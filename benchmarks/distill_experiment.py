@@ -190,15 +190,15 @@ def score(model: pathlib.Path, reuters_dev: pathlib.Path) -> dict:
 
 
 def text_files(stage: Stage, out: pathlib.Path) -> list[str]:
-    """The text files a stage distils or fine-tunes on (a train.py file's :weight dropped)."""
-    files, taking = [], False
+    """The text files a stage distils or fine-tunes on (train.py's FILE:WEIGHT read by train.py's own parser)."""
+    from minilm.data import parse_data_specs
+    data, taking = [], False
     for a in stage.argv:
         if a.startswith("--"):
             taking = a == "--data"
         elif taking:
-            files.append(a.replace("{root}", str(out)).rsplit(":", 1)[0] if ".gz:" in a else
-                         a.replace("{root}", str(out)))
-    return files
+            data.append(a.replace("{root}", str(out)))
+    return [spec.path for spec in parse_data_specs(data)]
 
 
 def shape(model: pathlib.Path) -> dict:

@@ -29,6 +29,8 @@ import pathlib
 import re
 import sys
 
+from minilm.files import read_lines
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
 REUTERS = DATA / "reuters21578" / "reuters21578_title_body.jsonl.gz"
@@ -39,8 +41,7 @@ MIN_SENTENCE = 30  # shorter sentences ("Shr 10 cts.") recur across unrelated wi
 
 
 def read_jsonl(path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for _, line in read_lines(path) if line.strip()]
 
 
 def normalise(text: str) -> str:
@@ -83,23 +84,20 @@ def passages(lines: list[str], max_chars: int = PASSAGE_CHARS) -> list[str]:
 
 
 def read_text_lines(path) -> list[str]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
+    return [line for _, line in read_lines(path) if line.strip()]
 
 
 def texts_of(path: pathlib.Path) -> list[tuple[int, str]]:
     """(line, text) of a .txt[.gz] file or of every text of a .jsonl[.gz] pair or triplet file."""
-    opener = gzip.open if path.name.endswith(".gz") else open
     out = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if ".jsonl" in path.name:
-                row = json.loads(line)
-                out += [(number, row[k]) for k in ("anchor", "positive", "negative") if k in row]
-            else:
-                out.append((number, line.rstrip("\n")))
+    for number, line in read_lines(path):
+        if not line.strip():
+            continue
+        if ".jsonl" in path.name:
+            row = json.loads(line)
+            out += [(number, row[k]) for k in ("anchor", "positive", "negative") if k in row]
+        else:
+            out.append((number, line))
     return out
 
 

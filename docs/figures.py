@@ -17,6 +17,7 @@ machine and the PNGs come out byte for byte the same (tests/test_figures.py draw
 """
 import argparse
 import csv
+import dataclasses
 import gzip
 import json
 import pathlib
@@ -64,6 +65,13 @@ def save(fig, out: pathlib.Path, name: str) -> pathlib.Path:
 # Distillation: the relations a student copies.
 
 
+def softmax(logits) -> np.ndarray:
+    """Row-wise softmax in float64 (the picture's probabilities; the KL printed beside it is relations.py's)."""
+    z = np.asarray(logits, np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 def relation_maps(model, text: str, heads: int):
     """{"qq","kk","vv"} -> [R, T, T] relation logits of the last layer, and the [1, T] mask (relations.py)."""
     import jax.numpy as jnp
@@ -100,7 +108,6 @@ def figure_relations(teacher, teacher_dir, out, steps: int):
 
     from minilm.model import keep_layers
     from minilm.relations import relation_kl
-    import dataclasses
     cfg = teacher.config
     layers = (0, 3, 5) if cfg.num_hidden_layers == 6 else (0,)
     R = 48 if cfg.hidden_size % 48 == 0 else cfg.num_attention_heads
@@ -117,16 +124,14 @@ def figure_relations(teacher, teacher_dir, out, steps: int):
     tokens = token_strings(teacher.tokenizer, teacher.tokenizer.encode(text).ids)
     shown = (0, R // 2)
     fig, axes = plt.subplots(3, 6, figsize=(11, 6.2))
-    softmax = lambda z: np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(-1,
-                                                                                                      keepdims=True)
     for i, rel in enumerate(("qq", "kk", "vv")):
         t_logits = maps["teacher"][0][rel]
         for j, head in enumerate(shown):
-            top = softmax(np.asarray(t_logits[0, head, :T, :T], np.float64)).max()  # one colour scale per head
+            top = softmax(t_logits[0, head, :T, :T]).max()  # one colour scale per head
             for k, who in enumerate(("teacher", "before", "after")):
                 ax = axes[i, 3 * j + k]
                 logits = maps[who][0][rel]
-                probs = softmax(np.asarray(logits[0, head, :T, :T], np.float64))
+                probs = softmax(logits[0, head, :T, :T])
                 ax.imshow(probs, cmap="viridis", vmin=0, vmax=top)
                 if who == "teacher":
                     label = f"teacher, head {head}"

@@ -81,9 +81,6 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     texts or more). fast=False runs the plain path itself."""
     m = get_model(model)
     texts = check_options(texts, m, batch_size, max_length, num_layers, dim)
-    plain = functools.partial(embedding.embed, model=m, batch_size=batch_size, max_length=max_length,
-                              normalize=normalize, num_layers=num_layers, dim=dim, prompt=prompt,
-                              prompt_name=prompt_name)
     if isinstance(progress, Progress):  # a stream's: it reports across calls
         report, own = progress, False
     else:
@@ -91,6 +88,9 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
                           quiet_for=0.0 if progress is True else QUIET_FOR)
         own = True
     if not fast:  # the plain path itself, batch_size texts at a time (its own batches), reporting as it goes
+        plain = functools.partial(embedding.embed, model=m, batch_size=batch_size, max_length=max_length,
+                                  normalize=normalize, num_layers=num_layers, dim=dim, prompt=prompt,
+                                  prompt_name=prompt_name)
         out = []
         with report.stopped_on_error(own):
             for start in range(0, len(texts), batch_size):

@@ -103,14 +103,9 @@ def matmul_library() -> str:
         return "default"
     file = pathlib.Path(folder) / CHOICE_FILE
     here = machine()
-    if file.is_file():
-        try:
-            stored = json.loads(file.read_text())
-            if stored.get("machine") == here and stored.get("measure") == MEASURE and \
-                    stored.get("library") in MATMUL_LIBRARIES:
-                return stored["library"]
-        except (OSError, ValueError):
-            pass  # unreadable: measure again and rewrite it
+    stored = stored_choice(file, here)
+    if stored:
+        return stored
     print(f"minilm: timing the CPU matmul libraries on this machine, once (the choice goes to {file})",
           file=sys.stderr, flush=True)
     rates = measure_libraries()
@@ -126,17 +121,24 @@ def matmul_library() -> str:
     return choice
 
 
+def stored_choice(file: pathlib.Path, here: dict) -> str | None:
+    """The library stored in `file` for this machine and this way of measuring; None if absent, unreadable (it is
+    measured again and rewritten) or made elsewhere."""
+    try:
+        stored = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = stored.get("machine") == here and stored.get("measure") == MEASURE and stored.get("library") in MATMUL_LIBRARIES
+    return stored["library"] if ok else None
+
+
 def choice_known() -> bool:
     """Whether the matmul library is known without measuring (set, stored for this machine, or not measured at
     all); False when the next compilation will first measure the libraries."""
     if os.environ.get("MINILM_CPU_MATMULS") or cache_dir() is None or jax.default_backend() != "cpu" or \
             compiler_options.cache_info().currsize:
         return True
-    try:
-        stored = json.loads((pathlib.Path(cache_dir()) / CHOICE_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return stored.get("machine") == machine() and stored.get("measure") == MEASURE
+    return stored_choice(pathlib.Path(cache_dir()) / CHOICE_FILE, machine()) is not None
 
 
 @functools.cache
