@@ -95,7 +95,8 @@ def finetune(name, start: Stage, seed=0, data=FT_DATA, max_length=128):
     model = f"{{root}}/{start.name}" + (f"/step-{start.steps:07d}" if start.steps else "")
     return Stage(name, ("train.py", "--model", model, "--data", *data, "--on-bad-line", "skip", "--symmetric",
                         "--steps", str(FT_STEPS), "--batch-size", "64", "--lr", "5e-5", "--warmup", "60",
-                        "--max-length", str(max_length), "--save-every", "200", "--log-every", "50", "--seed", str(seed)),
+                        "--max-length", str(max_length), "--save-every", "200", "--log-every", "50",
+                        "--seed", str(seed)),
                  FT_STEPS)
 
 

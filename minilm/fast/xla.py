@@ -128,8 +128,8 @@ def stored_choice(file: pathlib.Path, here: dict) -> str | None:
         stored = json.loads(file.read_text())
     except (OSError, ValueError):
         return None
-    ok = stored.get("machine") == here and stored.get("measure") == MEASURE and stored.get("library") in MATMUL_LIBRARIES
-    return stored["library"] if ok else None
+    ok = stored.get("machine") == here and stored.get("measure") == MEASURE
+    return stored.get("library") if ok and stored.get("library") in MATMUL_LIBRARIES else None
 
 
 def choice_known() -> bool:
