@@ -8,6 +8,6 @@ from minilm.checkpoint import Model, load, save
 from minilm.config import Config
 from minilm.embedding import cosine_similarity, search
 from minilm.fast.embedding import embed  # the fast path; embed(texts, fast=False) is minilm.embedding.embed
-from minilm.sentence_model import SentenceModel
+from minilm.tools.sentence_model import SentenceModel
 
 __all__ = ["Config", "Model", "SentenceModel", "cosine_similarity", "embed", "load", "save", "search"]

@@ -1,9 +1,9 @@
 """Evaluation: STS (how well the similarity of embeddings ranks sentence pairs against human scores) and retrieval
-(how well it ranks documents for queries; minilm/retrieval.py).
+(how well it ranks documents for queries; minilm/tools/retrieval.py).
 
-    python -m minilm.evaluate --sts stsb-en-test.csv                   # all-MiniLM-L6-v2
-    python -m minilm.evaluate --model out/step-0001000 --sts stsb-en-dev.csv
-    python -m minilm.evaluate --sts sts.tsv --sts more.jsonl --ir scifact/   # several sets; a BEIR folder
+    python -m minilm.tools.evaluate --sts stsb-en-test.csv                   # all-MiniLM-L6-v2
+    python -m minilm.tools.evaluate --model out/step-0001000 --sts stsb-en-dev.csv
+    python -m minilm.tools.evaluate --sts sts.tsv --sts more.jsonl --ir scifact/   # several sets; a BEIR folder
 
 Spearman (rank) and Pearson (linear) correlation x 100 between cos(emb(s1), emb(s2)) and the gold score, as
 sentence-transformers' EmbeddingSimilarityEvaluator reports them (its "spearman_cosine" x 100). Ranks of tied
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     options = dict(batch_size=args.batch_size, max_length=args.max_length, num_layers=args.layers, dim=args.dim)
     try:
         from minilm.embedding import get_model
-        from minilm.retrieval import evaluate_ir, read_beir
+        from minilm.tools.retrieval import evaluate_ir, read_beir
         sets = [("sts", path, read_sts(path)) for path in args.sts] + \
             [("ir", path, read_beir(path)) for path in args.ir]  # every file is checked before the model loads
         model = get_model(args.model)
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
                                      **options)
                 print(ir_line(path, result))
     except (ValueError, FileNotFoundError) as e:
-        print(f"minilm.evaluate: error: {e}", file=sys.stderr)
+        print(f"minilm.tools.evaluate: error: {e}", file=sys.stderr)
         return 1
     return 0
 

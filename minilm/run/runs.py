@@ -1,6 +1,6 @@
 """The pieces train.py and distill.py share around their loops: the common options, the optimizer's settings, a
 training batch on the mesh, Ctrl-C, the metrics log, evaluation and saving as a run goes (checkpoints and resuming
-themselves: minilm/resume.py). Each script owns its loop (`for step in ...`) and calls these; none of them calls
+themselves: minilm/run/resume.py). Each script owns its loop (`for step in ...`) and calls these; none of them calls
 back into a script.
 """
 import dataclasses
@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minilm import optim, parallel, resume
+from minilm import optim, parallel
+from minilm.run import resume
 from minilm.checkpoint import Model
 from minilm.fast.packing import pack_columns
 from minilm.model import pool, pool_segments
@@ -143,8 +144,8 @@ def pool_columns(h_BTD, batch, pooling: str = "mean") -> jax.Array:
 def read_evals(args: RunArgs) -> list:
     """The evaluation sets a run scores as it goes: --eval-sts pairs and an --eval-ir retrieval set, read (and so
     checked) before training starts."""
-    from minilm.evaluate import read_sts
-    from minilm.retrieval import read_beir
+    from minilm.tools.evaluate import read_sts
+    from minilm.tools.retrieval import read_beir
     return ([read_sts(args.eval_sts)] if args.eval_sts else []) + ([read_beir(args.eval_ir)] if args.eval_ir else [])
 
 
@@ -229,9 +230,9 @@ class Run:
         return self.stop.requested or self.timed_out
 
     def evaluate(self, step: int, params, data) -> None:
-        """data: STS pairs (minilm.evaluate.read_sts) or a retrieval set (minilm.retrieval.read_beir)."""
-        from minilm.evaluate import StsPairs, evaluate_sts, ir_line
-        from minilm.retrieval import evaluate_ir
+        """data: STS pairs (minilm.tools.evaluate.read_sts) or a retrieval set (minilm.tools.retrieval.read_beir)."""
+        from minilm.tools.evaluate import StsPairs, evaluate_sts, ir_line
+        from minilm.tools.retrieval import evaluate_ir
         model = with_params(self.model, jax.device_get(params))
         if isinstance(data, StsPairs):
             result = evaluate_sts(data, model, batch_size=64, progress=False)

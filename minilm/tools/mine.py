@@ -1,7 +1,7 @@
 """Hard-negative mining: turn (anchor, positive) pairs into (anchor, positive, negative) triplets for train.py, the way
 sentence-transformers' mine_hard_negatives does, with the same options and the same triplets.
 
-    python -m minilm.mine --data pairs.jsonl.gz --out triplets.jsonl --num-negatives 3 --range-min 10 \
+    python -m minilm.tools.mine --data pairs.jsonl.gz --out triplets.jsonl --num-negatives 3 --range-min 10 \
         --range-max 50 --relative-margin 0.05
 
 For each distinct anchor, the corpus (every distinct positive, plus --corpus texts) is ranked by similarity to it
@@ -108,7 +108,7 @@ def mine(pairs: list[tuple[str, str]], model=None, corpus: list[str] | None = No
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m minilm.mine", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m minilm.tools.mine", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, metavar="FILE", help="pairs (anchor, positive): .jsonl or .tsv, .gz too")
     p.add_argument("--out", required=True, metavar="FILE", help="triplets as JSONL {anchor, positive, negative}")
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
                 f.write(json.dumps({"anchor": a, "positive": pos, "negative": neg}, ensure_ascii=False) + "\n")
         tmp.replace(out)
     except (ValueError, OSError) as e:
-        print(f"minilm.mine: error: {e}", file=sys.stderr)
+        print(f"minilm.tools.mine: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.out}: {len(triplets):,} triplets from {len(examples):,} pairs", file=sys.stderr)
     return 0

@@ -1,0 +1,8 @@
+"""The tools: what a user does with a trained model, built on the recipe.
+
+    evaluate.py        STS Spearman and retrieval scores (python -m minilm.tools.evaluate)
+    retrieval.py       BEIR folders, nDCG@10, MRR@10, Recall@k
+    mine.py            hard negatives mined with a model (python -m minilm.tools.mine)
+    quantize.py        int8 / binary embeddings and the search over them
+    sentence_model.py  SentenceModel: the loaded model and these functions behind one object
+"""
