@@ -15,26 +15,30 @@ embedding projected onto its top principal directions (PCA). No labels are used 
         --teacher-cache teacher.safetensors --out out       # embedding distillation alone, the teacher run once
 
 The same skeleton as train.py, side by side: data parallel over one 'data' mesh axis, AdamW, the loop with its
-checkpoints, --resume and Ctrl-C (minilm/runs.py has the pieces both use).
+checkpoints, --resume and Ctrl-C (minilm/run/runs.py has the pieces both use).
 """
 import dataclasses
 import functools
-import hashlib
-import pathlib
 import sys
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors.numpy
 from jax.sharding import PartitionSpec as P
 
-from minilm import cli, optim, parallel, resume, runs
-from minilm.checkpoint import Model, load
-from minilm.fast import xla
-from minilm.losses import EMBEDDING_LOSSES, embedding_distill_loss
-from minilm.model import dense_head, encode, flatten, init_params, keep_layers, l2_normalize
+from minilm import optim, parallel
+from minilm.batch import pool_columns, same_text
+from minilm.config import Config
+from minilm.extensions.students import make_student
+from minilm.extensions.teacher import projection_for, teacher_cache
+from minilm.fast import dropout, xla
+from minilm.losses import embedding_distill_loss, EMBEDDING_LOSSES
+from minilm.model import encode, l2_normalize
 from minilm.relations import count_texts, distill_loss, layer_qkv, parse_relations, relation_heads
+from minilm.run import cli, resume, runs
+from minilm.st.folder import load
+from minilm.st.heads import dense_head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,62 +73,87 @@ class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
 # The loss of one device's rows, and the step.
 
 
-def device_loss(s_params, t_params, batch, targets_bD, key, *, t_cfg, s_cfg, relations, heads, t_layer: int,
-                s_layer: int, t_head=("mean", True, ()), s_head=("mean", True, ()), embedding_loss="none",
-                embedding_weight=1.0, projection=None, axis_name="data"):
+class Head(NamedTuple):
+    """A model's sentence-embedding head: its pooling, whether it L2-normalises, its Dense modules' activations
+    (their weights are params["dense"])."""
+    pooling: str = "mean"
+    normalize: bool = True
+    activations: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class LossOptions:
+    """The static (hashable) settings of the loss; jit recompiles if they change."""
+    t_cfg: Config
+    s_cfg: Config
+    relations: tuple[tuple[str, float], ...]  # ((name, weight), ...) from --relations; () for none
+    heads: tuple[int, int]  # relation heads of teacher and student (relations.relation_heads)
+    t_layer: int  # the teacher layer whose relations are the target, and the student layer that learns them
+    s_layer: int
+    t_head: Head = Head()
+    s_head: Head = Head()
+    embedding_loss: str = "none"  # mse or cosine (losses.embedding_distill_loss), or none
+    embedding_weight: float = 1.0
+
+
+def device_loss(s_params, t_params, batch, targets_bD, key, *, opts: LossOptions, projection=None,
+                axis_name="data"):
     """This device's rows: the teacher (no dropout, never differentiated) against the student, by the relations at
     t_layer and s_layer and/or the sentence embeddings. Rows are packed (several texts a row: segments say which
     text each token belongs to, positions restart at 0 for each) or padded (one text a row: segments = the mask);
     both give the same loss. targets_bD: the teacher's embeddings of this device's texts from a cache (None: from
-    the teacher's forward here). *_head: (pooling, normalize, Dense activations) of each model, whose Dense weights
-    are params["dense"]; projection [D_t, D_s]: the teacher's
-    embedding -> the student's width. The mean over this device's texts, then over all devices' texts (devices may
-    hold different numbers of packed texts). Returns (loss, {part: value})."""
+    the teacher's forward here). projection [D_t, D_s]: the teacher's embedding -> the student's width. The mean over
+    this device's texts, then over all devices' texts (devices may hold different numbers of packed texts). Returns
+    (loss, {part: value})."""
+    o = opts
+    t_cfg, s_cfg, relations, t_layer, s_layer = o.t_cfg, o.s_cfg, o.relations, o.t_layer, o.s_layer
     key = parallel.device_key(key, axis_name)
     t_params = jax.lax.stop_gradient(t_params)
     ids_BT, positions_BT, segments_BT = batch.rows()
-    rows = dict(positions_BT=positions_BT, segments_BT=segments_BT)
+    mask_B1TS = same_text(segments_BT)
     n = count_texts(segments_BT)
-    embedding = embedding_loss != "none"
+    embedding = o.embedding_loss != "none"
     # The layers each side must run: up to the relation layer's input (hidden_states[l] is layer l's input), or all
     # of them for the sentence embedding.
     t_layers = t_cfg.num_hidden_layers if embedding and targets_bD is None else max(t_layer, 1) if relations else 0
     s_layers = s_cfg.num_hidden_layers if embedding else max(s_layer, 1)
-    t_enc = encode(t_params, ids_BT, segments_BT > 0, t_cfg, num_layers=t_layers, **rows) if t_layers else None
-    s_enc = encode(s_params, ids_BT, segments_BT > 0, s_cfg, key=key, num_layers=s_layers, **rows)
+    t_enc = encode(t_params, ids_BT, mask_B1TS, t_cfg, num_layers=t_layers, positions_BT=positions_BT) \
+        if t_layers else None
+    s_enc = encode(s_params, ids_BT, mask_B1TS, s_cfg, key=key, num_layers=s_layers, positions_BT=positions_BT,
+                   keep_mask=dropout.keep_mask)
     loss, parts = jnp.zeros((), jnp.float32), {}
     if relations:
         loss, parts = distill_loss(layer_qkv(t_params, t_enc.hidden_states, t_layer, t_cfg),
                                    layer_qkv(s_params, s_enc.hidden_states, s_layer, s_cfg), segments_BT, relations,
-                                   heads, n)
+                                   o.heads, n)
     if embedding:
         if targets_bD is None:
-            targets_bD = sentence_embeddings(t_params, t_enc.last_hidden_state, batch, *t_head)
+            targets_bD = sentence_embeddings(t_params, t_enc.last_hidden_state, batch, o.t_head)
         if projection is not None:  # the teacher's embedding on the student's width, normalised if the student's is
             targets_bD = targets_bD @ projection
-            targets_bD = l2_normalize(targets_bD) if s_head[1] else targets_bD
-        student_bD = sentence_embeddings(s_params, s_enc.last_hidden_state, batch, *s_head)
-        parts["embedding"] = embedding_distill_loss(student_bD, targets_bD, embedding_loss).sum() / n
-        loss = loss + embedding_weight * parts["embedding"]
+            targets_bD = l2_normalize(targets_bD) if o.s_head.normalize else targets_bD
+        student_bD = sentence_embeddings(s_params, s_enc.last_hidden_state, batch, o.s_head)
+        parts["embedding"] = embedding_distill_loss(student_bD, targets_bD, o.embedding_loss).sum() / n
+        loss = loss + o.embedding_weight * parts["embedding"]
     if axis_name is not None:  # the mean over all devices' texts: a psum of each device's sum, over their count
         total = jax.lax.psum(n, axis_name)
         loss, parts = jax.tree.map(lambda x: jax.lax.psum(x * n, axis_name) / total, (loss, parts))
     return loss, parts
 
 
-def sentence_embeddings(params, h_BTD, batch, pooling: str, normalize: bool, activations: tuple = ()):
+def sentence_embeddings(params, h_BTD, batch, head: Head):
     """[b, D]: the texts' sentence embeddings from the last layer's token states (one column of texts): pooled,
     through the model's Dense modules if any, normalised if the model normalises."""
-    emb_bD = dense_head(runs.pool_columns(h_BTD, batch, pooling)[0], params.get("dense", ()), activations)
-    return l2_normalize(emb_bD) if normalize else emb_bD
+    emb_bD = dense_head(pool_columns(h_BTD, batch, head.pooling)[0], params.get("dense", ()), head.activations)
+    return l2_normalize(emb_bD) if head.normalize else emb_bD
 
 
-def make_loss_and_grads(mesh, **loss_options):
+def make_loss_and_grads(mesh, opts: LossOptions, projection=None):
     """(student, teacher, batch, targets, key) -> ((loss, parts), student grads) of the global batch, each device
     computing its rows (shard_map). Each device differentiates its own copy of the student (pcast to 'varying'), so
     its gradient is its rows' share of the global mean; the psum adds the shares (docs/parallelism.md;
     tests/test_distill.py checks 8 devices against one)."""
-    body = functools.partial(device_loss, **loss_options)
+    body = functools.partial(device_loss, opts=opts, projection=projection)
 
     def per_device(s_params, t_params, batch, targets, key):  # this device's rows of the batch; the models whole
         s_params = jax.lax.pcast(s_params, parallel.AXIS, to="varying")  # this device's own copy
@@ -144,9 +173,9 @@ def make_loss_and_grads(mesh, **loss_options):
     return loss_and_grads
 
 
-def make_distill_step(mesh, adam: optim.AdamWConfig, **loss_options):
+def make_distill_step(mesh, adam: optim.AdamWConfig, opts: LossOptions, projection=None):
     """step(student, opt_state, teacher, batch, targets, key) -> (student, opt_state, stats), jitted."""
-    loss_and_grads = make_loss_and_grads(mesh, **loss_options)
+    loss_and_grads = make_loss_and_grads(mesh, opts, projection)
 
     def step(s_params, opt_state, t_params, batch, targets, key):
         (loss, parts), grads = loss_and_grads(s_params, t_params, batch, targets, key)
@@ -160,107 +189,6 @@ def make_distill_step(mesh, adam: optim.AdamWConfig, **loss_options):
 # The run: options -> teacher, student and text -> the loop.
 
 
-def make_student(args: Args, teacher: Model) -> Model:
-    """From a folder (--student), from scratch (--student-hidden-size), or by keeping teacher layers."""
-    t_cfg = teacher.config
-    if args.student:
-        student = load(args.student)
-        if student.tokenizer.vocab_size != teacher.tokenizer.vocab_size:
-            raise ValueError(f"{args.student}: vocabulary of {student.tokenizer.vocab_size} tokens, the teacher's has "
-                             f"{teacher.tokenizer.vocab_size}; teacher and student must tokenize alike")
-        return student
-    if args.student_hidden_size:
-        D = args.student_hidden_size
-        cfg = dataclasses.replace(t_cfg, hidden_size=D, num_attention_heads=args.student_heads or max(1, D // 64),
-                                  intermediate_size=args.student_intermediate_size or 4 * D,
-                                  num_hidden_layers=args.student_num_layers or t_cfg.num_hidden_layers)
-        return dataclasses.replace(teacher, config=cfg, params=init_params(cfg, jax.random.key(args.seed)),
-                                   dense=(), activations=())  # its own width: the teacher's Dense would not fit
-    layers = args.student_layers
-    if not layers and args.student_num_layers:  # spread evenly: 12 -> 6 keeps 0,2,...,10; 6 -> 3 keeps 0,2,4
-        L, M = t_cfg.num_hidden_layers, args.student_num_layers
-        if not 1 <= M <= L:
-            raise ValueError(f"--student-num-layers {M} must be in 1..{L} (the teacher's layers)")
-        layers = tuple(i * L // M for i in range(M))
-    if not layers:
-        raise ValueError("choose a student: --student DIR, --student-layers 0,2,4, --student-num-layers N, or "
-                         "--student-hidden-size D for one from scratch")
-    params, cfg = keep_layers(teacher.params, t_cfg, layers)
-    return dataclasses.replace(teacher, config=cfg, params=params)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The teacher's embeddings: cached on disk, and projected for a narrower student.
-
-PCA_TEXTS = 10_000  # teacher embeddings the projection is fitted on
-
-
-def fingerprint(texts: list[str], teacher: Model, max_length: int) -> str:
-    """What a cache of teacher embeddings depends on: the texts, the teacher's weights and head, the truncation."""
-    h = hashlib.sha256(f"{max_length} {teacher.pooling} {teacher.normalize} {teacher.activations}\n".encode())
-    for name, x in sorted(flatten(runs.trainable(teacher)).items()):
-        h.update(name.encode()), h.update(np.ascontiguousarray(x).tobytes())
-    for text in texts:
-        h.update(text.encode("utf-8") + b"\0")
-    return h.hexdigest()
-
-
-def teacher_cache(path: str, texts: list[str], teacher: Model, max_length: int) -> dict[str, np.ndarray]:
-    """{text: the teacher's embedding} of every distinct text, read from `path` (a safetensors file) or computed with
-    the fast embedder and written there (to a temporary name, then renamed). A file made from other texts, another
-    teacher or another --max-length is an error, never silently used."""
-    from minilm.fast.embedding import embed
-    distinct = list(dict.fromkeys(texts))
-    key = fingerprint(distinct, teacher, max_length)
-    file = pathlib.Path(path)
-    if file.exists():
-        with safetensors.safe_open(file, "np") as f:
-            if (f.metadata() or {}).get("fingerprint") != key:
-                raise ValueError(f"{file}: these teacher embeddings were made from other texts, another teacher or "
-                                 f"another --max-length; delete the file or name another --teacher-cache")
-            emb_ND = f.get_tensor("embeddings")
-        print(f"teacher embeddings of {len(distinct):,} texts read from {file}", flush=True)
-    else:
-        print(f"embedding {len(distinct):,} texts with the teacher once, for {file}", flush=True)
-        emb_ND = embed(distinct, teacher, max_length=max_length, progress=True)
-        if jax.process_index() == 0:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_name(f".{file.name}.tmp-{np.random.randint(1 << 30)}")
-            safetensors.numpy.save_file({"embeddings": emb_ND}, tmp, metadata={"fingerprint": key})
-            tmp.replace(file)
-    return dict(zip(distinct, emb_ND))
-
-
-def pca_projection(emb_ND: np.ndarray, dim: int) -> np.ndarray:
-    """[D, dim]: the top `dim` principal directions of the teacher's embeddings (eigenvectors of their covariance,
-    largest eigenvalue first). Applied without centering, as sentence-transformers' distillation example applies
-    its PCA Dense layer: a narrower student learns the teacher's embedding in the subspace where it varies most."""
-    x_ND = emb_ND.astype(np.float64)
-    cov_DD = np.cov(x_ND, rowvar=False)
-    eigenvalues, vectors_DD = np.linalg.eigh(cov_DD)  # ascending
-    return vectors_DD[:, ::-1][:, :dim].astype(np.float32)
-
-
-def projection_for(args: Args, teacher: Model, student: Model, sampler, cache) -> np.ndarray | None:
-    """None when the widths agree; else the PCA projection of the teacher's embeddings of PCA_TEXTS texts, drawn
-    with the run's seed (the same on resume)."""
-    D_t, D_s = teacher.dim, student.dim  # the embeddings' widths (a Dense module may change the hidden size)
-    if args.embedding_loss == "none" or D_t == D_s:
-        return None
-    if D_s > D_t:
-        raise ValueError(f"--embedding-loss needs a student no wider than its teacher: student {D_s}, teacher {D_t}")
-    rng = np.random.default_rng([args.seed, 1])
-    texts = [sampler.texts[i] for i in rng.permutation(len(sampler.texts))[:PCA_TEXTS]]
-    if cache is not None:
-        emb_ND = np.stack([cache[t] for t in texts])
-    else:
-        from minilm.fast.embedding import embed
-        emb_ND = embed(texts, teacher, max_length=args.max_length)
-    if len(emb_ND) < D_s:
-        raise ValueError(f"PCA to {D_s} dimensions needs at least {D_s} texts; --data has {len(emb_ND)}")
-    return pca_projection(emb_ND, D_s)
-
-
 def layer_index(i: int, cfg, name: str) -> int:
     L = cfg.num_hidden_layers
     if not -L <= i < L:
@@ -270,7 +198,7 @@ def layer_index(i: int, cfg, name: str) -> int:
 
 def distill(args: Args) -> int:
     from minilm.data import TextSampler
-    from minilm.embedding import default_model_dir
+    from minilm.st.folder import default_model_dir
 
     # Options -> the mesh, teacher and student, the text.
     if args.distributed or args.coordinator:
@@ -303,13 +231,12 @@ def distill(args: Args) -> int:
     projection = projection_for(args, teacher, student, sampler, cache)
 
     # The step and the state it updates.
-    distill_step = make_distill_step(mesh, runs.adamw(args), t_cfg=t_cfg, s_cfg=s_cfg, relations=relations,
-                                     heads=heads, t_layer=t_layer, s_layer=s_layer,
-                                     t_head=(teacher.pooling, teacher.normalize, teacher.activations),
-                                     s_head=(student.pooling, student.normalize, student.activations),
-                                     embedding_loss=args.embedding_loss,
-                                     embedding_weight=args.embedding_weight,
-                                     projection=None if projection is None else jnp.asarray(projection))
+    opts = LossOptions(t_cfg, s_cfg, relations, heads, t_layer, s_layer,
+                       Head(teacher.pooling, teacher.normalize, teacher.activations),
+                       Head(student.pooling, student.normalize, student.activations),
+                       args.embedding_loss, args.embedding_weight)
+    distill_step = make_distill_step(mesh, runs.adamw(args), opts,
+                                     None if projection is None else jnp.asarray(projection))
     t_params = parallel.replicate(runs.trainable(teacher), mesh)  # with its Dense modules, if any
     params, opt_state, start = resume.start_state(runs.trainable(student), sampler, mesh, resume_from)
     if jax.process_index() == 0:

@@ -11,7 +11,7 @@
     python embed.py --query "a cat" --input lines.txt --precision binary --rescore 4   # Hamming, then float rescore
 
 In Python: `from minilm import embed; embed(["text one", "text two"])` gives the same array. The default is the fast
-path (minilm/fast/); --plain takes the plain one (minilm/embedding.py), which reads in three files.
+path (minilm/fast/); --plain takes the plain one (model.embed), which reads in two files.
 """
 import argparse
 import contextlib
@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")  # as minilm.quantize (imported after parsing)
+PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")  # as minilm.tools.quantize (imported after parsing)
 
 
 def vector_json(row: np.ndarray) -> str:
@@ -136,7 +136,7 @@ def parse_args(argv=None):
     p.add_argument("--no-pack", action="store_true", help="one text per row, padded (default: several short texts "
                                                           "share a row, with a block-diagonal attention mask)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (shown for jobs over 2 s)")
-    p.add_argument("--plain", action="store_true", help="the plain path (minilm/embedding.py): batch_size texts in "
+    p.add_argument("--plain", action="store_true", help="the plain path (minilm/model.py embed): batch_size texts in "
                                                         "input order, padded; the same embeddings, slower")
     args = p.parse_args(argv)
     if args.batch_size < 1:
@@ -164,7 +164,7 @@ def parse_args(argv=None):
 
 
 def run(args) -> None:
-    from minilm.files import read_lines  # jax loads with the package
+    from minilm.data import read_lines  # jax loads with the package
 
     # What needs no model is checked first: the input is read once through (a bad byte stops here, and the count
     # gives the progress line its time left), and the output file is opened.
@@ -187,10 +187,11 @@ def run(args) -> None:
 
 
 def embed_texts(args, total: int | None, out, read_lines) -> None:
-    from minilm.embedding import get_model, search, similarity
     from minilm.fast.embedding import embed, embed_stream
     from minilm.fast.xla import enable_compilation_cache
-    from minilm.quantize import binary_search, quantize, sign_cosine
+    from minilm.st.folder import get_model
+    from minilm.tools.quantize import binary_search, quantize, sign_cosine
+    from minilm.tools.similarity import search, similarity
 
     enable_compilation_cache()
     model = get_model(args.model)
@@ -250,9 +251,9 @@ def embed_texts(args, total: int | None, out, read_lines) -> None:
 
 def calibration(args, model, kw) -> np.ndarray:
     """int8 / uint8 ranges [2, dim] from --calibration: a .npy of ranges or embeddings, or a file of texts."""
+    from minilm.data import read_lines
     from minilm.fast.embedding import embed
-    from minilm.files import read_lines
-    from minilm.quantize import calibration_ranges
+    from minilm.tools.quantize import calibration_ranges
     path = args.calibration
     if path.endswith(".npy"):
         try:

@@ -21,13 +21,17 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from minilm import cli, optim, parallel, resume, runs
-from minilm.checkpoint import load
-from minilm.fast import xla
-from minilm.fast.packing import Packed
-from minilm.losses import contrastive_loss, layer_kl, matryoshka_loss
-from minilm.model import PACKED_POOLING_MODES, dense_head, encode, keep_layers, l2_normalize
-from minilm.runs import Padded, pool_columns
+from minilm import optim, parallel
+from minilm.batch import Packed, PACKED_POOLING_MODES, Padded, pool_columns, same_text
+from minilm.extensions import gradcache
+from minilm.extensions.adaptive import adaptive_layers_loss
+from minilm.extensions.students import keep_layers
+from minilm.fast import dropout, xla
+from minilm.losses import contrastive_loss, matryoshka_loss
+from minilm.model import encode, l2_normalize
+from minilm.run import cli, resume, runs
+from minilm.st.folder import load
+from minilm.st.heads import dense_head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +80,12 @@ def embed_columns(params, batch, cfg, key, all_layers=False, pooling="mean", act
     Normalised whether or not the model has a Normalize module: the loss compares cosines, which do not see the
     norm."""
     if isinstance(batch, Packed):
-        enc = encode(params, batch.ids_RL, batch.segments_RL > 0, cfg, key=key, positions_BT=batch.positions_RL,
-                     segments_BT=batch.segments_RL)
+        enc = encode(params, batch.ids_RL, same_text(batch.segments_RL), cfg, key=key,
+                     positions_BT=batch.positions_RL, keep_mask=dropout.keep_mask)
     else:
         C, b, T = batch.ids_CBT.shape
-        enc = encode(params, batch.ids_CBT.reshape(C * b, T), batch.mask_CBT.reshape(C * b, T), cfg, key=key)
+        enc = encode(params, batch.ids_CBT.reshape(C * b, T), batch.mask_CBT.reshape(C * b, T), cfg, key=key,
+                     keep_mask=dropout.keep_mask)
     head = lambda h: l2_normalize(dense_head(pool_columns(h, batch, pooling), params.get("dense", ()), activations))
     emb_CbD = head(enc.last_hidden_state)
     if not all_layers:
@@ -100,53 +105,22 @@ def device_loss(params, batch, key, *, cfg, opts: LossOptions, axis_name="data")
     """The global-batch loss as this device computes it: its rows scored against every device's candidates and
     averaged over devices (axis_name None: one device holding the whole batch)."""
     dropout_key = None if key is None else jax.random.fold_in(parallel.device_key(key, axis_name), 0)
+    loss = functools.partial(column_loss, opts=opts, axis_name=axis_name)
+    embed = functools.partial(embed_columns, cfg=cfg, key=dropout_key, pooling=opts.pooling,
+                              activations=opts.activations)
     if not opts.adaptive_layers:
-        return column_loss(embed_columns(params, batch, cfg, dropout_key, pooling=opts.pooling,
-                                         activations=opts.activations), opts, axis_name)
-    # AdaptiveLayerLoss: the loss on the last layer, plus on one layer drawn uniformly from 0..L-1 (the same on
-    # every device: drawn from the step key, before the device fold), plus a KL pulling it toward the last.
-    emb_CbD, layers_LCbD = embed_columns(params, batch, cfg, dropout_key, all_layers=True, pooling=opts.pooling,
-                                         activations=opts.activations)
-    layer = jax.random.randint(jax.random.fold_in(key, 1) if key is not None else jax.random.key(0),
-                               (), 0, cfg.num_hidden_layers)
-    emb_i_CbD = layers_LCbD[layer]
-    D = emb_CbD.shape[-1]
-    return (column_loss(emb_CbD, opts, axis_name)
-            + opts.prior_layers_weight * column_loss(emb_i_CbD, opts, axis_name)
-            + opts.kl_weight * layer_kl(emb_CbD.reshape(-1, D), emb_i_CbD.reshape(-1, D), opts.kl_temperature,
-                                        axis_name))
-
-
-def chunk_embedder(batch: Padded, cfg, key, mini: int, pooling: str = "mean", activations=()):
-    """Row chunks of `mini` rows and embed_chunk(params, j) -> [C, mini, D], each chunk with its own dropout key,
-    so that a chunk embedded twice (GradCache's first pass and its replay) sees the same dropout."""
-    if not isinstance(batch, Padded):
-        raise TypeError("GradCache chunks padded batches (one text per row); packed rows mix texts of many chunks")
-    chunks = [slice(s, s + mini) for s in range(0, batch.ids_CBT.shape[1], mini)]
-
-    def embed_chunk(params, j):
-        chunk_key = None if key is None else jax.random.fold_in(key, 1000 + j)
-        return embed_columns(params, Padded(*(x[:, chunks[j]] for x in batch)), cfg, chunk_key, pooling=pooling,
-                             activations=activations)
-
-    return chunks, embed_chunk
+        return loss(embed(params, batch))
+    return adaptive_layers_loss(*embed(params, batch, all_layers=True), key, loss, axis_name=axis_name,
+                                prior_layers_weight=opts.prior_layers_weight, kl_weight=opts.kl_weight,
+                                kl_temperature=opts.kl_temperature)
 
 
 def cached_device_loss_and_grads(params, batch: Padded, key, *, cfg, opts: LossOptions, mini: int,
                                  axis_name="data"):
-    """GradCache (Gao et al. 2021; docs/contrastive.md): device_loss and its gradient with memory for one chunk.
-    1. embed each chunk of `mini` rows without keeping activations; 2. the loss and its gradient with respect to
-    the embeddings (the gathers run here, so other devices' rows contribute); 3. replay each chunk with the same
-    dropout key and back-propagate its slice of that gradient into the params."""
-    chunks, embed_chunk = chunk_embedder(batch, cfg, parallel.device_key(key, axis_name), mini, opts.pooling,
-                                         opts.activations)
-    emb_CbD = jnp.concatenate([jax.lax.stop_gradient(embed_chunk(params, j)) for j in range(len(chunks))], axis=1)
-    loss, g_CbD = jax.value_and_grad(lambda e: column_loss(e, opts, axis_name))(emb_CbD)
-    grads = jax.tree.map(jnp.zeros_like, params)
-    for j, rows in enumerate(chunks):
-        _, vjp = jax.vjp(lambda p, j=j: embed_chunk(p, j), params)
-        grads = jax.tree.map(jnp.add, grads, vjp(g_CbD[:, rows])[0])
-    return loss, grads
+    """device_loss and its gradient with the memory of `mini` rows (GradCache: extensions/gradcache.py)."""
+    embed = lambda p, b, k: embed_columns(p, b, cfg, k, pooling=opts.pooling, activations=opts.activations)
+    return gradcache.loss_and_grads(params, batch, parallel.device_key(key, axis_name), embed=embed, mini=mini,
+                                    loss=functools.partial(column_loss, opts=opts, axis_name=axis_name))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -222,7 +196,7 @@ def check_args(args: Args, num_devices: int):
 
 def train(args: Args) -> int:
     from minilm.data import BatchSampler, parse_data_specs
-    from minilm.embedding import default_model_dir
+    from minilm.st.folder import default_model_dir
 
     # Options -> the mesh, the model, the data.
     if args.distributed or args.coordinator:

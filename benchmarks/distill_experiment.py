@@ -13,7 +13,7 @@ Every stage is a plain distill.py or train.py command (--list prints them), so a
 Interrupt it at any moment and run it again: a finished stage is skipped, an interrupted one continues from its
 newest checkpoint (--resume), a stage's scores are computed once and kept in benchmarks/results/
 distill-experiment.jsonl (committed: a row scored there is not run again on a fresh machine). Every run is seeded,
-so a row gives the same figures again on the same machine. The figures in docs/distillation.md and the README come
+so a row gives the same figures again on the same machine. The figures in docs/results.md and the README come
 from that file; benchmarks/distill_plot.py draws them.
 
 The retrieval data (benchmarks/retrieval_data.py) is written once under OUT/retrieval-data: the development set
@@ -170,8 +170,7 @@ def run_stage(stage: Stage, out: pathlib.Path) -> pathlib.Path:
 
 def make_student(argv, folder: pathlib.Path) -> None:
     """In a subprocess, as every stage: this script runs for hours while the code it calls may change."""
-    code = ("import sys, distill; from minilm.checkpoint import load, save; "
-            "from minilm.embedding import default_model_dir; "
+    code = ("import sys, distill; from minilm.st.folder import default_model_dir, load, save; "
             "args, _, _ = distill.cli.parse(distill.Args, ['--data', '-', *sys.argv[2:]]); "
             "save(distill.make_student(args, load(default_model_dir())), sys.argv[1])")
     subprocess.run([sys.executable, "-c", code, str(folder), *argv], cwd=REPO, check=True)
@@ -179,8 +178,8 @@ def make_student(argv, folder: pathlib.Path) -> None:
 
 def score(model: pathlib.Path, reuters_dev: pathlib.Path) -> dict:
     """STS-b dev and test Spearman x 100, Reuters development nDCG@10, Recall@1 and Recall@10 x 100 (python -m
-    minilm.evaluate, in a subprocess; each text at up to the model's max_seq_length tokens, 256 for these)."""
-    out = subprocess.run([sys.executable, "-m", "minilm.evaluate", "--model", str(model), "--sts", str(STS_DEV),
+    minilm.tools.evaluate, in a subprocess; each text at up to the model's max_seq_length tokens, 256 for these)."""
+    out = subprocess.run([sys.executable, "-m", "minilm.tools.evaluate", "--model", str(model), "--sts", str(STS_DEV),
                           "--sts", str(STS_TEST), "--ir", str(reuters_dev), "--quiet"], cwd=REPO, check=True,
                          capture_output=True, text=True).stdout.splitlines()
     spearman = [float(line.split("spearman")[1].split()[0]) for line in out[:2]]
@@ -212,8 +211,8 @@ def check_sentence_transformers(model: pathlib.Path, texts: list[str]) -> float:
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from minilm.checkpoint import load
-    from minilm.embedding import embed
+    from minilm.st.folder import load
+    from minilm.st.heads import embed
     theirs = SentenceTransformer(str(model), device="cpu").encode(texts, batch_size=32, convert_to_numpy=True)
     return float(np.abs(embed(texts, load(model)) - theirs).max())
 
@@ -230,7 +229,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     out, results = pathlib.Path(a.out), pathlib.Path(a.results)
     if a.check_st:
-        from minilm.evaluate import read_sts
+        from minilm.tools.evaluate import read_sts
         sts = read_sts(STS_TEST)
         texts = sts.sentences1[:128] + sts.sentences2[:128]
         worst = 0.0

@@ -34,10 +34,10 @@ sys.path.insert(0, str(REPO))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from minilm import embedding  # noqa: E402
 from minilm.fast import embedding as fast, xla  # noqa: E402
 from minilm.fast.packing import plan_packed, plan_padded  # noqa: E402
-from minilm.evaluate import read_sts  # noqa: E402
+from minilm.st import folder  # noqa: E402
+from minilm.tools.evaluate import read_sts  # noqa: E402
 from benchmarks import host, op_profile  # noqa: E402
 
 
@@ -111,7 +111,7 @@ class Minilm:
     name = "minilm"
 
     def __init__(self, model_dir, pack: bool):
-        self.model = embedding.get_model(model_dir)
+        self.model = folder.get_model(model_dir)
         self.pack = pack
         self.name = "minilm packed" if pack else "minilm padded"
 
@@ -290,9 +290,9 @@ def main(argv=None):
                    "(JSON lines: model, layers, hidden, engine, batch, texts_per_s)")
     args = p.parse_args(argv)
 
-    model_dir = pathlib.Path(args.model) if args.model else embedding.default_model_dir()
+    model_dir = pathlib.Path(args.model) if args.model else folder.default_model_dir()
     texts = read_texts(args.texts, args.join, args.limit) if args.texts else unique_sentences(args.sts)
-    model = embedding.get_model(model_dir)
+    model = folder.get_model(model_dir)
     lengths = [len(e.ids) for e in model.tokenizer.encode_batch(texts)]
     flops = useful_flops(lengths, model.config)
     print(f"{len(texts)} texts, {sum(lengths):,} tokens (mean {np.mean(lengths):.1f}), useful work "

@@ -21,7 +21,8 @@ file: under --repo, not under tests/ or benchmarks/ (they only drive), not in a 
   called it, e.g. runs.py's loop calling train.py's next_batch closure).
 Journeys, and the sub-regions reported on their own lines:
 - embed-cli: embed.py main(["--output", X.npy, "--input", 3-line file, "--model", tiny model folder]).
-- embed-plain: minilm.embedding.embed(texts, model), the plain path's entry, where minilm/embedding.py exists;
+- embed-plain: minilm.model.embed(texts, model), the plain path's entry (minilm.embedding.embed where
+  minilm/embedding.py exists, in earlier trees);
   else (the code before it) model.tokenizer.batch(texts) and minilm.model.sentence_embedding. The form is printed.
   (minilm.embed(texts, fast=False) reaches the same function through one line of minilm/fast/embedding.py.)
 - train-step: train.main(... --steps 2 --log-every 1) as a whole, and /iteration: one turn of the training loop,
@@ -161,8 +162,11 @@ def run_journey(name, repo: pathlib.Path, verbose: bool):
         script = embed
     elif name == "embed-plain":
         model = tiny_model(tmp)
-        if (pathlib.Path("minilm") / "embedding.py").is_file():
-            from minilm.embedding import embed as plain_embed
+        if hasattr(importlib.import_module("minilm.model"), "embed"):
+            from minilm.model import embed as plain_embed
+            form, fn = "minilm.model.embed(texts, model)", lambda: plain_embed(texts, model)
+        elif (pathlib.Path("minilm") / "embedding.py").is_file():
+            plain_embed = importlib.import_module("minilm.embedding").embed
             form, fn = "minilm.embedding.embed(texts, model)", lambda: plain_embed(texts, model)
         else:
             from minilm.model import sentence_embedding

@@ -37,8 +37,8 @@ sys.path.insert(0, str(REPO))
 
 import jax  # noqa: E402
 
-from minilm import embedding  # noqa: E402
 from minilm.fast import embedding as fast, xla  # noqa: E402
+from minilm.st import folder  # noqa: E402
 
 CLASSES = ("matmul", "attention", "gelu", "layernorm", "other")
 
@@ -222,8 +222,9 @@ def train_step_profile(model_dir, batch_size: int = 64, repeats: int = 3) -> Non
     (forward and loss, with and without dropout; forward and backward; AdamW), best of `repeats` passes over the
     batches of the most common shape, then the op time of forward and backward by class."""
     import train
-    from minilm import checkpoint, optim, parallel, runs
-    m = checkpoint.load(model_dir)
+    from minilm import optim, parallel
+    from minilm.run import runs
+    m = folder.load(model_dir)
     with gzip.open(REPO.parent / "shared/data/flickr30k_captions/flickr30k_caption_pairs.jsonl.gz", "rt") as f:
         pairs = [(r["anchor"], r["positive"]) for r in map(json.loads, f)][:12 * batch_size]
     mesh = parallel.make_mesh(1)
@@ -277,10 +278,10 @@ def main(argv=None):
     p.add_argument("--train", action="store_true", help="profile train.py's step instead (train_bench's batch)")
     args = p.parse_args(argv)
     if args.train:
-        return train_step_profile(args.model or embedding.default_model_dir())
+        return train_step_profile(args.model or folder.default_model_dir())
 
     from benchmarks.embed_bench import Minilm
-    engine = Minilm(args.model or embedding.default_model_dir(), pack=False)
+    engine = Minilm(args.model or folder.default_model_dir(), pack=False)
     rng = np.random.default_rng(0)
     vocab = engine.model.config.vocab_size
     print(f"minilm on {jax.devices()[0].platform}, {args.tokens} tokens per forward, one text per row")

@@ -5,7 +5,7 @@ excludes it.
 
 Reuters-21578 (../shared/data/reuters21578) holds 17,961 (title, body) articles in a shuffled order. Its **last 2,000
 lines are the development set**: each title is a query, the corpus is the 2,000 bodies, one relevant body per title
-(a BEIR folder, scored by `python -m minilm.evaluate --ir`). Nothing from those 2,000 articles may be distilled or
+(a BEIR folder, scored by `python -m minilm.tools.evaluate --ir`). Nothing from those 2,000 articles may be distilled or
 trained on. The files written here:
 
     reuters-dev/                     corpus.jsonl, queries.jsonl, qrels/test.tsv
@@ -29,7 +29,7 @@ import pathlib
 import re
 import sys
 
-from minilm.files import read_lines
+from minilm.data import read_lines
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"

@@ -94,7 +94,7 @@ def main(argv=None):
     runs = args.runs.split(",")
     if not set(runs) <= set(RUNS):
         p.error(f"--runs: unknown {sorted(set(runs) - set(RUNS))}; expected some of {','.join(RUNS)}")
-    from minilm.embedding import default_model_dir
+    from minilm.st.folder import default_model_dir
     model_dir = pathlib.Path(args.model) if args.model else default_model_dir()
     log_every = max(1, args.steps // 10)
     common = ["--model", str(model_dir), "--steps", str(args.steps), "--batch-size",

@@ -77,7 +77,7 @@ def relation_maps(model, text: str, heads: int):
     import jax.numpy as jnp
 
     from minilm.model import encode
-    from minilm.relations import RELATIONS, layer_qkv, relation_logits
+    from minilm.relations import layer_qkv, relation_logits, RELATIONS
     batch = model.tokenizer.batch([text])
     mask = jnp.asarray(batch.mask_BT)
     enc = encode(model.params, jnp.asarray(batch.ids_BT), mask, model.config)
@@ -90,7 +90,7 @@ def distilled_student(teacher_dir, layers: str, heads: int, steps: int, out: pat
     """A student made and distilled by distill.py itself: the teacher's `layers`, the Q-Q/K-K/V-V relations of the
     last layer, `steps` steps of 32 Wikipedia sentences (never STS-b text)."""
     import distill
-    from minilm.checkpoint import load
+    from minilm.st.folder import load
     with gzip.open(DATA / "unlabeled_text" / "wiki_sentences.txt.gz", "rt", encoding="utf-8") as f:
         lines = [next(f) for _ in range(20_000)]
     (out / "wiki.txt").write_text("".join(lines), encoding="utf-8")
@@ -106,7 +106,7 @@ def distilled_student(teacher_dir, layers: str, heads: int, steps: int, out: pat
 def figure_relations(teacher, teacher_dir, out, steps: int):
     import matplotlib.pyplot as plt
 
-    from minilm.model import keep_layers
+    from minilm.extensions.students import keep_layers
     from minilm.relations import relation_kl
     cfg = teacher.config
     layers = (0, 3, 5) if cfg.num_hidden_layers == 6 else (0,)
@@ -175,7 +175,7 @@ def figure_contrastive(model, out):
     import jax.numpy as jnp
     import matplotlib.pyplot as plt
 
-    from minilm.embedding import embed
+    from minilm.model import embed
     from minilm.losses import contrastive_loss, cos_sim, ranking_loss
     triplets = snli_triplets(8)
     N = len(triplets)
@@ -223,8 +223,7 @@ def figure_packing(model, out):
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    from minilm.fast.packing import pack_columns
-    from minilm.model import same_text
+    from minilm.batch import pack_columns, same_text
     from minilm.tokenizer import padded_length
     sentences = [s for pair in sts_sentences("train")[:40] for s in pair]
     rng = np.random.default_rng(0)
@@ -263,7 +262,7 @@ def figure_packing(model, out):
     if n <= 48:
         mask_ax.set_xticks(range(n), tokens, fontsize=4, rotation=90)
         mask_ax.set_yticks(range(n), tokens, fontsize=4)
-    mask_ax.set_title(f"row {row}'s attention mask (model.same_text): query t may see key s\nonly inside its own "
+    mask_ax.set_title(f"row {row}'s attention mask (batch.same_text): query t may see key s\nonly inside its own "
                       f"text, so each text is computed as if alone", fontsize=8)
     fig.tight_layout()
     return save(fig, out, "packing")
@@ -318,7 +317,7 @@ def figure_pooling(model, out, dims: int = 48):
     import jax.numpy as jnp
     import matplotlib.pyplot as plt
 
-    from minilm.model import encode, l2_normalize, pool
+    from minilm.model import encode, l2_normalize, mean_pool
     # a pair that people scored as near paraphrases (4 of 5 or more), of unequal lengths
     with open(DATA / "stsb" / "stsb-en-dev.csv", encoding="utf-8") as f:
         pairs = [(r[0], r[1]) for r in csv.reader(f) if float(r[2]) >= 4.0]
@@ -327,7 +326,7 @@ def figure_pooling(model, out, dims: int = 48):
     batch = model.tokenizer.batch(texts)
     ids, mask = jnp.asarray(batch.ids_BT), jnp.asarray(batch.mask_BT)
     h = encode(model.params, ids, mask, model.config).last_hidden_state
-    pooled = pool(h, mask, "mean")
+    pooled = mean_pool(h, mask)
     emb = np.asarray(l2_normalize(pooled))
     T, d = h.shape[1], min(dims, h.shape[2])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -345,8 +344,8 @@ def figure_pooling(model, out, dims: int = 48):
         ax.set_title(f"\"{texts[k]}\"\ntoken states (mask in brackets; dark: padding), their mean over the "
                      f"{n} real tokens", fontsize=7)
     cos = float(emb[0] @ emb[1])
-    fig.suptitle(f"Mean pooling: padding never enters the sum (model.pool). After L2 normalisation the two sentence "
-                 f"embeddings have cosine {cos:.3f}", fontsize=9)
+    fig.suptitle(f"Mean pooling: padding never enters the sum (model.mean_pool). After L2 normalisation the two "
+                 f"sentence embeddings have cosine {cos:.3f}", fontsize=9)
     fig.tight_layout()
     return save(fig, out, "pooling")
 
@@ -403,8 +402,7 @@ def main(argv=None) -> int:
     jax.config.update("jax_default_matmul_precision", "highest")
     import matplotlib
     matplotlib.use("Agg")
-    from minilm.checkpoint import load
-    from minilm.embedding import default_model_dir
+    from minilm.st.folder import default_model_dir, load
     model_dir = pathlib.Path(a.model) if a.model else default_model_dir()
     model = load(model_dir)
     out = pathlib.Path(a.out)

@@ -1,73 +1,116 @@
-"""Model folders in the HF / sentence-transformers layout: load them into a params pytree, and save them back.
+"""The parameters by their HF names, and model folders on disk: read a folder's encoder into a params pytree, write
+one back. Hub weights load here, and what is written loads in transformers.
 
-A folder holds config.json, model.safetensors (HF BertModel keys), tokenizer.json (or vocab.txt),
-sentence_bert_config.json (max_seq_length), modules.json (Transformer -> Pooling -> Normalize) and
-1_Pooling/config.json. Hub weights load here; what `save` writes loads in transformers and sentence-transformers.
-Only JSON and safetensors are ever read: no pickle (`pytorch_model.bin`) and no code from the folder.
+A folder holds config.json, model.safetensors (HF BertModel keys, or model.safetensors.index.json and its shards)
+and tokenizer.json (or vocab.txt). Only JSON and safetensors are ever read: no pickle (`pytorch_model.bin`) and no
+code from the folder. The sentence-transformers files around the encoder (modules.json, 1_Pooling, Dense modules,
+prompts, the model card) are read and written by st/folder.py.
 
-Fault injection for the crash tests: MINILM_FAULT=kill:NAME:N kills this process with SIGKILL while it saves a
-folder named NAME (e.g. step-0000004), once N of its files are written and synced but before the folder is renamed
-into place; MINILM_FAULT=disk-full:NAME:N raises OSError(ENOSPC) there instead, as a full disk would.
+Folders are written into a temporary folder that is then renamed into place (st/folder.py atomic_dir), so a crash
+or Ctrl-C never leaves a half-written one.
 """
-import contextlib
-import dataclasses
-import errno
-import json
-import os
 import pathlib
-import shutil
-import signal
-import tempfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import safetensors
 import safetensors.numpy
 
 from minilm.config import Config
-from minilm.files import read_json
-from minilm.model import ACTIVATIONS, POOLING_MODES, flatten, param_shapes, unflatten
+from minilm.data import read_json
 from minilm.tokenizer import Tokenizer
 
 SKIPPED = ("embeddings.position_ids",)  # an int64 buffer (0..P-1) older transformers saved; not a parameter
 LEGACY_NAMES = {"gamma": "weight", "beta": "bias"}  # TF-converted BERT files name LayerNorm params gamma/beta
-ST_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
-                   "max": "pooling_mode_max_tokens", "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens"}
-# sentence-transformers 5.4 and later write one key, "pooling_mode": "mean" (or a list), with these names:
-ST_POOLING_NAMES = {"mean": "mean", "cls": "cls", "max": "max", "mean_sqrt_len_tokens": "mean_sqrt_len"}
-ST_MODULES = {"Transformer", "Pooling", "Dense", "Normalize"}  # the module classes we implement (the last part of
-# "type", so both sentence_transformers.models.Pooling and, since 5.4, ...sentence_transformer.modules.pooling.Pooling)
-
-
-@dataclasses.dataclass(eq=False)
-class Model:
-    """Everything needed to embed text: the encoder, its tokenizer and the sentence-transformers head."""
-    config: Config
-    params: dict
-    tokenizer: Tokenizer
-    pooling: str = "mean"  # 1_Pooling/config.json
-    normalize: bool = True  # modules.json lists a Normalize module
-    similarity_fn: str = "cosine"  # config_sentence_transformers.json similarity_fn_name
-    prompts: dict = dataclasses.field(default_factory=dict)  # config_sentence_transformers.json: name -> prompt
-    default_prompt_name: str | None = None  # the prompt used when none is asked for
-    include_prompt: bool = True  # 1_Pooling/config.json: False pools without the prompt's tokens
-    dense: tuple = ()  # Dense modules after the pooling: ({"weight": [out, in], "bias": [out]}, ...)
-    activations: tuple[str, ...] = ()  # each Dense module's activation_function (model.ACTIVATIONS)
-
-    @property
-    def dim(self) -> int:
-        return self.dense[-1]["weight"].shape[0] if self.dense else self.config.hidden_size
-
-    def __repr__(self) -> str:  # a summary: the weights would print hundreds of thousands of characters
-        c = self.config
-        head = f"{self.pooling} pooling" + "".join(f", Dense -> {d['weight'].shape[0]}" for d in self.dense)
-        return (f"Model({c.num_hidden_layers} layers x {c.hidden_size}, {c.num_attention_heads} heads, "
-                f"max_length {self.tokenizer.max_length}, {head}{', normalized' if self.normalize else ''}, "
-                f"dim {self.dim}, {self.similarity_fn})")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Loading.
+# Parameters: one table of HF names and shapes drives init, checkpoint validation and tests.
+
+
+def layer_param_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
+    D, F = cfg.hidden_size, cfg.intermediate_size
+    return {
+        "attention.self.query.weight": (D, D), "attention.self.query.bias": (D,),
+        "attention.self.key.weight": (D, D), "attention.self.key.bias": (D,),
+        "attention.self.value.weight": (D, D), "attention.self.value.bias": (D,),
+        "attention.output.dense.weight": (D, D), "attention.output.dense.bias": (D,),
+        "attention.output.LayerNorm.weight": (D,), "attention.output.LayerNorm.bias": (D,),
+        "intermediate.dense.weight": (F, D), "intermediate.dense.bias": (F,),
+        "output.dense.weight": (D, F), "output.dense.bias": (D,),
+        "output.LayerNorm.weight": (D,), "output.LayerNorm.bias": (D,),
+    }
+
+
+def param_shapes(cfg: Config, pooler: bool = True) -> dict[str, tuple[int, ...]]:
+    """Every learnable tensor of BertModel, by its HF safetensors key. The pooler is unused by mean pooling
+    but kept so that a Hub checkpoint round-trips; BertModel(add_pooling_layer=False) files lack it."""
+    D = cfg.hidden_size
+    shapes = {
+        "embeddings.word_embeddings.weight": (cfg.vocab_size, D),
+        "embeddings.position_embeddings.weight": (cfg.max_position_embeddings, D),
+        "embeddings.token_type_embeddings.weight": (cfg.type_vocab_size, D),
+        "embeddings.LayerNorm.weight": (D,), "embeddings.LayerNorm.bias": (D,),
+    }
+    for i in range(cfg.num_hidden_layers):
+        shapes.update({f"encoder.layer.{i}.{k}": s for k, s in layer_param_shapes(cfg).items()})
+    if pooler:
+        shapes.update({"pooler.dense.weight": (D, D), "pooler.dense.bias": (D,)})
+    return shapes
+
+
+def flatten(params: dict, prefix: str = "") -> dict:
+    """Nested dict (lists for `encoder.layer`) -> {HF key: array}."""
+    items = enumerate(params) if isinstance(params, list) else params.items()
+    flat = {}
+    for k, v in items:
+        key = f"{prefix}{k}"
+        flat.update(flatten(v, key + ".") if isinstance(v, (dict, list)) else {key: v})
+    return flat
+
+
+def unflatten(flat: dict) -> dict:
+    """{HF key: array} -> nested dict; a level whose keys are 0..n-1 becomes a list (encoder.layer)."""
+    tree = {}
+    for key, value in flat.items():
+        *path, leaf = key.split(".")
+        node = tree
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+    def listify(node):
+        if not isinstance(node, dict):
+            return node
+        node = {k: listify(v) for k, v in node.items()}
+        if node and all(k.isdigit() for k in node) and sorted(map(int, node)) == list(range(len(node))):
+            return [node[str(i)] for i in range(len(node))]
+        return node
+
+    return listify(tree)
+
+
+def init_params(cfg: Config, key: jax.Array, pooler: bool = True) -> dict:
+    """Random init as HF `BertPreTrainedModel._init_weights`: weights N(0, initializer_range), biases 0,
+    LayerNorm weight 1 / bias 0, and the padding_idx row of the word embeddings zeroed."""
+    shapes = param_shapes(cfg, pooler)
+    keys = jax.random.split(key, len(shapes))
+    flat = {}
+    for k, (name, shape) in zip(keys, shapes.items()):
+        if "LayerNorm" in name:
+            flat[name] = jnp.ones(shape) if name.endswith("weight") else jnp.zeros(shape)
+        elif name.endswith("bias"):
+            flat[name] = jnp.zeros(shape)
+        else:
+            flat[name] = cfg.initializer_range * jax.random.normal(k, shape, jnp.float32)
+    word = "embeddings.word_embeddings.weight"
+    flat[word] = flat[word].at[cfg.pad_token_id].set(0.0)
+    return unflatten(flat)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading.
 
 
 def canonical_name(name: str) -> str:
@@ -137,103 +180,9 @@ def load_params(folder, cfg: Config) -> dict:
     return unflatten({k: tensors[k] for k in expected})
 
 
-def read_dense(folder: pathlib.Path, width: int) -> tuple[dict, str]:
-    """A Dense module's folder -> ({"weight", "bias"?}, activation): config.json and model.safetensors (keys
-    linear.weight [out, in], linear.bias [out]), checked against the width that comes in."""
-    cfg_file = folder / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file}: missing (modules.json lists a Dense module)")
-    cfg = read_json(cfg_file, dict)
-    activation = cfg.get("activation_function") or "torch.nn.modules.activation.Tanh"  # its default
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"{cfg_file}: activation_function {activation!r} is not supported; minilm implements "
-                         f"{', '.join(a.rsplit('.', 1)[-1] for a in ACTIVATIONS)}")
-    if cfg.get("use_residual"):
-        raise ValueError(f"{cfg_file}: use_residual is not supported; minilm implements a plain Dense layer")
-    file = folder / "model.safetensors"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: missing; minilm reads Dense weights from safetensors only (re-save the model "
-                                "with sentence-transformers' safe_serialization=True)")
-    tensors = safetensors.numpy.load_file(str(file))
-    if "linear.weight" not in tensors:
-        raise ValueError(f"{file}: no tensor 'linear.weight' (found {sorted(tensors)})")
-    weight = tensors["linear.weight"].astype(np.float32)
-    if weight.ndim != 2 or weight.shape[1] != width:
-        raise ValueError(f"{file}: linear.weight has shape {weight.shape}, expected [out, {width}] for the "
-                         f"{width}-dimensional vectors that come in")
-    p = {"weight": weight}
-    if "linear.bias" in tensors:
-        p["bias"] = tensors["linear.bias"].astype(np.float32)
-        if p["bias"].shape != (weight.shape[0],):
-            raise ValueError(f"{file}: linear.bias has shape {p['bias'].shape}, expected ({weight.shape[0]},)")
-    return p, activation
-
-
-def read_head(folder: pathlib.Path, width: int) -> tuple[str, bool, bool, tuple, tuple]:
-    """(pooling mode, normalize, include_prompt, dense, activations) from modules.json and the modules' folders; a
-    bare HF folder gets mean + L2."""
-    modules_file = folder / "modules.json"
-    if not modules_file.is_file():
-        return "mean", True, True, (), ()
-    modules = read_json(modules_file, list)
-    if not all(isinstance(m, dict) for m in modules):
-        raise ValueError(f"{modules_file}: expected a JSON array of objects (one per module)")
-    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
-    unknown = [k for k in kinds if k not in ST_MODULES]
-    if unknown:
-        raise ValueError(f"{modules_file}: module(s) {unknown} not supported; minilm implements a BERT Transformer, "
-                         f"then Pooling, Dense and Normalize modules (convert or drop the others to load it here)")
-    pooling, include_prompt, dense, activations = "mean", True, [], []
-    for m, kind in zip(modules, kinds):
-        if kind == "Dense":
-            p, activation = read_dense(folder / m.get("path", ""), dense[-1]["weight"].shape[0] if dense else width)
-            dense.append(p), activations.append(activation)
-        if kind == "Pooling":
-            cfg_file = folder / m.get("path", "1_Pooling") / "config.json"
-            if not cfg_file.is_file():
-                raise FileNotFoundError(f"{cfg_file}: missing (modules.json lists a Pooling module)")
-            pc = read_json(cfg_file, dict)
-            pooling, include_prompt = pooling_mode(pc, cfg_file), pc.get("include_prompt", True) is not False
-    return pooling, "Normalize" in kinds, include_prompt, tuple(dense), tuple(activations)
-
-
-def pooling_mode(pc: dict, cfg_file) -> str:
-    """The pooling of a 1_Pooling/config.json in either form: "pooling_mode": "mean" (sentence-transformers 5.4
-    and later, also a list of modes) or one true "pooling_mode_*_tokens" flag (earlier versions)."""
-    supported = ", ".join(ST_POOLING_NAMES)
-    if "pooling_mode" in pc:
-        modes = pc["pooling_mode"] if isinstance(pc["pooling_mode"], list) else [pc["pooling_mode"]]
-        if len(modes) != 1 or modes[0] not in ST_POOLING_NAMES:
-            raise ValueError(f"{cfg_file}: pooling_mode {pc['pooling_mode']!r} is not supported; minilm pools with one "
-                             f"of {supported} (save the model with one of those to use it here)")
-        mode = ST_POOLING_NAMES[modes[0]]
-    else:
-        modes = [mode for mode, key in ST_POOLING_KEYS.items() if pc.get(key)]
-        others = [k for k, v in pc.items() if k.startswith("pooling_mode") and v and k not in ST_POOLING_KEYS.values()]
-        if len(modes) != 1 or others:
-            raise ValueError(f"{cfg_file}: exactly one pooling mode of {POOLING_MODES} must be true, got "
-                             f"{modes + others}; minilm pools with one of {supported}")
-        mode = modes[0]
-    return mode
-
-
-SIMILARITY_FNS = ("cosine", "dot", "euclidean", "manhattan")  # embedding.similarity computes them
-ST_SIMILARITY_ALIASES = {"dot_product": "dot", "cos_sim": "cosine"}
-
-
-def read_similarity_fn(folder: pathlib.Path) -> str:
-    """config_sentence_transformers.json's similarity_fn_name (absent or null: cosine, as sentence-transformers)."""
-    file = folder / "config_sentence_transformers.json"
-    name = read_json(file, dict).get("similarity_fn_name") if file.is_file() else None
-    name = ST_SIMILARITY_ALIASES.get(name, name) or "cosine"
-    if name not in SIMILARITY_FNS:
-        raise ValueError(f"{file}: similarity_fn_name {name!r} is not one of {', '.join(SIMILARITY_FNS)}")
-    return name
-
-
-def load(folder, max_length: int | None = None) -> Model:
-    """Load a model folder (HF BertModel or sentence-transformers layout), or a run's --out folder (its `latest`
-    checkpoint)."""
+def load_encoder(folder, max_length: int | None = None) -> tuple[pathlib.Path, Config, dict, Tokenizer]:
+    """(folder, config, params, tokenizer) of a model folder, or of a run's --out folder (its `latest` checkpoint).
+    max_length: the tokenizer's default truncation (None: the folder's max_seq_length)."""
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder (expected a model folder with config.json and "
@@ -251,60 +200,11 @@ def load(folder, max_length: int | None = None) -> Model:
     if tokenizer.max_length > config.max_position_embeddings:
         raise ValueError(f"{folder}: max_length {tokenizer.max_length} exceeds max_position_embeddings "
                          f"{config.max_position_embeddings}")
-    pooling, normalize, include_prompt, dense, activations = read_head(folder, config.hidden_size)
-    st_file = folder / "config_sentence_transformers.json"
-    st_config = read_json(st_file, dict) if st_file.is_file() else {}
-    return Model(config, params, tokenizer, pooling, normalize, read_similarity_fn(folder),
-                 dict(st_config.get("prompts") or {}), st_config.get("default_prompt_name"), include_prompt, dense,
-                 activations)
+    return folder, config, params, tokenizer
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Saving: into a temporary folder beside the target, then renamed into place.
-
-
-@contextlib.contextmanager
-def atomic_dir(path):
-    """Yield a fresh temporary folder; on success it replaces `path`. A crash or Ctrl-C inside the block leaves
-    `path` as it was (the temporary folder is removed). An existing `path` is moved aside, the new folder renamed
-    in, then the old one deleted, so at every instant `path` is either the old or the new complete folder
-    (except for the instant between the two renames, when only `path`.old-* exists)."""
-    path = pathlib.Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        synced = 0
-        for root, _, files in os.walk(tmp):  # make the bytes durable before the rename publishes them
-            for name in files:
-                with open(os.path.join(root, name), "rb") as f:
-                    os.fsync(f.fileno())
-                synced += 1
-                inject_fault(path.name, synced)
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.rename(path, old)
-        os.rename(tmp, path)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def inject_fault(name: str, files: int) -> None:
-    """The MINILM_FAULT test hook (see the module docstring); does nothing unless it names this folder and count."""
-    fault = os.environ.get("MINILM_FAULT", "")
-    if fault == f"kill:{name}:{files}":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if fault == f"disk-full:{name}:{files}":
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-
-def write_json(path: pathlib.Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+# Writing.
 
 
 def save_params(params: dict, file) -> None:
@@ -313,60 +213,11 @@ def save_params(params: dict, file) -> None:
     safetensors.numpy.save_file(flat, str(file), metadata={"format": "pt"})  # "pt": as the Hub file; HF checks it
 
 
-VERSION = "0.1.0"  # minilm's, recorded in config_sentence_transformers.json
 
 
-def write_model(model: Model, folder: pathlib.Path, card: str | None = None) -> None:
-    """Write every file of the sentence-transformers layout into an existing (temporary) folder, and a model card
-    README.md (`card`, or a short one that says what the model is and how to load it)."""
-    save_params(model.params, folder / "model.safetensors")
-    model.config.to_json(folder / "config.json")
-    model.tokenizer.save(folder)
-    write_json(folder / "sentence_bert_config.json",
-               {"max_seq_length": model.tokenizer.max_length, "do_lower_case": model.tokenizer.do_lower_case})
-    modules = [("", "Transformer"), ("1_Pooling", "Pooling")]
-    for p, activation in zip(model.dense, model.activations):  # 2_Dense, 3_Dense, ...
-        path = f"{len(modules)}_Dense"
-        modules.append((path, "Dense"))
-        (folder / path).mkdir()
-        out, width = p["weight"].shape
-        write_json(folder / path / "config.json", {"in_features": width, "out_features": out,
-                                                   "bias": "bias" in p, "activation_function": activation})
-        safetensors.numpy.save_file({"linear." + k: np.ascontiguousarray(v, np.float32) for k, v in p.items()},
-                                    str(folder / path / "model.safetensors"), metadata={"format": "pt"})
-    if model.normalize:
-        modules.append((f"{len(modules)}_Normalize", "Normalize"))
-    write_json(folder / "modules.json", [{"idx": i, "name": str(i), "path": path,
-                                          "type": f"sentence_transformers.models.{kind}"}
-                                         for i, (path, kind) in enumerate(modules)])
-    write_json(folder / "1_Pooling" / "config.json",
-               {"word_embedding_dimension": model.config.hidden_size,
-                **{key: mode == model.pooling for mode, key in ST_POOLING_KEYS.items()},
-                **({} if model.include_prompt else {"include_prompt": False})})
-    write_json(folder / "config_sentence_transformers.json",
-               {"__version__": {"minilm": VERSION}, "model_type": "SentenceTransformer", "prompts": model.prompts,
-                "default_prompt_name": model.default_prompt_name, "similarity_fn_name": model.similarity_fn})
-    (folder / "README.md").write_text(card or model_card(model, folder.name), encoding="utf-8")
-
-
-def model_card(model: Model, name: str, sections: str = "") -> str:
-    """A model card in the Hub's format: metadata, what the model is, how to use it, then `sections`."""
-    c = model.config
-    head = f"{model.pooling} pooling" + (", L2-normalised" if model.normalize else "")
-    return (f"---\nlibrary_name: sentence-transformers\npipeline_tag: sentence-similarity\ntags:\n"
-            f"- sentence-transformers\n- feature-extraction\n- sentence-similarity\n- minilm\n---\n\n"
-            f"# {name}\n\nA sentence-embedding model: a BERT encoder of {c.num_hidden_layers} layers x "
-            f"{c.hidden_size} ({c.num_attention_heads} heads), {head}, {model.dim}-dimensional embeddings compared by "
-            f"{model.similarity_fn} similarity; it embeds texts of up to {model.tokenizer.max_length} tokens "
-            f"(max_seq_length; longer texts are cut). Saved by minilm "
-            f"{VERSION}.\n\n## Usage\n\n```bash\npython embed.py --model {name} \"A sentence to embed.\"\n```\n\n"
-            f"```python\nfrom sentence_transformers import SentenceTransformer\n"
-            f"embeddings = SentenceTransformer(\"{name}\").encode([\"A sentence to embed.\"])\n```\n"
-            + (f"\n{sections}" if sections else ""))
-
-
-def save(model: Model, folder, card: str | None = None) -> pathlib.Path:
-    """Save atomically as a folder that minilm, transformers and sentence-transformers load."""
-    with atomic_dir(folder) as tmp:
-        write_model(model, tmp, card)
-    return pathlib.Path(folder)
+def write_encoder(params: dict, config: Config, tokenizer: Tokenizer, folder: pathlib.Path) -> None:
+    """config.json, model.safetensors and the tokenizer files into an existing (temporary) folder: what transformers
+    loads as a BertModel."""
+    save_params(params, folder / "model.safetensors")
+    config.to_json(folder / "config.json")
+    tokenizer.save(folder)

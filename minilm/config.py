@@ -7,7 +7,7 @@ import dataclasses
 import json
 import pathlib
 
-from minilm.files import read_json
+from minilm.data import read_json
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")  # HF ACT2FN names this encoder implements
 SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",

@@ -20,7 +20,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from minilm.model import flatten
+from minilm.checkpoint import flatten
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,7 +71,7 @@ def shard_rows(local: np.ndarray, mesh, row_axis: int = 1) -> jax.Array:
 
 
 def batch_spec(batch):
-    """How a batch (a NamedTuple of arrays with ROW_AXES, e.g. runs.Padded, packing.Packed) is split over the 'data'
+    """How a batch (a NamedTuple of arrays with ROW_AXES, e.g. batch.Padded, batch.Packed) is split over the 'data'
     axis: each array along its row axis."""
     return type(batch)(*(P(*[None] * axis, AXIS) for axis in batch.ROW_AXES))
 

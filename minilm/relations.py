@@ -8,7 +8,7 @@ relations then match whatever the two widths and head counts are.
 Each relation: per query row KL(teacher || student), padded keys masked, padded query rows dropped, per example
 sum / (R n_b), mean over examples (the Bloomberg minilmv2.bb reduction). PaddleNLP instead sums
 padded query rows too and divides by R * T_pad * B, which differs whenever a batch has padding. Packed rows
-(several texts a row, fast/packing.py) work alike: keys outside a query's text are masked, each text is normalised by
+(several texts a row, batch.py) work alike: keys outside a query's text are masked, each text is normalised by
 its own length.
 Shape legend as model.py, plus R relation heads and S key tokens (= T).
 """
@@ -17,7 +17,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from minilm.model import attention_qkv, same_text
+from minilm.batch import same_text
+from minilm.model import attention_qkv
 
 RELATIONS = {"qk": ("query", "key"), "vv": ("value", "value"), "qq": ("query", "query"), "kk": ("key", "key")}
 

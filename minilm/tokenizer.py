@@ -22,12 +22,12 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from minilm.files import read_json, read_lines
+from minilm.data import read_json, read_lines
 
 STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
 DIRECTIONS = ("right", "left")
 # The padded lengths of a batch (one jitted shape each): steps of 8 up to 128 tokens, then 32, then 64; beyond 512
-# the next multiple of 128. The one table of padded lengths: packed rows (fast/packing.py) use its powers of two.
+# the next multiple of 128. The one table of padded lengths: packed rows (batch.py) use its powers of two.
 LENGTHS = (*range(8, 129, 8), 160, 192, 224, 256, 320, 384, 448, 512)
 
 

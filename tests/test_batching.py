@@ -4,9 +4,10 @@ before compile nothing new (a trace counter, not a timer)."""
 import numpy as np
 import pytest
 
-from minilm.checkpoint import Model
+from minilm.batch import PACK_LENGTHS
 from minilm.fast import embedding as fast
-from minilm.fast.packing import PACK_LENGTHS, plan_packed, plan_padded
+from minilm.fast.packing import plan_packed, plan_padded
+from minilm.st.folder import Model
 from minilm.tokenizer import LENGTHS
 from tests.tiny import tiny_model
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from minilm.checkpoint import atomic_dir, load, save
 from minilm import embed
-from minilm.model import encode, flatten
+from minilm.checkpoint import flatten
+from minilm.model import encode
+from minilm.st.folder import atomic_dir, load, save
 from tests.conftest import REPO, need
 from tests.tiny import TEXTS, tiny_model
 
@@ -227,7 +228,7 @@ def test_pre_5_4_layout_fixture_loads_as_sentence_transformers_reads_it(tmp_path
 
 def test_real_model_re_saved_by_the_installed_sentence_transformers(real_model_dir, stsb_dir, tmp_path):
     st = need("sentence_transformers")
-    from minilm.evaluate import evaluate_sts, read_sts
+    from minilm.tools.evaluate import evaluate_sts, read_sts
     st.SentenceTransformer(str(real_model_dir), device="cpu").save(str(tmp_path / "re-saved"))
     result = evaluate_sts(read_sts(stsb_dir / "stsb-en-test.csv"), load(tmp_path / "re-saved"), progress=False)
     assert round(result["spearman"], 2) == 82.03

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from minilm.checkpoint import load
+from minilm.st.folder import load
 from tests.conftest import REPO
 from tests.tiny import distill_folder, train_folder
 

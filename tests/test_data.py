@@ -277,7 +277,7 @@ def test_state_round_trip_resumes_exactly():
 
 
 def test_text_sampler_epochs_state_and_errors(tmp_path):
-    from minilm.data import TextSampler, read_texts
+    from minilm.data import read_texts, TextSampler
     f = tmp_path / "t.txt.gz"
     with gzip.open(f, "wt", encoding="utf-8") as g:
         g.write("\ufeffone\n\n  \ntwo\r\nthree\nfour\nfive\n")

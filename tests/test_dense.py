@@ -44,7 +44,7 @@ def test_train_and_distill_through_dense_modules(tmp_path):
     torch = need("torch")
     import distill
     import train
-    from minilm.checkpoint import load as load_folder
+    from minilm.st.folder import load as load_folder
     from tests.tiny import train_folder, distill_folder
     from sentence_transformers import models
     train_folder(tmp_path)

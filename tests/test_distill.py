@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 import distill
-from minilm import parallel, runs
+from minilm import parallel
+from minilm.batch import pack_columns, pad_columns
+from minilm.checkpoint import flatten
+from minilm.extensions.teacher import pca_projection
 from minilm.fast.embedding import embed
-from minilm.fast.packing import pack_columns
-from minilm.checkpoint import load
-from minilm.model import flatten
 from minilm.relations import parse_relations
+from minilm.st.folder import load
 from tests.conftest import need
 from tests.tiny import DATA_WORDS, TEXTS, distill_folder
 
@@ -39,7 +40,7 @@ def batch(teacher, texts, parts: int, pack: bool):
         packed = pack_columns(teacher.tokenizer, texts, 24, parts)
         assert packed.segments_RL.max() > 1  # several texts share a row
         return packed
-    return runs.pad_columns(teacher.tokenizer, texts, 24)
+    return pad_columns(teacher.tokenizer, texts, 24)
 
 
 CASES = {  # relations, relation heads (None: v1), embedding loss, student, cached targets
@@ -68,12 +69,13 @@ def test_eight_devices_and_packing_equal_one_padded_device(setup, case):
     projection = None
     if kind == "narrow" and embedding_loss != "none":
         rng = np.random.default_rng(5)
-        projection = jnp.asarray(distill.pca_projection(rng.standard_normal((64, 32)).astype(np.float32), 16))
-    kw = dict(t_cfg=teacher.config, s_cfg=student.config, relations=rel, heads=heads, t_layer=1, s_layer=0,
-              embedding_loss=embedding_loss, embedding_weight=0.7, projection=projection)
-    one = jax.jit(jax.value_and_grad(functools.partial(distill.device_loss, axis_name=None, **kw), has_aux=True))
+        projection = jnp.asarray(pca_projection(rng.standard_normal((64, 32)).astype(np.float32), 16))
+    opts = distill.LossOptions(t_cfg=teacher.config, s_cfg=student.config, relations=rel, heads=heads, t_layer=1,
+                               s_layer=0, embedding_loss=embedding_loss, embedding_weight=0.7)
+    one = jax.jit(jax.value_and_grad(functools.partial(distill.device_loss, axis_name=None, opts=opts,
+                                                       projection=projection), has_aux=True))
     mesh = parallel.make_mesh(8)
-    eight = jax.jit(distill.make_loss_and_grads(mesh, **kw))  # distill.py's own shard_map step
+    eight = jax.jit(distill.make_loss_and_grads(mesh, opts, projection))  # distill.py's own shard_map step
     on_device = lambda b: jax.tree.map(jnp.asarray, b)
     texts = batch_texts()
     (l1, parts1), g1 = one(student.params, teacher.params, on_device(batch(teacher, texts, 1, pack=False)), None, None)
@@ -102,8 +104,9 @@ def test_no_gradient_reaches_the_teacher(setup):
     teacher = load(setup / "teacher")
     student = distill.make_student(distill.Args(student_layers=(1,)), teacher)
     rel = parse_relations("qq,kk,vv")
-    loss = functools.partial(distill.device_loss, t_cfg=teacher.config, s_cfg=student.config, relations=rel,
-                             heads=(8, 8), t_layer=1, s_layer=0, embedding_loss="mse", axis_name=None)
+    opts = distill.LossOptions(t_cfg=teacher.config, s_cfg=student.config, relations=rel, heads=(8, 8), t_layer=1,
+                               s_layer=0, embedding_loss="mse")
+    loss = functools.partial(distill.device_loss, opts=opts, axis_name=None)
     b = jax.tree.map(jnp.asarray, batch(teacher, batch_texts(), 1, pack=True))
     t_grads = jax.grad(lambda t: loss(student.params, t, b, None, jax.random.key(0))[0])(teacher.params)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(t_grads))
@@ -116,8 +119,9 @@ def test_loss_is_zero_when_the_student_is_the_teacher(setup, embedding_loss="mse
     their embeddings differ in the last bit (the mse was 2e-17 here). A real difference (dropout left on, another
     pooling, a layer skipped) gives 1e-6 or more."""
     teacher = load(setup / "teacher")
-    kw = dict(t_cfg=teacher.config, s_cfg=teacher.config, relations=parse_relations("qq,kk,vv"), heads=(8, 8),
-              t_layer=-1 % 2, s_layer=-1 % 2, embedding_loss=embedding_loss, axis_name=None)
+    opts = distill.LossOptions(t_cfg=teacher.config, s_cfg=teacher.config, relations=parse_relations("qq,kk,vv"),
+                               heads=(8, 8), t_layer=-1 % 2, s_layer=-1 % 2, embedding_loss=embedding_loss)
+    kw = dict(opts=opts, axis_name=None)
     for pack in (False, True):
         b = jax.tree.map(jnp.asarray, batch(teacher, batch_texts(), 1, pack))
         loss, parts = jax.jit(functools.partial(distill.device_loss, **kw))(teacher.params, teacher.params, b, None,
@@ -131,7 +135,7 @@ def test_loss_is_zero_when_the_student_is_the_teacher(setup, embedding_loss="mse
 def test_pca_projection_is_the_top_principal_subspace():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((500, 12)) * np.linspace(3, 0.1, 12) @ np.linalg.qr(rng.standard_normal((12, 12)))[0]
-    W = distill.pca_projection(x.astype(np.float32), 5)
+    W = pca_projection(x.astype(np.float32), 5)
     assert W.shape == (12, 5) and np.allclose(W.T @ W, np.eye(5), atol=1e-6)  # orthonormal directions
     _, _, vt = np.linalg.svd(x - x.mean(0))  # the oracle: right singular vectors of the centred data
     assert np.allclose(W @ W.T, vt[:5].T @ vt[:5], atol=1e-5)  # the same subspace

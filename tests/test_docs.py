@@ -10,7 +10,7 @@ import pytest
 import distill
 import embed
 import train
-from minilm import cli
+from minilm.run import cli
 from tests.conftest import REPO, need
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

@@ -3,7 +3,7 @@ EmbeddingSimilarityEvaluator on ../shared/data/stsb/stsb-en-test.csv (Spearman x
 import numpy as np
 import pytest
 
-from minilm import evaluate
+from minilm.tools import evaluate
 from tests.conftest import need
 
 
@@ -120,7 +120,7 @@ def beir_folder(tmp_path, stsb_dir):
 
 def test_retrieval_equals_sentence_transformers_evaluator(real_model_dir, stsb_dir, tmp_path, capsys):
     st = need("sentence_transformers")
-    from minilm.retrieval import evaluate_ir, read_beir
+    from minilm.tools.retrieval import evaluate_ir, read_beir
     folder = beir_folder(tmp_path, stsb_dir)
     beir = read_beir(folder)
     ours = evaluate_ir(beir, real_model_dir, progress=False)

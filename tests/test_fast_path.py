@@ -1,4 +1,5 @@
-"""The fast path (minilm/fast/) against the plain path (minilm/embedding.py): the same embeddings for the same texts,
+"""The fast path (minilm/fast/) against the plain path (model.embed with the folder's head, st/heads.py): the same
+embeddings for the same texts,
 within 1e-6 per component, relative for unnormalised vectors (float32; only the batch shapes differ, which changes
 rounding by ~2e-7). Texts of mixed
 lengths, every pooling mode, with and without normalisation, the first layers and dimensions; embed.py --plain
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 import embed as cli
-from minilm import embed, embedding
+from minilm import embed, load
+from minilm.st import heads
 from tests.tiny import tiny_model
 
 WORDS = ["the", "cat", "dog", "sat", "on", "mat", "man", "woman", "is", "eating", "food", "music", "plays", "!"]
@@ -30,7 +32,7 @@ def tiny(tmp_path_factory):
 def test_fast_embed_equals_plain_embed(tiny, pooling, normalize):
     model = dataclasses.replace(tiny, pooling=pooling)
     texts = mixed_texts()
-    plain = embedding.embed(texts, model, batch_size=8, normalize=normalize)
+    plain = heads.embed(texts, model, batch_size=8, normalize=normalize)
     assert plain.shape == (len(texts), 32) and plain.dtype == np.float32
     for options in ({}, {"pack": False}, {"batch_size": 3}):
         fast = embed(texts, model, normalize=normalize, **options)
@@ -41,7 +43,7 @@ def test_fast_embed_equals_plain_embed(tiny, pooling, normalize):
 
 def test_first_layers_and_dimensions_equal(tiny):
     texts = mixed_texts(seed=1)
-    plain = embedding.embed(texts, tiny, num_layers=1, dim=16)
+    plain = heads.embed(texts, tiny, num_layers=1, dim=16)
     assert plain.shape == (len(texts), 16) and np.allclose(np.linalg.norm(plain, axis=1), 1, atol=1e-6)
     np.testing.assert_allclose(embed(texts, tiny, num_layers=1, dim=16), plain, rtol=0, atol=1e-6)
 
@@ -70,7 +72,7 @@ def test_real_model_fast_equals_plain(real_model_dir, stsb_dir):
     import csv
     with open(stsb_dir / "stsb-en-dev.csv", encoding="utf-8", newline="") as f:
         texts = [row[0] for row, _ in zip(csv.reader(f), range(96))]
-    plain = embedding.embed(texts, real_model_dir)
+    plain = heads.embed(texts, load(real_model_dir))
     fast = embed(texts, real_model_dir)
     worst = float(np.abs(fast - plain).max())
     print(f"max |fast - plain| on {len(texts)} STS-b dev sentences: {worst:.1e}")

@@ -22,7 +22,7 @@ def test_every_figure_is_drawn_and_the_same_twice(tmp_path):
     if not (DATA / "stsb").is_dir():
         message = f"{DATA} not found (the figures draw real sentences)"
         pytest.fail(message) if STRICT else pytest.skip(message)
-    from minilm.checkpoint import save
+    from minilm.st.folder import save
     figures = load_script()
     model = tiny_model(tmp_path)
     save(model, tmp_path / "model")

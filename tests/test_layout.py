@@ -1,5 +1,6 @@
-"""The layout a reader relies on, read from the source with `ast`: the algorithm never imports the fast path, there
-are no import cycles, every fast-path module says what it optimises and which test proves it equal, and nothing
+"""The layout a reader relies on, read from the source with `ast`: the book (the recipe, minilm/ top level) is exactly
+the README's list and imports nothing from the toolbox (the subpackages), there are no import cycles, each room of the
+toolbox names its modules, every fast-path module says what it optimises and which test proves it equal, and nothing
 cites a file outside the repository."""
 import ast
 import pathlib
@@ -7,9 +8,19 @@ import re
 
 from tests.conftest import REPO
 
-CORE = ("config", "files", "model", "tokenizer", "checkpoint", "embedding", "losses", "relations", "optim", "data",
-        "parallel", "cli", "quantize")  # the algorithm: what a reader learns from, plain
 SCRIPTS = ("train.py", "distill.py", "embed.py")
+
+
+def readme_book() -> list[str]:
+    """The one list: the modules of the book (the recipe), in reading order, as the README's table after the line
+    "**The book**" names them (`minilm/NAME.py`)."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("**The book**"):].split("\n\n")[1]
+    return re.findall(r"`minilm/(\w+)\.py`", table)
+
+
+def toolbox_rooms() -> list[pathlib.Path]:
+    return sorted(p.parent for p in (REPO / "minilm").glob("*/__init__.py"))
 
 
 def module_files() -> dict[str, pathlib.Path]:
@@ -36,11 +47,33 @@ def imports(path: pathlib.Path, known: dict) -> set[str]:
     return {name for name in found if name in known}
 
 
-def test_core_modules_never_import_the_fast_path():
+def test_the_book_is_the_top_level_of_minilm_and_as_many_files_as_the_readme_says():
+    book = readme_book()
+    top = sorted(p.stem for p in (REPO / "minilm").glob("*.py") if p.name != "__init__.py")
+    assert sorted(book) == top, f"README's book {book} against minilm/*.py {top}"
+    count = re.search(r"\*\*The book\*\*[^\n]*?(\w+) files", (REPO / "README.md").read_text()).group(1)
+    words = {"eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12}
+    assert words.get(count, count) == len(book), (count, len(book))
+
+
+def test_the_book_imports_nothing_from_the_toolbox():
+    """Every import of a book module, at the top or inside a function, is another book module: the recipe reads
+    without the toolbox (sentence-transformers formats, tools, run machinery, extensions, the fast path)."""
     known = module_files()
-    for name in CORE:
-        bad = sorted(m for m in imports(known[f"minilm.{name}"], known) if m.startswith("minilm.fast"))
-        assert not bad, f"minilm/{name}.py imports {bad}; the plain path must read without the fast path"
+    book = {f"minilm.{name}" for name in readme_book()}
+    for name in sorted(book):
+        bad = sorted(imports(known[name], known) - book - {"minilm"})
+        assert not bad, f"{name} imports {bad}; the book must read without the toolbox"
+
+
+def test_each_toolbox_room_lists_its_modules():
+    """Each subpackage of minilm/ opens with a docstring that names every module in it (and no other)."""
+    assert {p.name for p in toolbox_rooms()} >= {"fast", "st", "tools", "run"}
+    for room in toolbox_rooms():
+        doc = ast.get_docstring(ast.parse((room / "__init__.py").read_text())) or ""
+        named = set(re.findall(r"^[ \t]*(\w+)\.py[ \t]", doc, re.M))  # a line that starts with a module's name
+        present = {p.stem for p in room.glob("*.py") if p.name != "__init__.py"}
+        assert named == present, f"minilm/{room.name}/__init__.py names {sorted(named)}, has {sorted(present)}"
 
 
 def test_the_check_above_can_fail(tmp_path):

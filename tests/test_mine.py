@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from minilm import mine
+from minilm.tools import mine
 from tests.conftest import need
 
 

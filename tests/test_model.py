@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minilm import model as M
+from minilm import checkpoint, model as M
 from minilm.config import Config
+from minilm.fast import dropout as fast_dropout
 from tests.conftest import need
 
 torch = need("torch")
@@ -42,7 +43,7 @@ def hf_model(cfg: Config, seed: int):
 
 def hf_params(model) -> dict:
     flat = {k: v.detach().numpy() for k, v in model.state_dict().items() if k != "embeddings.position_ids"}
-    return M.unflatten(flat)
+    return checkpoint.unflatten(flat)
 
 
 def random_batch(cfg: Config, seed: int, B=3, T=11):
@@ -89,7 +90,7 @@ def test_attention_qkv_matches_hf_projections():
 
 def test_sentence_embedding_is_masked_mean_then_l2():
     cfg = TINY[0]
-    params = M.init_params(cfg, jax.random.key(0))
+    params = checkpoint.init_params(cfg, jax.random.key(0))
     ids, mask, types = random_batch(cfg, seed=3)
     h = np.asarray(M.encode(params, ids, mask, cfg).last_hidden_state)
     emb = np.asarray(M.sentence_embedding(params, ids, mask, cfg))
@@ -113,7 +114,7 @@ def test_padding_does_not_change_embeddings():
 
 def test_dropout_only_with_a_key():
     cfg = TINY[0]
-    params = M.init_params(cfg, jax.random.key(1))
+    params = checkpoint.init_params(cfg, jax.random.key(1))
     ids, mask, _ = random_batch(cfg, seed=2)
     a = M.encode(params, ids, mask, cfg).last_hidden_state
     b = M.encode(params, ids, mask, cfg).last_hidden_state
@@ -125,15 +126,17 @@ def test_dropout_only_with_a_key():
     assert np.abs(np.asarray(a - c)).max() > 1e-3 and np.abs(np.asarray(c - e)).max() > 1e-3
 
 
-def test_dropout_keeps_expectation():
+@pytest.mark.parametrize("keep_mask", [M.bernoulli, fast_dropout.keep_mask], ids=["bernoulli", "counter-hash"])
+def test_dropout_keeps_expectation(keep_mask):
+    """Both draws, the plain one and training's (fast/dropout.py), drop at the rate and keep the mean."""
     x = jnp.ones((200_000,))
-    y = M.dropout(x, 0.1, jax.random.key(0))
+    y = M.dropout(x, 0.1, jax.random.key(0), keep_mask)
     assert abs(float((y == 0).mean()) - 0.1) < 0.005
     assert abs(float(y.mean()) - 1.0) < 0.01
 
 
 def test_dropout_masks_are_independent():
-    """keep_mask hashes each element's index with seeds drawn from the key: neighbouring elements, elements a row
+    """fast/dropout.py's keep_mask hashes each element's index with seeds drawn from the key: neighbouring elements, elements a row
     apart, and the masks of two keys (two steps) or of two folds of one key (two dropout sites) must not correlate,
     and every column of a [rows, 1024] mask must drop at the rate asked. Tolerances: 5 standard errors."""
     def corr(a, b):
@@ -141,23 +144,23 @@ def test_dropout_masks_are_independent():
         return float((a * b).mean() / np.sqrt((a * a).mean() * (b * b).mean()))
     shape = (1024, 1024)
     key = jax.random.key(0)
-    m = np.asarray(M.keep_mask(key, shape, 0.9))
+    m = np.asarray(fast_dropout.keep_mask(key, shape, 0.9))
     n = m.size
     assert abs(m.mean() - 0.9) < 5 * np.sqrt(0.09 / n)
     assert abs(corr(m[:, :-1], m[:, 1:])) < 5 / np.sqrt(n) and abs(corr(m[:-1], m[1:])) < 5 / np.sqrt(n)
     for other in (jax.random.key(1), jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)):
-        assert abs(corr(m, np.asarray(M.keep_mask(other, shape, 0.9)))) < 5 / np.sqrt(n)
+        assert abs(corr(m, np.asarray(fast_dropout.keep_mask(other, shape, 0.9)))) < 5 / np.sqrt(n)
     drop_per_column = 1 - m.mean(axis=0)
     assert np.abs(drop_per_column - 0.1).max() < 5 * np.sqrt(0.09 / shape[0])
-    np.testing.assert_array_equal(m, np.asarray(M.keep_mask(key, shape, 0.9)))  # a function of (key, shape)
-    assert abs(np.asarray(M.keep_mask(key, (4096,), 0.5)).mean() - 0.5) < 5 * np.sqrt(0.25 / 4096)  # other rates
+    np.testing.assert_array_equal(m, np.asarray(fast_dropout.keep_mask(key, shape, 0.9)))  # a function of (key, shape)
+    assert abs(np.asarray(fast_dropout.keep_mask(key, (4096,), 0.5)).mean() - 0.5) < 5 * np.sqrt(0.25 / 4096)  # other rates
 
 
 def test_init_params_follow_hf_init():
     cfg = dataclasses.replace(TINY[0], hidden_size=64, intermediate_size=256, num_attention_heads=4)
-    params = M.init_params(cfg, jax.random.key(0))
-    flat = M.flatten(params)
-    assert {k: tuple(v.shape) for k, v in flat.items()} == M.param_shapes(cfg)
+    params = checkpoint.init_params(cfg, jax.random.key(0))
+    flat = checkpoint.flatten(params)
+    assert {k: tuple(v.shape) for k, v in flat.items()} == checkpoint.param_shapes(cfg)
     w = np.asarray(flat["encoder.layer.0.intermediate.dense.weight"])
     assert abs(w.std() - cfg.initializer_range) < 0.001 and abs(w.mean()) < 0.001
     assert np.all(np.asarray(flat["encoder.layer.0.intermediate.dense.bias"]) == 0)
@@ -172,17 +175,17 @@ def test_init_params_follow_hf_init():
 
 def test_flatten_unflatten_round_trip():
     cfg = TINY[3]
-    params = M.init_params(cfg, jax.random.key(0))
-    flat = M.flatten(params)
-    assert list(flat) == list(M.param_shapes(cfg))
+    params = checkpoint.init_params(cfg, jax.random.key(0))
+    flat = checkpoint.flatten(params)
+    assert list(flat) == list(checkpoint.param_shapes(cfg))
     assert isinstance(params["encoder"]["layer"], list)
-    again = M.flatten(M.unflatten(flat))
+    again = checkpoint.flatten(checkpoint.unflatten(flat))
     assert list(again) == list(flat) and all(again[k] is flat[k] for k in flat)
 
 
 def test_num_layers_runs_a_prefix_of_the_encoder():
     cfg = TINY[3]
-    params = M.init_params(cfg, jax.random.key(0))
+    params = checkpoint.init_params(cfg, jax.random.key(0))
     ids, mask, _ = random_batch(cfg, seed=1)
     full = M.encode(params, ids, mask, cfg)
     part = M.encode(params, ids, mask, cfg, num_layers=2)
@@ -193,7 +196,7 @@ def test_num_layers_runs_a_prefix_of_the_encoder():
 
 def test_too_long_input_is_a_clear_error():
     cfg = TINY[0]
-    params = M.init_params(cfg, jax.random.key(0))
+    params = checkpoint.init_params(cfg, jax.random.key(0))
     T = cfg.max_position_embeddings + 1
     with pytest.raises(ValueError, match="max_position_embeddings"):
         M.encode(params, np.ones((1, T), np.int32), np.ones((1, T), np.int32), cfg)

@@ -20,8 +20,8 @@ import pytest
 import safetensors.numpy as safetensors_numpy
 
 from minilm import optim
+from minilm.checkpoint import flatten, init_params, param_shapes, unflatten
 from minilm.config import MINILM_L6_H384
-from minilm.model import flatten, init_params, param_shapes, unflatten
 from tests.conftest import need
 
 # A few tensors of each kind the mask distinguishes, with BERT's names.

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import embed as cli
-from minilm import SentenceModel, embed, load, save
+from minilm import embed, load, save, SentenceModel
 from tests.conftest import need
 from tests.tiny import TEXTS, tiny_model
 

@@ -3,7 +3,7 @@ per-pair loop."""
 import numpy as np
 import pytest
 
-from minilm.quantize import PRECISIONS, binary_search, calibration_ranges, hamming_distance, quantize
+from minilm.tools.quantize import binary_search, calibration_ranges, hamming_distance, PRECISIONS, quantize
 from tests.conftest import need
 
 

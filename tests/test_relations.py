@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from minilm import relations as rel
+from minilm.checkpoint import param_shapes, unflatten
 from minilm.config import Config
-from minilm.model import attention_bias, encode, param_shapes, unflatten
+from minilm.model import attention_bias, encode
 
 PAIRS = {"qk": ("query", "key"), "vv": ("value", "value"), "qq": ("query", "query"), "kk": ("key", "key")}
 

@@ -25,8 +25,8 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 import embed as cli
-from minilm.checkpoint import load, save
 from minilm import embed
+from minilm.st.folder import load, save
 from minilm.tokenizer import Tokenizer
 from tests.conftest import REPO
 from tests.tiny import tiny_model

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import embed as cli
-from minilm import SentenceModel, load, save
-from minilm.embedding import search, similarity
+from minilm import load, save, SentenceModel
+from minilm.tools.similarity import search, similarity
 from tests.conftest import need
 from tests.tiny import TEXTS, tiny_model
 
@@ -57,8 +57,8 @@ def test_folder_similarity_fn_is_read_saved_and_used(tmp_path, capsys):
 
 def test_repr_is_a_summary_not_the_weights(tmp_path):
     """repr(SentenceModel) used to print every weight (420,622 characters for all-MiniLM-L6-v2)."""
-    from minilm.checkpoint import save
-    from minilm.sentence_model import SentenceModel
+    from minilm.st.folder import save
+    from minilm.tools.sentence_model import SentenceModel
     from tests.tiny import tiny_model
     save(tiny_model(tmp_path), tmp_path / "tiny")
     text = repr(SentenceModel.load(tmp_path / "tiny"))

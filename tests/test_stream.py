@@ -10,7 +10,7 @@ import pytest
 
 from minilm import embed
 from minilm.fast.embedding import embed_stream
-from minilm.checkpoint import save
+from minilm.st.folder import save
 from tests.conftest import REPO
 from tests.tiny import DATA_WORDS, tiny_model
 
@@ -109,7 +109,8 @@ def test_progress_runs_on_a_clock_across_chunks(tiny_dir, monkeypatch, capsys):
 def test_plain_path_reports_progress_too(tiny_dir):
     """embed.py --plain: the plain path counts its batches as they finish (its progress used to stay at 0), and its
     embeddings are still the plain path's own."""
-    from minilm.embedding import embed as plain_embed
+    from minilm import load
+    from minilm.st.heads import embed as plain_embed
     from minilm.fast import embedding as fast
     texts = [f"the dog {i} is eating food" for i in range(10)]
     seen = []
@@ -121,7 +122,7 @@ def test_plain_path_reports_progress_too(tiny_dir):
     report = Recorder(10, enabled=False)
     emb = fast.embed(texts, tiny_dir, batch_size=4, fast=False, progress=report)
     assert seen == [4, 8, 10] and report.done == 10
-    np.testing.assert_array_equal(emb, plain_embed(texts, tiny_dir, batch_size=4))
+    np.testing.assert_array_equal(emb, plain_embed(texts, load(tiny_dir), batch_size=4))
 
 
 def test_progress_says_compiling_while_a_new_shape_compiles(tiny_dir, monkeypatch, capsys):

@@ -9,7 +9,7 @@ import itertools
 import pytest
 import tokenizers
 
-from minilm.tokenizer import LENGTHS, Encoding, Tokenizer, kept_lengths, pad_batch, padded_length, windows
+from minilm.tokenizer import Encoding, kept_lengths, LENGTHS, pad_batch, padded_length, Tokenizer, windows
 from tests.conftest import need
 
 TEXTS = {

@@ -15,7 +15,8 @@ import pytest
 import safetensors.numpy
 
 import train
-from minilm.checkpoint import load
+from minilm.batch import pad_columns
+from minilm.st.folder import load
 from tests.conftest import REPO
 from tests.tiny import train_folder
 
@@ -234,9 +235,9 @@ def test_a_cls_model_trains_as_cls_and_saves_what_it_trained(setup, tmp_path, ca
     import jax
     import jax.numpy as jnp
     from minilm import embed
-    from minilm.checkpoint import save
     from minilm.losses import contrastive_loss
     from minilm.model import encode, l2_normalize
+    from minilm.st.folder import save
     from tests.conftest import need
     from tests.tiny import TEXTS
     model = load(setup / "model")
@@ -245,7 +246,7 @@ def test_a_cls_model_trains_as_cls_and_saves_what_it_trained(setup, tmp_path, ca
     rng = np.random.default_rng(0)
     words = ["the", "cat", "dog", "sat", "on", "mat", "man", "woman", "is", "eating", "food", "music", "plays"]
     texts = [tuple(" ".join(rng.choice(words, 5)) for _ in range(2)) for _ in range(8)]
-    batch = jax.tree.map(jnp.asarray, train.runs.pad_columns(model.tokenizer, texts, 16))
+    batch = jax.tree.map(jnp.asarray, pad_columns(model.tokenizer, texts, 16))
     loss = {p: float(train.device_loss(model.params, batch, None, cfg=model.config,
                                        opts=train.LossOptions(pooling=p), axis_name=None)) for p in ("cls", "mean")}
     C, B, T = batch.ids_CBT.shape

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import train
-from minilm import parallel, runs
-from minilm.fast.packing import pack_columns
-from minilm.model import flatten
+from minilm import batch, parallel
+from minilm.batch import pack_columns
+from minilm.checkpoint import flatten
+from minilm.extensions import gradcache
 from tests.tiny import tiny_model
 
 B = 16  # global rows: 2 per device on 8 devices
@@ -25,7 +26,7 @@ def make_examples(columns: int, seed: int = 0):
 
 
 def make_batch(model, columns: int, seed: int = 0):
-    return runs.pad_columns(model.tokenizer, make_examples(columns, seed), 24)
+    return batch.pad_columns(model.tokenizer, make_examples(columns, seed), 24)
 
 
 OPTIONS = {
@@ -104,7 +105,8 @@ def test_gradcache_replays_the_same_dropout(tmp_path):
     with_dropout = cached(model.params, batch, jax.random.key(7))
 
     def reference(params):
-        chunks, embed_chunk = train.chunk_embedder(batch, model.config, jax.random.key(7), mini)
+        embed = lambda p, b, k: train.embed_columns(p, b, model.config, k)
+        chunks, embed_chunk = gradcache.chunk_embedder(batch, embed, jax.random.key(7), mini)
         emb = jnp.concatenate([embed_chunk(params, j) for j in range(len(chunks))], axis=1)
         return train.column_loss(emb, opts, None)
 
@@ -121,7 +123,7 @@ def test_packed_equals_padded(tmp_path, name, n):
     model = tiny_model(tmp_path)
     examples = make_examples(columns, seed=3)
     packed = pack_columns(model.tokenizer, examples, 24, parts=n)
-    padded = runs.pad_columns(model.tokenizer, examples, 24)
+    padded = batch.pad_columns(model.tokenizer, examples, 24)
     assert packed.segments_RL.max() >= 4  # rows do hold several texts
     assert_same(sharded(model, packed, opts, n), single_device(model, padded, opts))
 

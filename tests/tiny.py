@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import tokenizers
 
-from minilm.checkpoint import Model, save
+from minilm.checkpoint import flatten, init_params, unflatten
 from minilm.config import Config
-from minilm.model import flatten, init_params, unflatten
+from minilm.st.folder import Model, save
 from minilm.tokenizer import Tokenizer, wordpiece_from_vocab
 
 WORDS = ("the a cat dog sat on mat is eating food man woman riding horse play ##s ##ing ##ed , . ! ? "

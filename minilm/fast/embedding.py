@@ -1,5 +1,6 @@
-"""An optimisation of the plain path (minilm/embedding.py): the same embeddings, computed with little padding and
-few compiled shapes; tests/test_fast_path.py proves them equal, tests/test_batching.py each text alone.
+"""An optimisation of the plain path (model.embed, with the folder's head: st/heads.py embed): the same embeddings,
+computed with little padding and few compiled shapes; tests/test_fast_path.py proves them equal,
+tests/test_batching.py each text alone.
 
 - Texts are planned into forwards of a bounded set of shapes (fast/packing.py): packed, several texts sharing a row
   with a block-diagonal mask (the default), or sorted by length and padded (pack=False).
@@ -22,12 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minilm import embedding
-from minilm.checkpoint import Model
-from minilm.embedding import check_options, get_model
+from minilm.batch import PACKED_POOLING_MODES, pool_segments, same_text
 from minilm.fast import xla
 from minilm.fast.packing import Forward, plan_packed, plan_padded
-from minilm.model import PACKED_POOLING_MODES, dense_head, encode, l2_normalize, pool, pool_segments
+from minilm.model import encode, l2_normalize
+from minilm.st import heads
+from minilm.st.folder import get_model, Model
+from minilm.st.heads import check_options, dense_head, pool
 
 TRACES = collections.Counter()  # (rows, length, slots) -> times embed_rows was traced: each is one compilation
 COMPILED = set()  # the forwards (shape and options) this process has compiled or loaded from the cache
@@ -39,10 +41,10 @@ def embed_rows(params, ids_BT, positions_BT, segments_BT, *, cfg, pooling, norma
     """The jitted entry point: rows of one or more texts -> emb_BND, one vector per (row, slot). Segment s + 1
     of a row is the text in slot s (0 = padding). `dim` keeps the first D dimensions (Matryoshka), truncating
     before the L2 normalisation so the shorter vector has unit length; `skip` leaves each text's first tokens out
-    of the pooling (a prompt, model.skip_prompt)."""
+    of the pooling (a prompt, heads.skip_prompt)."""
     TRACES[ids_BT.shape + (slots,)] += 1  # runs while tracing only, not on each call
-    h_BTD = encode(params, ids_BT, segments_BT > 0, cfg, num_layers=num_layers, positions_BT=positions_BT,
-                   segments_BT=segments_BT).last_hidden_state.astype(jnp.float32)  # pool in float32
+    h_BTD = encode(params, ids_BT, same_text(segments_BT), cfg, num_layers=num_layers,
+                   positions_BT=positions_BT).last_hidden_state.astype(jnp.float32)  # pool in float32
     if pooling == "max":  # one text per row: pool over its tokens as usual
         emb_BND = pool(h_BTD, (segments_BT > 0) & (positions_BT >= skip), "max")[:, None]
     else:
@@ -71,7 +73,8 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
           num_layers: int | None = None, dim: int | None = None, prompt: str | None = None,
           prompt_name: str | None = None, pack: bool = True, dtype: str = "float32", progress=None,
           fast: bool = True) -> np.ndarray:
-    """Embed a list of strings -> float32 [N, dim], row i for texts[i]: minilm.embedding.embed, faster.
+    """Embed a list of strings -> float32 [N, dim], row i for texts[i]: the plain path (st/heads.py embed, which is
+    embedding.embed with the folder's head), faster.
 
     The options of the plain path (model, batch_size, max_length, normalize, num_layers, dim, prompt, prompt_name),
     plus: pack: several
@@ -88,7 +91,7 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
                           quiet_for=0.0 if progress is True else QUIET_FOR)
         own = True
     if not fast:  # the plain path itself, batch_size texts at a time (its own batches), reporting as it goes
-        plain = functools.partial(embedding.embed, model=m, batch_size=batch_size, max_length=max_length,
+        plain = functools.partial(heads.embed, model=m, batch_size=batch_size, max_length=max_length,
                                   normalize=normalize, num_layers=num_layers, dim=dim, prompt=prompt,
                                   prompt_name=prompt_name)
         out = []
@@ -97,7 +100,7 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
                 out.append(plain(texts[start:start + batch_size]))
                 report(start + len(out[-1]), final=own and start + batch_size >= len(texts))
         return np.concatenate(out)
-    texts, skip = embedding.with_prompt(m, texts, prompt, prompt_name)
+    texts, skip = heads.with_prompt(m, texts, prompt, prompt_name)
     cfg = m.config
     normalize = m.normalize if normalize is None else normalize
     if dtype not in ("float32", "bfloat16"):

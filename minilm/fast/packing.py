@@ -1,6 +1,6 @@
 """An optimisation of padding every text to its batch's longest: texts sorted by length, or packed several to a row;
-tests/test_batching.py proves each text's embedding equal to the text embedded alone, tests/test_train_step.py and
-tests/test_distill.py packed training equal to padded.
+tests/test_batching.py proves each text's embedding equal to the text embedded alone. (Training packs its batches
+with the core's batch.py; this module plans the forwards of embedding many texts.)
 
 A jitted function compiles once per input shape, so every forward here has one of a bounded set of shapes: rows are
 a power of two (up to the batch) and lengths come from tokenizer.LENGTHS. Two plans:
@@ -8,22 +8,18 @@ a power of two (up to the batch) and lengths come from tokenizer.LENGTHS. Two pl
 - padded: texts sorted by length, `batch_size` per forward, each row one text padded to the next length in
   LENGTHS. Sorting makes neighbours nearly equal in length.
 - packed: several texts share a row of PACK_LENGTHS tokens, each with its own positions (restarting at 0) and a
-  block-diagonal attention mask (model.same_text), so each text is computed exactly as if alone. Rows are filled
+  block-diagonal attention mask (batch.same_text), so each text is computed exactly as if alone. Rows are filled
   best-fit, longest text first, short texts filling the room that long ones leave; a forward holds `tokens // T`
   rows of T tokens. Almost no token is padding, and there are few shapes.
 
-A `Forward` says where each text goes (row, slot, first token); `arrays` builds its numpy inputs. Training
-(train.py, distill.py) packs each device's share of a batch alike: `pack_columns`.
+A `Forward` says where each text goes (row, slot, first token); `arrays` builds its numpy inputs.
 """
 import dataclasses
-from typing import NamedTuple
 
-import jax
 import numpy as np
 
-from minilm.tokenizer import LENGTHS, padded_length
-
-PACK_LENGTHS = tuple(t for t in LENGTHS if t >= 32 and t & (t - 1) == 0)  # packed rows: 32, 64, ..., 512 tokens
+from minilm.batch import PACK_LENGTHS, pack_rows
+from minilm.tokenizer import padded_length
 
 
 def pow2_rows(n: int, most: int) -> int:
@@ -69,27 +65,6 @@ def plan_padded(lengths: list[int], batch_size: int) -> list[Forward]:
     return forwards
 
 
-def pack_rows(lengths: list[int], row_lengths: list[int]) -> list[tuple[int, list[int]]]:
-    """Best-fit decreasing: each text, longest first, goes into the open row with the least room that still holds
-    it (and has a free slot), else opens a row of the shortest length in row_lengths that holds it. A row of T
-    tokens holds at most T // 4 texts. Returns (row length, texts) per row."""
-    rows: list[tuple[int, list[int]]] = []
-    room: list[int] = []  # free tokens of each row
-    by_room: list[list[int]] = [[] for _ in range(max(row_lengths) + 1)]  # by_room[k]: open rows with k free
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        n = lengths[i]
-        r = next((by_room[k].pop() for k in range(n, len(by_room)) if by_room[k]), None)
-        if r is None:
-            r = len(rows)
-            rows.append((next(t for t in row_lengths if n <= t), []))
-            room.append(rows[r][0])
-        rows[r][1].append(i)
-        room[r] -= n
-        if len(rows[r][1]) < rows[r][0] // 4:
-            by_room[room[r]].append(r)
-    return rows
-
-
 def plan_packed(lengths: list[int], tokens: int) -> list[Forward]:
     """Texts packed into rows of PACK_LENGTHS tokens (pack_rows), about `tokens` tokens per forward."""
     top = max(PACK_LENGTHS[0], padded_length(max(lengths, default=0)))  # the row length of the longest texts
@@ -115,44 +90,3 @@ def packed_forward(rows: list[list[int]], lengths: list[int], num_rows: int, len
             offset += lengths[i]
     return Forward(rows=num_rows, length=length, slots=max(1, length // 4), index=np.array(index, int),
                    row=np.array(row, int), slot=np.array(slot, int), start=np.array(start, int))
-
-
-class Packed(NamedTuple):
-    """A packed training batch: each device's C x b texts share R rows of L tokens, positions restarting at 0
-    for every text and segment = slot + 1 (0 = padding), so attention stays inside each text (block-diagonal) and
-    every text is computed exactly as if alone. Text (c, row r of the batch) is slot where_CB[c, r] of its device's
-    pooled [R x N] output. Training texts average ~15 tokens: padded rows are two-thirds padding, packed ones ~5%."""
-    ids_RL: np.ndarray | jax.Array  # [devices x R, L]
-    positions_RL: np.ndarray | jax.Array
-    segments_RL: np.ndarray | jax.Array
-    where_CB: np.ndarray | jax.Array  # [C, B]: index into the device's flattened [R * N] slots
-    ROW_AXES = (0, 0, 0, 1)  # the axis of each array that is split over devices (parallel.shard_batch)
-
-    def rows(self):
-        """(ids, positions, segments) of the packed rows, for models that read token rows (distillation)."""
-        return self.ids_RL, self.positions_RL, self.segments_RL
-
-
-def pack_columns(tokenizer, examples, max_length: int, parts: int, agree=lambda *shape: shape) -> Packed:
-    """Examples (tuples of C texts; B rows, `parts` equal slices, one per local device) -> a Packed batch: each
-    slice's C x B/parts texts packed best-fit into R rows of L tokens (pack_rows). L: the packing length
-    that holds the longest text, at least 64 (short rows keep the block-diagonal attention cheap); R: the most rows
-    any slice needs, rounded up to a multiple of 4 (a bounded set of shapes). agree(R, L) -> (R, L): in a
-    multi-host run, parallel.agree_max, so that every process builds arrays of one shape."""
-    C, B = len(examples[0]), len(examples)
-    b = B // parts
-    columns = [[e.ids for e in tokenizer.encode_batch([ex[c] for ex in examples], max_length=max_length)]
-               for c in range(C)]
-    L = padded_length(max(64, *(len(ids) for col in columns for ids in col)), PACK_LENGTHS)
-    slices = [[columns[c][d * b + r] for c in range(C) for r in range(b)] for d in range(parts)]  # text c * b + r
-    rows = [pack_rows([len(ids) for ids in texts], [L]) for texts in slices]
-    R, L = agree(-(-max(len(r) for r in rows) // 4) * 4, L)
-    ids, positions, segments = (np.zeros((parts * R, L), np.int32) for _ in range(3))
-    where_CB = np.zeros((C, B), np.int32)
-    for d, (texts, packed) in enumerate(zip(slices, rows)):
-        fwd = packed_forward([members for _, members in packed], [len(ids) for ids in texts], R, L)
-        part = slice(d * R, (d + 1) * R)
-        ids[part], positions[part], segments[part] = fwd.arrays(texts, tokenizer.pad_id)
-        c, r = np.divmod(fwd.index, b)
-        where_CB[c, d * b + r] = fwd.row * fwd.slots + fwd.slot
-    return Packed(ids, positions, segments, where_CB)

@@ -55,11 +55,13 @@ def measure_libraries(lengths: tuple[int, ...] = (128, 256), tokens: int = 4096,
     (docs/fast-path.md). The rate is the layer's FLOPs at all lengths over the summed best time of `repeats` rounds;
     the libraries take turns within each round so that a busy moment does not fall on one of them alone."""
     from minilm import model  # here: model.py does not need this module, and importing xla stays cheap
+    from minilm.batch import same_text
+    from minilm.checkpoint import init_params
     from minilm.config import Config
 
     cfg = Config(vocab_size=8, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=max(1, hidden // 32),
                  intermediate_size=4 * hidden, max_position_embeddings=max(lengths))
-    p = model.init_params(cfg, jax.random.key(0))["encoder"]["layer"][0]
+    p = init_params(cfg, jax.random.key(0))["encoder"]["layer"][0]
     inputs, flops = [], 0
     for T in lengths:
         rows = max(1, tokens // T)
@@ -69,7 +71,7 @@ def measure_libraries(lengths: tuple[int, ...] = (128, 256), tokens: int = 4096,
         flops += rows * T * 2 * (4 * hidden * hidden + 2 * hidden * cfg.intermediate_size) + rows * 4 * T * T * hidden
     # The mask is built inside, from the segments, as in the fast path's forward: what a library does with it (a
     # fusion that needs it written out at [rows, heads, T, T]) is part of what is measured.
-    layer = lambda x, segments: model.layer(p, x, model.packed_attention_bias(segments), cfg)
+    layer = lambda x, segments: model.layer(p, x, model.attention_bias(same_text(segments)), cfg)
     compiled = {}
     for name, options in MATMUL_LIBRARIES.items():
         try:

@@ -21,8 +21,8 @@ import jax
 import safetensors
 
 from minilm import optim, parallel
-from minilm.checkpoint import Model, atomic_dir, model_card, write_model
-from minilm.files import read_json
+from minilm.data import read_json
+from minilm.st.folder import atomic_dir, Model, model_card, write_model
 
 
 def training_card(script: str, step: int, args, metrics: dict) -> str:

@@ -10,18 +10,13 @@ import pathlib
 import signal
 import sys
 import time
-from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from minilm import optim, parallel
+from minilm.batch import pack_columns, pad_columns
 from minilm.run import resume
-from minilm.checkpoint import Model
-from minilm.fast.packing import pack_columns
-from minilm.model import pool, pool_segments
-from minilm.tokenizer import pad_batch, padded_length
+from minilm.st.folder import Model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,31 +70,9 @@ def adamw(args: RunArgs) -> optim.AdamWConfig:
 # A training batch: C columns of texts (anchor, positive[, negative]; distillation: one), B rows.
 
 
-class Padded(NamedTuple):
-    """One text per row, every column padded to one length: ids and mask [C, B, T]."""
-    ids_CBT: np.ndarray | jax.Array
-    mask_CBT: np.ndarray | jax.Array
-    ROW_AXES = (1, 1)  # the axis of each array that is split over devices (parallel.shard_batch)
-
-    def rows(self):
-        """(ids, positions, segments) [C*B, T]: the rows as packed rows of one text each (segment 1, or 0 = pad)."""
-        C, B, T = self.ids_CBT.shape
-        ids_NT, mask_NT = self.ids_CBT.reshape(C * B, T), self.mask_CBT.reshape(C * B, T)
-        return ids_NT, jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (C * B, T)), mask_NT
-
-
-def pad_columns(tokenizer, examples, max_length: int) -> Padded:
-    """Examples (tuples of C texts) -> ids, mask [C, B, T] int32, every column padded to one length."""
-    columns = [tokenizer.encode_batch([ex[c] for ex in examples], max_length=max_length)
-               for c in range(len(examples[0]))]
-    length = padded_length(max(len(e.ids) for col in columns for e in col))
-    batches = [pad_batch(col, length=length, pad_id=tokenizer.pad_id) for col in columns]
-    return Padded(np.stack([b.ids_BT for b in batches]), np.stack([b.mask_BT for b in batches]))
-
-
 def make_batch(tokenizer, examples, max_length: int, mesh, pack: bool):
     """This process's examples -> (the batch as global arrays split over the mesh, texts in the global batch, real
-    tokens in it). Packed: each local device's share packed into rows of its own (fast/packing.py); in a multi-host
+    tokens in it). Packed: each local device's share packed into rows of its own (batch.py); in a multi-host
     run the processes agree on one row count and length with a small all-gather between hosts (agree_max)."""
     if pack:
         batch = pack_columns(tokenizer, examples, max_length, len(mesh.local_devices), agree=parallel.agree_max)
@@ -122,19 +95,6 @@ def with_params(model: Model, params: dict) -> Model:
         return dataclasses.replace(model, params=params)
     return dataclasses.replace(model, params={k: v for k, v in params.items() if k != "dense"},
                                dense=tuple(params["dense"]))
-
-
-def pool_columns(h_BTD, batch, pooling: str = "mean") -> jax.Array:
-    """The token states of a batch's rows -> one pooled vector per text [C, b, D], in the batch's text order (not
-    normalised). Padded: each row is a text. Packed: each row's slots pooled (model.pool_segments), then the texts
-    picked out of the device's [R x N] slots by where_CB."""
-    if isinstance(batch, Padded):
-        C, b, T = batch.ids_CBT.shape
-        return pool(h_BTD, batch.mask_CBT.reshape(C * b, T), pooling).reshape(C, b, -1)
-    C, b = batch.where_CB.shape
-    R, L = batch.ids_RL.shape
-    slots_RND = pool_segments(h_BTD, batch.segments_RL, batch.positions_RL, L // 4, pooling)
-    return slots_RND.reshape(R * (L // 4), -1)[batch.where_CB.reshape(-1)].reshape(C, b, -1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -231,7 +191,7 @@ class Run:
 
     def evaluate(self, step: int, params, data) -> None:
         """data: STS pairs (minilm.tools.evaluate.read_sts) or a retrieval set (minilm.tools.retrieval.read_beir)."""
-        from minilm.tools.evaluate import StsPairs, evaluate_sts, ir_line
+        from minilm.tools.evaluate import evaluate_sts, ir_line, StsPairs
         from minilm.tools.retrieval import evaluate_ir
         model = with_params(self.model, jax.device_get(params))
         if isinstance(data, StsPairs):

@@ -4,5 +4,6 @@
     retrieval.py       BEIR folders, nDCG@10, MRR@10, Recall@k
     mine.py            hard negatives mined with a model (python -m minilm.tools.mine)
     quantize.py        int8 / binary embeddings and the search over them
+    similarity.py      similarity matrices and search (cosine, dot, euclidean, manhattan)
     sentence_model.py  SentenceModel: the loaded model and these functions behind one object
 """

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from minilm.files import json_object, read_lines
+from minilm.data import json_object, read_lines
 from minilm.model import l2_normalize
 
 
@@ -154,8 +154,8 @@ def evaluate_sts(pairs: StsPairs, model=None, fn: str | None = None, **embed_opt
     """{"spearman", "pearson"} x 100 of the pairs' similarity against gold scores, by fn (default: the model
     folder's similarity function, cosine for all-MiniLM-L6-v2); each distinct sentence is embedded once, with the
     fast path (embed_options: those of minilm.embed; fast=False takes the plain path)."""
-    from minilm.embedding import get_model
     from minilm.fast.embedding import embed
+    from minilm.st.folder import get_model
 
     m = get_model(model)
     unique = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
         p.error("nothing to evaluate: give --sts FILE and/or --ir DIR")
     options = dict(batch_size=args.batch_size, max_length=args.max_length, num_layers=args.layers, dim=args.dim)
     try:
-        from minilm.embedding import get_model
+        from minilm.st.folder import get_model
         from minilm.tools.retrieval import evaluate_ir, read_beir
         sets = [("sts", path, read_sts(path)) for path in args.sts] + \
             [("ir", path, read_beir(path)) for path in args.ir]  # every file is checked before the model loads

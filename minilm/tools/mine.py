@@ -32,8 +32,9 @@ def mine(pairs: list[tuple[str, str]], model=None, corpus: list[str] | None = No
          sampling: str = "top", seed: int = 0, batch_size: int = 32, progress=None) -> list[tuple[str, str, str]]:
     """(anchor, positive) pairs -> (anchor, positive, negative) triplets, grouped by distinct anchor in order of first
     appearance, each anchor's positives in order, each positive's negatives best first."""
-    from minilm.embedding import get_model, similarity
     from minilm.fast.embedding import embed
+    from minilm.st.folder import get_model
+    from minilm.tools.similarity import similarity
 
     m = get_model(model)
     if num_negatives < 1:
@@ -129,8 +130,7 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
     try:
-        from minilm.data import read_examples
-        from minilm.files import read_lines
+        from minilm.data import read_examples, read_lines
         examples, _ = read_examples(args.data)
         if len(examples[0]) != 2:
             raise ValueError(f"{args.data}: {len(examples[0])} texts a line; mining needs (anchor, positive) pairs")

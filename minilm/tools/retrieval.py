@@ -21,8 +21,8 @@ import pathlib
 
 import numpy as np
 
-from minilm.embedding import similarity
-from minilm.files import json_object, read_lines
+from minilm.data import json_object, read_lines
+from minilm.tools.similarity import similarity
 
 CUTOFFS = {"ndcg": (10,), "mrr": (10,), "map": (100,), "recall": (1, 10, 100)}
 
@@ -111,8 +111,8 @@ def ranking_metrics(ranked: list[list[str]], relevant: list[set[str]]) -> dict[s
 def evaluate_ir(beir: Beir, model=None, fn: str | None = None, **embed_options) -> dict[str, float]:
     """{metric: value x 100, "queries": Q, "documents": N} of a model on a Beir set; fn: the similarity function
     (default: the model folder's)."""
-    from minilm.embedding import get_model
     from minilm.fast.embedding import embed
+    from minilm.st.folder import get_model
 
     m = get_model(model)
     query_ids = [q for q in beir.queries if beir.relevant.get(q)]  # queries without a relevant document are skipped

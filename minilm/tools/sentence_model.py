@@ -11,9 +11,9 @@ import dataclasses
 
 import numpy as np
 
-from minilm.checkpoint import Model, load
-from minilm.embedding import default_model_dir, similarity
 from minilm.fast.embedding import embed
+from minilm.st.folder import default_model_dir, load, Model
+from minilm.tools.similarity import similarity
 
 
 @dataclasses.dataclass(eq=False)

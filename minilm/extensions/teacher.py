@@ -1,0 +1,83 @@
+"""The teacher's sentence embeddings for distill.py's embedding loss: cached on disk (--teacher-cache), so that the
+teacher's forward runs once and not every step, and projected onto a narrower student's width (PCA).
+tests/test_distill.py checks a cached run equal to one that runs the teacher, and the projection against an SVD."""
+import hashlib
+import pathlib
+
+import jax
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from minilm.checkpoint import flatten
+from minilm.run import runs
+from minilm.st.folder import Model
+
+
+PCA_TEXTS = 10_000  # teacher embeddings the projection is fitted on
+
+
+def fingerprint(texts: list[str], teacher: Model, max_length: int) -> str:
+    """What a cache of teacher embeddings depends on: the texts, the teacher's weights and head, the truncation."""
+    h = hashlib.sha256(f"{max_length} {teacher.pooling} {teacher.normalize} {teacher.activations}\n".encode())
+    for name, x in sorted(flatten(runs.trainable(teacher)).items()):
+        h.update(name.encode()), h.update(np.ascontiguousarray(x).tobytes())
+    for text in texts:
+        h.update(text.encode("utf-8") + b"\0")
+    return h.hexdigest()
+
+
+def teacher_cache(path: str, texts: list[str], teacher: Model, max_length: int) -> dict[str, np.ndarray]:
+    """{text: the teacher's embedding} of every distinct text, read from `path` (a safetensors file) or computed with
+    the fast embedder and written there (to a temporary name, then renamed). A file made from other texts, another
+    teacher or another --max-length is an error, never silently used."""
+    from minilm.fast.embedding import embed
+    distinct = list(dict.fromkeys(texts))
+    key = fingerprint(distinct, teacher, max_length)
+    file = pathlib.Path(path)
+    if file.exists():
+        with safetensors.safe_open(file, "np") as f:
+            if (f.metadata() or {}).get("fingerprint") != key:
+                raise ValueError(f"{file}: these teacher embeddings were made from other texts, another teacher or "
+                                 f"another --max-length; delete the file or name another --teacher-cache")
+            emb_ND = f.get_tensor("embeddings")
+        print(f"teacher embeddings of {len(distinct):,} texts read from {file}", flush=True)
+    else:
+        print(f"embedding {len(distinct):,} texts with the teacher once, for {file}", flush=True)
+        emb_ND = embed(distinct, teacher, max_length=max_length, progress=True)
+        if jax.process_index() == 0:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_name(f".{file.name}.tmp-{np.random.randint(1 << 30)}")
+            safetensors.numpy.save_file({"embeddings": emb_ND}, tmp, metadata={"fingerprint": key})
+            tmp.replace(file)
+    return dict(zip(distinct, emb_ND))
+
+
+def pca_projection(emb_ND: np.ndarray, dim: int) -> np.ndarray:
+    """[D, dim]: the top `dim` principal directions of the teacher's embeddings (eigenvectors of their covariance,
+    largest eigenvalue first). Applied without centering, as sentence-transformers' distillation example applies
+    its PCA Dense layer: a narrower student learns the teacher's embedding in the subspace where it varies most."""
+    x_ND = emb_ND.astype(np.float64)
+    cov_DD = np.cov(x_ND, rowvar=False)
+    eigenvalues, vectors_DD = np.linalg.eigh(cov_DD)  # ascending
+    return vectors_DD[:, ::-1][:, :dim].astype(np.float32)
+
+
+def projection_for(args, teacher: Model, student: Model, sampler, cache) -> np.ndarray | None:
+    """None when the widths agree; else the PCA projection of the teacher's embeddings of PCA_TEXTS texts, drawn
+    with the run's seed (the same on resume)."""
+    D_t, D_s = teacher.dim, student.dim  # the embeddings' widths (a Dense module may change the hidden size)
+    if args.embedding_loss == "none" or D_t == D_s:
+        return None
+    if D_s > D_t:
+        raise ValueError(f"--embedding-loss needs a student no wider than its teacher: student {D_s}, teacher {D_t}")
+    rng = np.random.default_rng([args.seed, 1])
+    texts = [sampler.texts[i] for i in rng.permutation(len(sampler.texts))[:PCA_TEXTS]]
+    if cache is not None:
+        emb_ND = np.stack([cache[t] for t in texts])
+    else:
+        from minilm.fast.embedding import embed
+        emb_ND = embed(texts, teacher, max_length=args.max_length)
+    if len(emb_ND) < D_s:
+        raise ValueError(f"PCA to {D_s} dimensions needs at least {D_s} texts; --data has {len(emb_ND)}")
+    return pca_projection(emb_ND, D_s)
