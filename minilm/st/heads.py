@@ -69,8 +69,11 @@ def embedding_with_head(params: dict, ids_BT, mask_BT, cfg: Config, type_ids_BT=
     L2-normalise. `dim` keeps the first D dimensions (Matryoshka models), cut before the normalisation so the shorter
     vector has unit length."""
     h_BTD = encode(params, ids_BT, mask_BT, cfg, type_ids_BT, key, num_layers).last_hidden_state
-    emb_BD = dense_head(pool(h_BTD, skip_prompt(mask_BT, skip), pooling), dense, activations)[:, :dim]
+    emb_BD = pool(h_BTD, skip_prompt(mask_BT, skip), pooling)
+    emb_BD = dense_head(emb_BD, dense, activations)
+    emb_BD = emb_BD[:, :dim]  # Matryoshka: the first dimensions
     return l2_normalize(emb_BD) if normalize else emb_BD
+
 
 # One compiled forward per batch shape; the options that change the program are static.
 embed_batch = jax.jit(embedding_with_head,
