@@ -81,13 +81,35 @@ def pack_rows(lengths: list[int], row_lengths: list[int]) -> list[tuple[int, lis
     return rows
 
 
+def placements(rows: list[list[int]], lengths: list[int]) -> tuple[np.ndarray, ...]:
+    """(index, row, slot, start) of every text of rows[r] (pack_rows' texts of row r): text index[i] sits in row
+    row[i], slot slot[i], from token start[i], each text starting where the one before it in its row ends."""
+    index, row, slot, start = [], [], [], []
+    for r, texts in enumerate(rows):
+        offset = 0
+        for s, i in enumerate(texts):
+            index.append(i), row.append(r), slot.append(s), start.append(offset)
+            offset += lengths[i]
+    return tuple(np.array(x, int) for x in (index, row, slot, start))
+
+
+def write_rows(seqs: list, index, row, slot, start, num_rows: int, length: int, pad_id: int):
+    """(ids, positions, segments) [num_rows, length] int32 with token sequence seqs[index[i]] at row[i] from
+    start[i]; positions restart at 0 for each text, segment = slot + 1 (0 is padding)."""
+    ids = np.full((num_rows, length), pad_id, np.int32)
+    positions, segments = np.zeros((num_rows, length), np.int32), np.zeros((num_rows, length), np.int32)
+    for i, r, s, t in zip(index, row, slot, start):
+        n = len(seqs[i])
+        ids[r, t:t + n], positions[r, t:t + n], segments[r, t:t + n] = seqs[i], np.arange(n), s + 1
+    return ids, positions, segments
+
+
 def pack_columns(tokenizer, examples, max_length: int, parts: int, agree=lambda *shape: shape) -> Packed:
     """Examples (tuples of C texts; B rows, `parts` equal slices, one per local device) -> a Packed batch: each
-    slice's C x B/parts texts packed best-fit into R rows of L tokens (pack_rows), each text starting where the one
-    before it in its row ends. L: the packing length that holds the longest text, at least 64 (short rows keep the
-    block-diagonal attention cheap); R: the most rows any slice needs, rounded up to a multiple of 4 (a bounded set
-    of shapes). agree(R, L) -> (R, L): in a multi-host run, parallel.agree_max, so that every process builds arrays
-    of one shape."""
+    slice's C x B/parts texts packed best-fit into R rows of L tokens (pack_rows, placements). L: the packing length
+    that holds the longest text, at least 64 (short rows keep the block-diagonal attention cheap); R: the most rows
+    any slice needs, rounded up to a multiple of 4 (a bounded set of shapes). agree(R, L) -> (R, L): in a multi-host
+    run, parallel.agree_max, so that every process builds arrays of one shape."""
     C, B = len(examples[0]), len(examples)
     b = B // parts
     columns = [[e.ids for e in tokenizer.encode_batch([ex[c] for ex in examples], max_length=max_length)]
@@ -96,19 +118,15 @@ def pack_columns(tokenizer, examples, max_length: int, parts: int, agree=lambda 
     slices = [[columns[c][d * b + r] for c in range(C) for r in range(b)] for d in range(parts)]  # text c * b + r
     rows = [pack_rows([len(ids) for ids in texts], [L]) for texts in slices]
     R, L = agree(-(-max(len(r) for r in rows) // 4) * 4, L)
-    ids = np.full((parts * R, L), tokenizer.pad_id, np.int32)
-    positions, segments = np.zeros((parts * R, L), np.int32), np.zeros((parts * R, L), np.int32)
+    ids, positions, segments = (np.zeros((parts * R, L), np.int32) for _ in range(3))
     where_CB = np.zeros((C, B), np.int32)
     for d, (texts, packed) in enumerate(zip(slices, rows)):
-        for r, (_, members) in enumerate(packed):
-            start, row = 0, d * R + r
-            for slot, i in enumerate(members):
-                n = len(texts[i])
-                ids[row, start:start + n], positions[row, start:start + n] = texts[i], np.arange(n)
-                segments[row, start:start + n] = slot + 1
-                c, k = divmod(i, b)
-                where_CB[c, d * b + k] = r * (L // 4) + slot
-                start += n
+        index, row, slot, start = placements([members for _, members in packed], [len(ids) for ids in texts])
+        part = slice(d * R, (d + 1) * R)
+        ids[part], positions[part], segments[part] = write_rows(texts, index, row, slot, start, R, L,
+                                                                tokenizer.pad_id)
+        c, k = np.divmod(index, b)
+        where_CB[c, d * b + k] = row * (L // 4) + slot
     return Packed(ids, positions, segments, where_CB)
 
 

@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from minilm.batch import PACK_LENGTHS, pack_rows
+from minilm.batch import PACK_LENGTHS, pack_rows, placements, write_rows
 from minilm.tokenizer import padded_length
 
 
@@ -40,17 +40,8 @@ class Forward:
     start: np.ndarray
 
     def arrays(self, ids: list, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids_BT, positions_BT, segments_BT) for token-id sequences ids[i]; segment = slot + 1, 0 is padding."""
-        ids_BT = np.full((self.rows, self.length), pad_id, np.int32)
-        positions_BT = np.zeros((self.rows, self.length), np.int32)
-        segments_BT = np.zeros((self.rows, self.length), np.int32)
-        for i, r, s, t in zip(self.index, self.row, self.slot, self.start):
-            seq = ids[i]
-            n = len(seq)
-            ids_BT[r, t:t + n] = seq
-            positions_BT[r, t:t + n] = np.arange(n)
-            segments_BT[r, t:t + n] = s + 1
-        return ids_BT, positions_BT, segments_BT
+        """(ids_BT, positions_BT, segments_BT) for token-id sequences ids[i] (batch.write_rows)."""
+        return write_rows(ids, self.index, self.row, self.slot, self.start, self.rows, self.length, pad_id)
 
 
 def plan_padded(lengths: list[int], batch_size: int) -> list[Forward]:
@@ -80,13 +71,8 @@ def plan_packed(lengths: list[int], tokens: int) -> list[Forward]:
 
 
 def packed_forward(rows: list[list[int]], lengths: list[int], num_rows: int, length: int) -> Forward:
-    """A Forward of num_rows rows of `length` tokens from rows[r] = the texts of row r (pack_rows), each text
-    starting where the one before it in the row ends."""
-    index, row, slot, start = [], [], [], []
-    for r, texts in enumerate(rows):
-        offset = 0
-        for s, i in enumerate(texts):
-            index.append(i), row.append(r), slot.append(s), start.append(offset)
-            offset += lengths[i]
-    return Forward(rows=num_rows, length=length, slots=max(1, length // 4), index=np.array(index, int),
-                   row=np.array(row, int), slot=np.array(slot, int), start=np.array(start, int))
+    """A Forward of num_rows rows of `length` tokens from rows[r] = the texts of row r (pack_rows), placed as
+    training places them (batch.placements)."""
+    index, row, slot, start = placements(rows, lengths)
+    return Forward(rows=num_rows, length=length, slots=max(1, length // 4), index=index, row=row, slot=slot,
+                   start=start)
