@@ -20,7 +20,7 @@ checkpoints, --resume and Ctrl-C (minilm/run/runs.py has the pieces both use).
 import dataclasses
 import functools
 import sys
-from typing import NamedTuple
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -28,17 +28,17 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from minilm import optim, parallel
-from minilm.batch import pool_columns, same_text
+from minilm.batch import same_text
 from minilm.config import Config
 from minilm.extensions.students import make_student
 from minilm.extensions.teacher import projection_for, teacher_cache
 from minilm.fast import dropout, xla
-from minilm.losses import embedding_distill_loss, EMBEDDING_LOSSES
+from minilm.losses import embedding_distill_loss
 from minilm.model import encode, l2_normalize
 from minilm.relations import count_texts, distill_loss, layer_qkv, parse_relations, relation_heads
 from minilm.run import cli, resume, runs
 from minilm.st.folder import load
-from minilm.st.heads import dense_head
+from minilm.st.heads import column_embeddings, Head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
     student_intermediate_size: int = 0  # feed-forward size of a from-scratch student (default: 4 x hidden)
     relations: str = "qq,kk,vv"  # relations and weights: qq,kk,vv (MiniLMv2) or qk,vv (v1); e.g. qq:1,kk:1,vv:2;
     # none: embedding distillation alone
-    embedding_loss: str = "none"  # mse or cosine: the student's sentence embedding learns the teacher's (none: off)
+    embedding_loss: Literal["none", "mse", "cosine"] = "none"  # the student's sentence embedding learns the teacher's (none: off)
     embedding_weight: float = 1.0  # weight of the embedding loss beside the relations (theirs are in --relations)
     teacher_cache: str | None = None  # file of the teacher's embeddings of --data, written by the first run that
     # names it and read by later ones, so the teacher's forward runs once, not every step
@@ -71,14 +71,6 @@ class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
 
 # ----------------------------------------------------------------------------------------------------------------
 # The loss of one device's rows, and the step.
-
-
-class Head(NamedTuple):
-    """A model's sentence-embedding head: its pooling, whether it L2-normalises, its Dense modules' activations
-    (their weights are params["dense"])."""
-    pooling: str = "mean"
-    normalize: bool = True
-    activations: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,24 +120,17 @@ def device_loss(s_params, t_params, batch, targets_bD, key, *, opts: LossOptions
                                    o.heads, n)
     if embedding:
         if targets_bD is None:
-            targets_bD = sentence_embeddings(t_params, t_enc.last_hidden_state, batch, o.t_head)
+            targets_bD = column_embeddings(t_params, t_enc.last_hidden_state, batch, o.t_head)[0]
         if projection is not None:  # the teacher's embedding on the student's width, normalised if the student's is
             targets_bD = targets_bD @ projection
             targets_bD = l2_normalize(targets_bD) if o.s_head.normalize else targets_bD
-        student_bD = sentence_embeddings(s_params, s_enc.last_hidden_state, batch, o.s_head)
+        student_bD = column_embeddings(s_params, s_enc.last_hidden_state, batch, o.s_head)[0]
         parts["embedding"] = embedding_distill_loss(student_bD, targets_bD, o.embedding_loss).sum() / n
         loss = loss + o.embedding_weight * parts["embedding"]
     if axis_name is not None:  # the mean over all devices' texts: a psum of each device's sum, over their count
         total = jax.lax.psum(n, axis_name)
         loss, parts = jax.tree.map(lambda x: jax.lax.psum(x * n, axis_name) / total, (loss, parts))
     return loss, parts
-
-
-def sentence_embeddings(params, h_BTD, batch, head: Head):
-    """[b, D]: the texts' sentence embeddings from the last layer's token states (one column of texts): pooled,
-    through the model's Dense modules if any, normalised if the model normalises."""
-    emb_bD = dense_head(pool_columns(h_BTD, batch, head.pooling)[0], params.get("dense", ()), head.activations)
-    return l2_normalize(emb_bD) if head.normalize else emb_bD
 
 
 def make_loss_and_grads(mesh, opts: LossOptions, projection=None):
@@ -189,24 +174,12 @@ def make_distill_step(mesh, adam: optim.AdamWConfig, opts: LossOptions, projecti
 # The run: options -> teacher, student and text -> the loop.
 
 
-def layer_index(i: int, cfg, name: str) -> int:
-    L = cfg.num_hidden_layers
-    if not -L <= i < L:
-        raise ValueError(f"--{name} {i} is outside the model's layers {-L}..{L - 1}")
-    return i % L
-
-
 def distill(args: Args) -> int:
     from minilm.data import TextSampler
     from minilm.st.folder import default_model_dir
 
     # Options -> the mesh, teacher and student, the text.
-    if args.distributed or args.coordinator:
-        parallel.initialize(args.coordinator, args.num_processes, args.process_id, args.peer_timeout)
-    xla.enable_compilation_cache()  # a rerun or a resume loads its compiled steps from disk (fast/xla.py)
-    mesh = parallel.make_mesh(args.devices)
-    if args.batch_size < 1 or args.batch_size % mesh.size:
-        raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {mesh.size} devices of the mesh")
+    mesh = runs.make_mesh(args)
     if not args.data:
         raise ValueError("no text: pass --data FILE [FILE ...] (one text a line, .txt or .txt.gz)")
     teacher = load(args.teacher or default_model_dir())
@@ -214,15 +187,12 @@ def distill(args: Args) -> int:
     student = load(resume_from) if resume_from else make_student(args, teacher)
     t_cfg, s_cfg = teacher.config, student.config
     relations = () if args.relations == "none" else parse_relations(args.relations)
-    if args.embedding_loss not in ("none", *EMBEDDING_LOSSES):
-        raise ValueError(f"--embedding-loss {args.embedding_loss!r}: expected none, {', '.join(EMBEDDING_LOSSES)}")
     if not relations and args.embedding_loss == "none":
         raise ValueError("nothing to distil: --relations none needs --embedding-loss mse or cosine")
     heads = relation_heads(relations, t_cfg, s_cfg, args.num_relation_heads or None) if relations else (0, 0)
-    t_layer, s_layer = layer_index(args.teacher_layer, t_cfg, "teacher-layer"), \
-        layer_index(args.student_layer, s_cfg, "student-layer")
-    if args.max_length > min(t_cfg.max_position_embeddings, s_cfg.max_position_embeddings):
-        raise ValueError(f"--max-length {args.max_length} exceeds max_position_embeddings")
+    t_layer = cli.index(args.teacher_layer, t_cfg.num_hidden_layers, "--teacher-layer")
+    s_layer = cli.index(args.student_layer, s_cfg.num_hidden_layers, "--student-layer")
+    runs.check_max_length(args, t_cfg, s_cfg)
     sampler = TextSampler(list(args.data), args.batch_size, seed=args.seed)
     evals = runs.read_evals(args)
     embedding = args.embedding_loss != "none"
@@ -232,8 +202,7 @@ def distill(args: Args) -> int:
 
     # The step and the state it updates.
     opts = LossOptions(t_cfg, s_cfg, relations, heads, t_layer, s_layer,
-                       Head(teacher.pooling, teacher.normalize, teacher.activations),
-                       Head(student.pooling, student.normalize, student.activations),
+                       Head.of(teacher), Head.of(student),
                        args.embedding_loss, args.embedding_weight)
     distill_step = make_distill_step(mesh, runs.adamw(args), opts,
                                      None if projection is None else jnp.asarray(projection))

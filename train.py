@@ -22,16 +22,16 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from minilm import optim, parallel
-from minilm.batch import Packed, PACKED_POOLING_MODES, Padded, pool_columns, same_text
+from minilm.batch import Packed, PACKED_POOLING_MODES, Padded, same_text
 from minilm.extensions import gradcache
 from minilm.extensions.adaptive import adaptive_layers_loss
 from minilm.extensions.students import keep_layers
 from minilm.fast import dropout, xla
 from minilm.losses import contrastive_loss, matryoshka_loss
-from minilm.model import encode, l2_normalize
+from minilm.model import encode
 from minilm.run import cli, resume, runs
 from minilm.st.folder import load
-from minilm.st.heads import dense_head
+from minilm.st.heads import column_embeddings, Head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +86,7 @@ def embed_columns(params, batch, cfg, key, all_layers=False, pooling="mean", act
         C, b, T = batch.ids_CBT.shape
         enc = encode(params, batch.ids_CBT.reshape(C * b, T), batch.mask_CBT.reshape(C * b, T), cfg, key=key,
                      keep_mask=dropout.keep_mask)
-    head = lambda h: l2_normalize(dense_head(pool_columns(h, batch, pooling), params.get("dense", ()), activations))
+    head = lambda h: column_embeddings(params, h, batch, Head(pooling, True, activations))
     emb_CbD = head(enc.last_hidden_state)
     if not all_layers:
         return emb_CbD
@@ -178,9 +178,6 @@ def make_train_step(mesh, cfg, opts: LossOptions, adam: optim.AdamWConfig, mini:
 def check_args(args: Args, num_devices: int):
     if not args.data:
         raise ValueError("no training data: pass --data FILE[:WEIGHT] ... or --data data_config.json")
-    if args.batch_size < 2 or args.batch_size % num_devices:
-        raise ValueError(f"--batch-size {args.batch_size} must be at least 2 and divisible by the {num_devices} "
-                         f"devices of the mesh (each device gets the same number of rows)")
     per_device = args.batch_size // num_devices
     if args.mini_batch_size and per_device % args.mini_batch_size:
         raise ValueError(f"--mini-batch-size {args.mini_batch_size} must divide the {per_device} rows per device")
@@ -188,10 +185,6 @@ def check_args(args: Args, num_devices: int):
         raise ValueError("--adaptive-layers cannot be combined with --mini-batch-size (as in sentence-transformers)")
     if args.matryoshka_weights and len(args.matryoshka_weights) != len(args.matryoshka_dims):
         raise ValueError("--matryoshka-weights needs one weight per --matryoshka-dims entry")
-    if args.on_bad_line not in ("stop", "skip"):
-        raise ValueError(f"--on-bad-line must be 'stop' or 'skip', got {args.on_bad_line!r}")
-    if args.steps < 1:
-        raise ValueError("--steps must be >= 1")
 
 
 def train(args: Args) -> int:
@@ -199,10 +192,7 @@ def train(args: Args) -> int:
     from minilm.st.folder import default_model_dir
 
     # Options -> the mesh, the model, the data.
-    if args.distributed or args.coordinator:
-        parallel.initialize(args.coordinator, args.num_processes, args.process_id, args.peer_timeout)
-    xla.enable_compilation_cache()  # a rerun or a resume loads its compiled steps from disk (fast/xla.py)
-    mesh = parallel.make_mesh(args.devices)
+    mesh = runs.make_mesh(args, min_batch=2)  # a batch of 2 at least: the loss needs an in-batch negative
     check_args(args, mesh.size)
     resume_from = resume.resolve_resume(args.resume) if args.resume else None
     model = load(resume_from or args.model or default_model_dir())
@@ -210,9 +200,7 @@ def train(args: Args) -> int:
         params, cfg = keep_layers(model.params, model.config, args.keep_layers)
         model = dataclasses.replace(model, params=params, config=cfg)
     cfg = model.config
-    if args.max_length > cfg.max_position_embeddings:
-        raise ValueError(f"--max-length {args.max_length} exceeds max_position_embeddings "
-                         f"{cfg.max_position_embeddings}")
+    runs.check_max_length(args, cfg)
     for d in args.matryoshka_dims:
         if not 1 <= d <= model.dim:
             raise ValueError(f"--matryoshka-dims: {d} is outside 1..{model.dim}")

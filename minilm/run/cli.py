@@ -70,6 +70,13 @@ def parse(cls, argv=None, description: str | None = None):
     return cls(**values), p, given
 
 
+def index(i: int, n: int, flag: str) -> int:
+    """A flag's index into n items (layers), negative from the end as in Python: -1 is the last."""
+    if not -n <= i < n:
+        raise ValueError(f"{flag} {i} is outside {-n}..{n - 1}")
+    return i % n
+
+
 def print_args(args, file=sys.stdout) -> None:
     for f in dataclasses.fields(args):
         print(f"  {f.name} = {getattr(args, f.name)!r}", file=file)

@@ -15,6 +15,7 @@ import jax
 
 from minilm import optim, parallel
 from minilm.batch import pack_columns, pad_columns
+from minilm.fast import xla
 from minilm.run import resume
 from minilm.st.folder import Model
 
@@ -57,7 +58,30 @@ class RunArgs:
     time_limit: float = 0.0  # minutes of training after which to save and stop (0: none)
 
 
+def make_mesh(args: RunArgs, min_batch: int = 1):
+    """The 'data' mesh of a run: joins the other processes first (multi-process runs) and turns on the compilation
+    cache (a rerun or a resume loads its compiled steps from disk: fast/xla.py). The global batch must split evenly
+    over the mesh's devices."""
+    if args.distributed or args.coordinator:
+        parallel.initialize(args.coordinator, args.num_processes, args.process_id, args.peer_timeout)
+    xla.enable_compilation_cache()
+    mesh = parallel.make_mesh(args.devices)
+    if args.batch_size < min_batch or args.batch_size % mesh.size:
+        raise ValueError(f"--batch-size {args.batch_size} must be at least {min_batch} and divisible by the "
+                         f"{mesh.size} devices of the mesh (each device gets the same number of rows)")
+    return mesh
+
+
+def check_max_length(args: RunArgs, *cfgs) -> None:
+    """--max-length must fit the position table of every model the run uses."""
+    longest = min(c.max_position_embeddings for c in cfgs)
+    if args.max_length > longest:
+        raise ValueError(f"--max-length {args.max_length} exceeds max_position_embeddings {longest}")
+
+
 def adamw(args: RunArgs) -> optim.AdamWConfig:
+    if args.steps < 1:
+        raise ValueError(f"--steps {args.steps} must be >= 1")
     if args.warmup > args.steps:
         print(f"warning: --warmup {args.warmup} is longer than the run's --steps {args.steps}: the learning rate "
               f"never reaches --lr {args.lr:g} (it ends at {args.lr * max(args.steps - 1, 0) / args.warmup:.2g}) "

@@ -7,11 +7,13 @@ keep only the first layers or dimensions (adaptive-layer and Matryoshka models).
 (minilm.embed) is proven equal to (tests/test_fast_path.py, tests/test_dense.py, tests/test_prompts.py).
 """
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from minilm.batch import pool_columns
 from minilm.config import Config
 from minilm.model import embed as model_embed, encode, l2_normalize, linear, mean_pool
 
@@ -58,6 +60,25 @@ def dense_head(emb_BD: jax.Array, dense: tuple = (), activations: tuple[str, ...
         emb_BD = linear(p, emb_BD) if "bias" in p else emb_BD @ p["weight"].T
         emb_BD = ACTIVATIONS[name](emb_BD)
     return emb_BD
+
+
+class Head(NamedTuple):
+    """A model's head after the encoder: its pooling, whether it L2-normalises, its Dense modules' activations (their
+    weights are params["dense"])."""
+    pooling: str = "mean"
+    normalize: bool = True
+    activations: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, model) -> "Head":
+        return cls(model.pooling, model.normalize, model.activations)
+
+
+def column_embeddings(params: dict, h_BTD, batch, head: Head) -> jax.Array:
+    """[C, b, D]: each column's sentence embeddings from the last layer's token states of a training batch (Padded
+    or Packed): pooled (batch.pool_columns), through the Dense modules if any, normalised if the head normalises."""
+    emb_CbD = dense_head(pool_columns(h_BTD, batch, head.pooling), params.get("dense", ()), head.activations)
+    return l2_normalize(emb_CbD) if head.normalize else emb_CbD
 
 
 def embedding_with_head(params: dict, ids_BT, mask_BT, cfg: Config, type_ids_BT=None, key=None,
