@@ -138,6 +138,8 @@ def parse_args(argv=None):
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (shown for jobs over 2 s)")
     p.add_argument("--plain", action="store_true", help="the plain path (minilm/model.py embed): batch_size texts in "
                                                         "input order, padded; the same embeddings, slower")
+    p.add_argument("--measure-cpu", action="store_true", help="time the CPU matmul libraries now and store the fastest "
+                   "for this machine (train.py and distill.py do so at their start; until then jaxlib's default)")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
@@ -165,6 +167,13 @@ def parse_args(argv=None):
 
 def run(args) -> None:
     from minilm.data import read_lines  # jax loads with the package
+
+    if args.measure_cpu:
+        from minilm.fast import xla
+        xla.enable_compilation_cache()
+        print(f"CPU matmul library for this machine: {xla.measure_once(again=True)}", file=sys.stderr)
+        if not (args.texts or args.input):
+            return
 
     # What needs no model is checked first: the input is read once through (a bad byte stops here, and the count
     # gives the progress line its time left), and the output file is opened.

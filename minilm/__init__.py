@@ -1,8 +1,8 @@
 """minilm: the all-MiniLM-L6-v2 recipe in pure JAX.
 
-Reading order. The algorithm: config, model, tokenizer, checkpoint, embedding (the plain path from text to
-embeddings), then losses, optim, data, parallel and train.py; relations and distill.py. Making it fast: fast/
-(packing, embedding, xla). docs/ has the math.
+The book, in its reading order (the README's table): config, tokenizer, model (with checkpoint, the plain path from
+text to embeddings), data, batch, losses, optim, parallel and train.py; relations and distill.py. The toolbox builds
+on it: st/, tools/, run/, extensions/, fast/. docs/ has the math.
 """
 from minilm.config import Config
 from minilm.fast.embedding import embed  # the fast path; embed(texts, fast=False): the plain path

@@ -111,12 +111,18 @@ def layer(p: dict, h_BTD: jax.Array, bias_B11S: jax.Array, cfg: Config, key=None
     B, T, D = h_BTD.shape
     q_BTHK, k_BSHK, v_BSHK = attention_qkv(p, h_BTD, cfg)
     K = q_BTHK.shape[-1]
-    scores_BHTS = jnp.einsum("BTHK,BSHK->BHTS", q_BTHK, k_BSHK) * K**-0.5 + bias_B11S
-    probs_BHTS = jax.nn.softmax(scores_BHTS.astype(jnp.float32), axis=-1).astype(h_BTD.dtype)  # float32 softmax
-    probs_BHTS = drop(probs_BHTS, cfg.attention_probs_dropout_prob, 0)
+    # scores = Q K^T / sqrt(K) + mask; softmax(scores) V. Written so that no pass goes over the [T, S] scores that
+    # could go over something smaller (docs/fast-path.md has the measurement): the queries are scaled (T x K numbers,
+    # not T x S scores); the softmax is exp(scores - max) in float32, divided by its sum after the product with V
+    # (T x K again). Dropout of a probability is dropout of its numerator.
+    scores_BHTS = (jnp.einsum("BTHK,BSHK->BHTS", q_BTHK * K**-0.5, k_BSHK) + bias_B11S).astype(jnp.float32)
+    exp_BHTS = jnp.exp(scores_BHTS - jax.lax.stop_gradient(scores_BHTS.max(-1, keepdims=True)))
+    sum_BHT1 = exp_BHTS.sum(-1, keepdims=True)
+    exp_BHTS = drop(exp_BHTS.astype(h_BTD.dtype), cfg.attention_probs_dropout_prob, 0)
     # Heads-major product, then heads back beside each other: the same sums as asking the einsum for BTHK, which
     # XLA:CPU computes slower (it transposes inside the dot; docs/fast-path.md has the measurement).
-    ctx_BTD = jnp.einsum("BHTS,BSHK->BHTK", probs_BHTS, v_BSHK).transpose(0, 2, 1, 3).reshape(B, T, D)
+    ctx_BHTK = (jnp.einsum("BHTS,BSHK->BHTK", exp_BHTS, v_BSHK) / sum_BHT1).astype(h_BTD.dtype)
+    ctx_BTD = ctx_BHTK.transpose(0, 2, 1, 3).reshape(B, T, D)
     attn_BTD = drop(linear(p["attention"]["output"]["dense"], ctx_BTD), cfg.hidden_dropout_prob, 1)
     a_BTD = layer_norm(p["attention"]["output"]["LayerNorm"], h_BTD + attn_BTD, cfg.layer_norm_eps)
     f_BTF = activation(cfg.hidden_act, linear(p["intermediate"]["dense"], a_BTD))

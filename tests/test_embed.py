@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -220,3 +221,18 @@ def test_query_over_binary_embeddings_with_rescoring(run, tmp_path):
     code, floats, _ = run("--query", "Someone plays the drums", "--input", str(tmp_path / "lines.txt"), "--top-k", "2")
     best = float(re.findall(r"\d\. +(-?\d+\.\d+) ", floats)[0])
     assert code == 0 and abs(best - scores[0]) < 0.3, (floats, out)
+
+
+def test_measure_cpu_measures_now_and_stores_the_choice(monkeypatch, tmp_path, capsys):
+    from minilm.fast import xla
+    if jax.default_backend() != "cpu":
+        pytest.skip("the matmul libraries are a CPU choice")
+    monkeypatch.delenv("MINILM_CPU_MATMULS", raising=False)
+    monkeypatch.setenv("MINILM_COMPILE_CACHE", str(tmp_path))
+    monkeypatch.setattr(xla, "measure_libraries", lambda: {"ynnpack": 3.0, "xla": 1.0, "default": 2.0})
+    try:
+        assert cli.main(["--measure-cpu"]) == 0
+        assert "CPU matmul library for this machine: ynnpack" in capsys.readouterr().err
+        assert json.loads((tmp_path / xla.CHOICE_FILE).read_text())["library"] == "ynnpack"
+    finally:
+        xla.compiler_options.cache_clear()

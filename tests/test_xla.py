@@ -25,16 +25,19 @@ def library_fusions(hlo: str) -> dict[str, str]:
     return {name: bodies.get(name, "") for name in re.findall(r"calls=(%[\w.-]+).*__ynn_fusion", hlo)}
 
 
-def test_the_library_is_measured_once_stored_and_reused_and_the_variable_wins(monkeypatch, tmp_path):
+def test_the_library_is_measured_when_asked_stored_and_reused_and_the_variable_wins(monkeypatch, tmp_path):
     monkeypatch.delenv("MINILM_CPU_MATMULS", raising=False)
     monkeypatch.setenv("MINILM_COMPILE_CACHE", str(tmp_path))
     calls = []
     monkeypatch.setattr(xla, "measure_libraries", lambda: calls.append(1) or {"ynnpack": 150.0, "xla": 180.0,
                                                                                   "default": 120.0})
-    assert xla.matmul_library() == "xla" and len(calls) == 1  # measured: the fastest
+    assert xla.matmul_library() == "default" and not calls  # not asked to measure: jaxlib's own, nothing stored
+    assert not (tmp_path / xla.CHOICE_FILE).exists()
+    assert xla.matmul_library(measure=True) == "xla" and len(calls) == 1  # measured: the fastest
     stored = json.loads((tmp_path / xla.CHOICE_FILE).read_text())
     assert stored["library"] == "xla" and stored["machine"] == xla.machine() and stored["gflops"]["xla"] == 180.0
     assert xla.matmul_library() == "xla" and len(calls) == 1  # read back, not measured again
+    assert xla.matmul_library(measure=True) == "xla" and len(calls) == 1
     monkeypatch.setenv("MINILM_CPU_MATMULS", "default")
     assert xla.matmul_library() == "default" and len(calls) == 1  # the variable wins over the stored choice
     monkeypatch.setenv("MINILM_CPU_MATMULS", "onednn")
@@ -42,11 +45,31 @@ def test_the_library_is_measured_once_stored_and_reused_and_the_variable_wins(mo
         xla.matmul_library()
     monkeypatch.delenv("MINILM_CPU_MATMULS")
     (tmp_path / xla.CHOICE_FILE).write_text(json.dumps({**stored, "machine": {**stored["machine"], "cpu": "other"}}))
-    assert xla.matmul_library() == "xla" and len(calls) == 2  # another machine's choice: measured again
+    assert xla.matmul_library() == "default" and len(calls) == 1  # another machine's choice is not this one's
+    assert xla.matmul_library(measure=True) == "xla" and len(calls) == 2  # measured again
     (tmp_path / xla.CHOICE_FILE).write_text(json.dumps({**stored, "measure": "feed-forward matmuls"}))
-    assert xla.matmul_library() == "xla" and len(calls) == 3  # measured another way (an older version): again
+    assert xla.matmul_library(measure=True) == "xla" and len(calls) == 3  # measured another way (older): again
     monkeypatch.setenv("MINILM_COMPILE_CACHE", "0")
-    assert xla.matmul_library() == "default" and len(calls) == 3  # no cache folder: jaxlib's own, not measured
+    assert xla.matmul_library(measure=True) == "default" and len(calls) == 3  # no cache folder: not measured
+
+
+def test_embedding_never_measures_and_a_run_measures_once(monkeypatch, tmp_path, capsys):
+    """A first `embed.py "one sentence"` must not spend seconds measuring (issue: the first run in seconds); a
+    training run measures before compiling, once per machine."""
+    from minilm.fast import embedding as fast
+    from tests.tiny import tiny_model
+    monkeypatch.delenv("MINILM_CPU_MATMULS", raising=False)
+    monkeypatch.setenv("MINILM_COMPILE_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(xla, "measure_libraries", lambda: calls.append(1) or {"xla": 2.0, "default": 1.0})
+    xla.compiler_options.cache_clear()
+    try:
+        fast.embed(["a sentence", "another one"], tiny_model(tmp_path))
+        assert not calls and not (tmp_path / xla.CHOICE_FILE).exists()
+        assert xla.measure_once() == ("xla" if jax.default_backend() == "cpu" else "default")
+        assert xla.measure_once() and len(calls) == (jax.default_backend() == "cpu")
+    finally:
+        xla.compiler_options.cache_clear()
 
 
 def test_measurement_gives_a_rate_for_each_library_this_jaxlib_accepts():

@@ -124,9 +124,7 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
         for fwd in plan:  # dispatch is asynchronous: the next batch is built while this one computes
             key = (fwd.rows, fwd.length, fwd.slots, cfg, m.pooling, normalize, num_layers, dim, skip, dtype)
             if key not in COMPILED:  # the call below blocks while it compiles: the progress line says so
-                report.status = ("measuring the CPU matmul libraries (once per machine), then " if
-                                 not xla.choice_known() else "") + \
-                    f"compiling the forward for {fwd.rows} x {fwd.length} tokens (once per shape)"
+                report.status = f"compiling the forward for {fwd.rows} x {fwd.length} tokens (once per shape)"
             emb_BND = embed_rows(params, *fwd.arrays(ids, m.tokenizer.pad_id), cfg=cfg, pooling=m.pooling,
                                  normalize=normalize, num_layers=num_layers, dim=dim, slots=fwd.slots, skip=skip,
                                  dense=m.dense, activations=m.activations)

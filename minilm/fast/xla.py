@@ -4,10 +4,12 @@ tests/test_xla.py proves each library's results equal to plain jax.jit (1e-5).
 On the CPU the matmuls are most of a forward, and which library computes them matters more than anything else we
 control. jaxlib hands them to YNNPACK by default and also fuses neighbouring reductions (LayerNorm's mean and
 variance) into those calls. Which is fastest depends on the CPU, and no rule from its feature flags held on every
-machine measured (docs/fast-path.md), so `jit` measures: the first time on a machine, each library runs a whole
-encoder layer at a short and a long row length (some seconds in all), the fastest is stored beside the compilation
-cache (matmul-library.json, keyed by CPU model, core count and jax version) and later processes read it.
-MINILM_CPU_MATMULS (one of MATMUL_LIBRARIES) overrides; deleting the file measures again. oneDNN is not offered: it
+machine measured (docs/fast-path.md), so it is measured: each library runs a whole encoder layer at a short and a
+long row length (some seconds in all), the fastest is stored beside the compilation cache (matmul-library.json, keyed
+by CPU model, core count and jax version) and later processes read it. Measuring happens when asked, never in the
+middle of an embedding call: train.py and distill.py measure at their start if nothing is stored (a run of minutes
+or hours; the seconds pay), `embed.py --measure-cpu` measures now; until then jaxlib's own choice ("default")
+is used, so that a first `embed.py "one sentence"` takes seconds, not the measurement's dozen more. MINILM_CPU_MATMULS (one of MATMUL_LIBRARIES) overrides; deleting the file measures again. oneDNN is not offered: it
 crashed on long forwards and its kernels cannot be stored in the compilation cache. The choice only changes which
 kernels compute the same float32 operations; embeddings stay equal to sentence-transformers' to float32 rounding
 (the parity tests run with the one chosen).
@@ -32,7 +34,7 @@ MATMUL_LIBRARIES = {  # name -> XLA:CPU compiler options
 
 CHOICE_FILE = "matmul-library.json"
 # How measure_libraries measures; a choice stored with another description (an older version's) is measured again.
-MEASURE = "one encoder layer and its mask, packed rows of 128 and 256 tokens"
+MEASURE = "one encoder layer (scaled queries, softmax divided after V), packed rows of 128 and 256 tokens"
 
 
 def machine() -> dict:
@@ -91,10 +93,10 @@ def measure_libraries(lengths: tuple[int, ...] = (128, 256), tokens: int = 4096,
     return {name: flops / sum(seconds) / 1e9 for name, seconds in best.items()}
 
 
-def matmul_library() -> str:
-    """$MINILM_CPU_MATMULS if set; else the choice stored beside the compilation cache for this machine; else
-    measure (measure_libraries, some seconds, once a machine), store and return the fastest. With the cache turned
-    off (MINILM_COMPILE_CACHE=0) nothing could be stored, so nothing is measured: jaxlib's own "default"."""
+def matmul_library(measure: bool = False) -> str:
+    """$MINILM_CPU_MATMULS if set; else the choice stored beside the compilation cache for this machine; else, with
+    `measure`, measure (measure_libraries, some seconds), store and return the fastest, and without it jaxlib's own
+    "default". With the cache turned off (MINILM_COMPILE_CACHE=0) nothing could be stored, so nothing is measured."""
     name = os.environ.get("MINILM_CPU_MATMULS")
     if name:
         if name not in MATMUL_LIBRARIES:
@@ -106,8 +108,8 @@ def matmul_library() -> str:
     file = pathlib.Path(folder) / CHOICE_FILE
     here = machine()
     stored = stored_choice(file, here)
-    if stored:
-        return stored
+    if stored or not measure:
+        return stored or "default"
     print(f"minilm: timing the CPU matmul libraries on this machine, once (the choice goes to {file})",
           file=sys.stderr, flush=True)
     rates = measure_libraries()
@@ -123,6 +125,18 @@ def matmul_library() -> str:
     return choice
 
 
+def measure_once(again: bool = False) -> str:
+    """Measure the libraries if this machine has no stored choice (or `again`) (train.py and distill.py call this at their start,
+    before compiling anything), so that this process and later ones use the fastest. Returns the library."""
+    if jax.default_backend() != "cpu":
+        return "default"
+    if again and cache_dir():
+        (pathlib.Path(cache_dir()) / CHOICE_FILE).unlink(missing_ok=True)
+    name = matmul_library(measure=True)
+    compiler_options.cache_clear()
+    return name
+
+
 def stored_choice(file: pathlib.Path, here: dict) -> str | None:
     """The library stored in `file` for this machine and this way of measuring; None if absent, unreadable (it is
     measured again and rewritten) or made elsewhere."""
@@ -132,15 +146,6 @@ def stored_choice(file: pathlib.Path, here: dict) -> str | None:
         return None
     ok = stored.get("machine") == here and stored.get("measure") == MEASURE
     return stored.get("library") if ok and stored.get("library") in MATMUL_LIBRARIES else None
-
-
-def choice_known() -> bool:
-    """Whether the matmul library is known without measuring (set, stored for this machine, or not measured at
-    all); False when the next compilation will first measure the libraries."""
-    if os.environ.get("MINILM_CPU_MATMULS") or cache_dir() is None or jax.default_backend() != "cpu" or \
-            compiler_options.cache_info().currsize:
-        return True
-    return stored_choice(pathlib.Path(cache_dir()) / CHOICE_FILE, machine()) is not None
 
 
 @functools.cache
@@ -193,3 +198,4 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # our compiles take 0.1-1 s: keep all
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+

@@ -59,12 +59,13 @@ class RunArgs:
 
 
 def make_mesh(args: RunArgs, min_batch: int = 1):
-    """The 'data' mesh of a run: joins the other processes first (multi-process runs) and turns on the compilation
-    cache (a rerun or a resume loads its compiled steps from disk: fast/xla.py). The global batch must split evenly
-    over the mesh's devices."""
+    """The 'data' mesh of a run: joins the other processes first (multi-process runs), turns on the compilation
+    cache (a rerun or a resume loads its compiled steps from disk) and, on a CPU, measures the matmul libraries once
+    per machine (fast/xla.py). The global batch must split evenly over the mesh's devices."""
     if args.distributed or args.coordinator:
         parallel.initialize(args.coordinator, args.num_processes, args.process_id, args.peer_timeout)
     xla.enable_compilation_cache()
+    xla.measure_once()
     mesh = parallel.make_mesh(args.devices)
     if args.batch_size < min_batch or args.batch_size % mesh.size:
         raise ValueError(f"--batch-size {args.batch_size} must be at least {min_batch} and divisible by the "
