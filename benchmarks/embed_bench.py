@@ -1,17 +1,19 @@
 """Embedding speed: minilm against sentence-transformers (torch) and ONNX Runtime, on the same texts, in one run.
 
     pip install -e ".[test,bench]"      # sentence-transformers (torch CPU) and onnxruntime are the peers
-    python benchmarks/embed_bench.py --sts ../shared/data/stsb/stsb-en-test.csv
-    python benchmarks/embed_bench.py --texts ../shared/data/unlabeled_text/wiki_sentences.txt.gz --join 10 \
-        --limit 512 --no-cold-start     # paragraphs of ~250 tokens
+    python benchmarks/embed_bench.py      # STS-b test sentences at batch 32 and 128, wiki paragraphs at batch 32
+    python benchmarks/embed_bench.py --no-paragraphs --no-cold-start --engines minilm,ort    # a quicker look
 
-Texts: the unique sentences of an STS file (the STS-b test split: 2,552), or the lines of a file. For each engine
+Texts, in one run: short ones, the unique sentences of an STS file (the STS-b test split: 2,552) or the lines of a
+file, and long ones, paragraphs of 10 consecutive Wikipedia sentences (about 250 tokens). For each engine
 and batch size: texts/s end to end (tokenization included) and model only (pre-tokenized), min / median / max over
 --repeats runs, and the largest difference from sentence-transformers' embeddings. Then: the useful GFLOP/s (the
 matmuls and attention of real tokens only, no padding) as a fraction of the matmul peak, the best GFLOP/s that any
 matmul library here (XLA's, torch's) reaches on the model's shapes; each engine's op time split into matmuls,
 attention and elementwise passes (benchmarks/op_profile.py); minilm's first-call time (compilation); and the
-whole-process time of `python embed.py "one sentence"` against a sentence-transformers one-liner. Peers that are
+whole-process time of `python embed.py "one sentence"` (empty compilation cache, then warm) against a
+sentence-transformers one-liner, alternated three times. A row "minilm, projections" times the same packed forwards
+with nothing but the six matmuls of each layer: the floor XLA's matmul kernels set here. Peers that are
 not installed are skipped. Timings are wall-clock; run it on an otherwise idle machine.
 """
 import argparse
@@ -139,6 +141,28 @@ class Minilm:
     def profile(self, prepared):
         return op_profile.minilm_profile(self, prepared)
 
+    def matmuls_alone(self, prepared):
+        """The same forwards with nothing but the six projections of each layer (Q, K, V, attention output, the two
+        feed-forward matmuls, with their biases): no attention, LayerNorm, GELU or pooling. Its time is the floor
+        that XLA's matmul kernels set on this machine."""
+        plan, arrays = prepared
+        m = self.model
+        with jax.default_matmul_precision("highest"):
+            outs = [projections_only(m.params, a[0]) for a in arrays]
+        jax.block_until_ready(outs)
+
+
+@xla.jit
+def projections_only(params, ids_BT):
+    from minilm.model import linear
+    h = params["embeddings"]["word_embeddings"]["weight"][ids_BT]
+    for p in params["encoder"]["layer"]:
+        sa = p["attention"]["self"]
+        qkv = linear(sa["query"], h) + linear(sa["key"], h) + linear(sa["value"], h)
+        a = linear(p["attention"]["output"]["dense"], qkv) + h
+        h = linear(p["output"]["dense"], linear(p["intermediate"]["dense"], a)) + a
+    return h
+
 
 class SentenceTransformers:
     name = "sentence-transformers"
@@ -253,35 +277,47 @@ class OnnxRuntime:
         return op_profile.ort_profile(self, prepared)
 
 
-def cold_start(model_dir, repeats: int) -> dict:
-    """Whole-process seconds of `python embed.py "one sentence"` (a fresh compilation cache for the first run, then
-    warm) and of a sentence-transformers one-liner (median of the warm runs)."""
-    cache = tempfile.mkdtemp(prefix="minilm-cache-")
-    env = {**os.environ, "MINILM_COMPILE_CACHE": cache}
-    ours = [*timed(lambda: subprocess.run([sys.executable, str(REPO / "embed.py"), "--model", str(model_dir),
-                                           "one sentence"], env=env, check=True, capture_output=True),
-                   repeats + 1)]
-    shutil.rmtree(cache, ignore_errors=True)
-    result = {"embed.py, first run (compiles)": ours[0], "embed.py, cache warm": statistics.median(ours[1:])}
+def cold_start(model_dir, repeats: int) -> list[tuple[str, float]]:
+    """Whole-process seconds, alternated `repeats` times: `python embed.py "A man is eating food."` with an empty
+    compilation cache (a new user's first run), the same again with that cache warm, and the sentence-transformers
+    one-liner (which has no cache of its own to fill)."""
+    sentence = "A man is eating food."
     one_liner = ("from sentence_transformers import SentenceTransformer; "
-                 f"print(SentenceTransformer({str(model_dir)!r}, device='cpu').encode(['one sentence'])[0][:3])")
-    try:
-        theirs = timed(lambda: subprocess.run([sys.executable, "-c", one_liner], check=True, capture_output=True,
-                                              env={**os.environ, "HF_HUB_OFFLINE": "1"}), repeats + 1)
-        result["sentence-transformers one-liner"] = statistics.median(theirs[1:])
-    except subprocess.CalledProcessError as e:
-        print(f"sentence-transformers one-liner failed: {e.stderr.decode()[-300:]}", file=sys.stderr)
-    return result
+                 f"print(SentenceTransformer({str(model_dir)!r}, device='cpu').encode([{sentence!r}])[0][:3])")
+    ours = [sys.executable, str(REPO / "embed.py"), "--model", str(model_dir), sentence]
+    results = []
+    for i in range(repeats):
+        cache = tempfile.mkdtemp(prefix="minilm-cache-")
+        env = {**os.environ, "MINILM_COMPILE_CACHE": cache}
+        env.pop("MINILM_CPU_MATMULS", None)
+        run = lambda argv, env: subprocess.run(argv, env=env, check=True, capture_output=True)
+        results.append((f"{i + 1}: embed.py, empty cache", timed(lambda: run(ours, env), 1)[0]))
+        results.append((f"{i + 1}: embed.py, cache warm", timed(lambda: run(ours, env), 1)[0]))
+        shutil.rmtree(cache, ignore_errors=True)
+        try:
+            st_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+            results.append((f"{i + 1}: sentence-transformers one-liner", timed(lambda: run(
+                [sys.executable, "-c", one_liner], st_env), 1)[0]))
+        except subprocess.CalledProcessError as e:
+            print(f"sentence-transformers one-liner failed: {e.stderr.decode()[-300:]}", file=sys.stderr)
+    return results
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sts", default=str(REPO.parent / "shared/data/stsb/stsb-en-test.csv"))
+    p.add_argument("--sts", default=str(REPO.parent / "shared/data/stsb/stsb-en-test.csv"),
+                   help="short texts: the unique sentences of this STS file (default: the STS-b test split)")
     p.add_argument("--texts", default=None, help="instead of --sts: a file of one text per line (.gz too)")
     p.add_argument("--join", type=int, default=1, help="with --texts: join this many lines into one text")
     p.add_argument("--limit", type=int, default=None, help="with --texts: the first N texts")
+    p.add_argument("--batch-sizes", default="32,128", help="batch sizes for the short texts")
+    p.add_argument("--paragraphs", default=str(REPO.parent / "shared/data/unlabeled_text/wiki_sentences.txt.gz"),
+                   help="long texts in the same run: 10 consecutive lines of this file joined into one paragraph "
+                        "(about 250 tokens), the first --paragraph-limit of them")
+    p.add_argument("--paragraph-limit", type=int, default=256)
+    p.add_argument("--paragraph-batch-sizes", default="32")
+    p.add_argument("--no-paragraphs", action="store_true", help="the short texts only")
     p.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2)")
-    p.add_argument("--batch-sizes", default="32,128")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--engines", default="minilm,st,ort", help="any of minilm,st,ort")
     p.add_argument("--no-cold-start", action="store_true")
@@ -291,12 +327,14 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     model_dir = pathlib.Path(args.model) if args.model else folder.default_model_dir()
-    texts = read_texts(args.texts, args.join, args.limit) if args.texts else unique_sentences(args.sts)
     model = folder.get_model(model_dir)
-    lengths = [len(e.ids) for e in model.tokenizer.encode_batch(texts)]
-    flops = useful_flops(lengths, model.config)
-    print(f"{len(texts)} texts, {sum(lengths):,} tokens (mean {np.mean(lengths):.1f}), useful work "
-          f"{flops / 1e9:.0f} GFLOP; {os.cpu_count()} CPU cores; jax {jax.__version__} on {jax.devices()[0].platform}")
+    sets = [("short texts: " + (args.texts or args.sts),
+             read_texts(args.texts, args.join, args.limit) if args.texts else unique_sentences(args.sts),
+             args.batch_sizes)]
+    if not args.no_paragraphs:
+        sets.append((f"paragraphs: {args.paragraphs}, 10 lines each",
+                     read_texts(args.paragraphs, 10, args.paragraph_limit), args.paragraph_batch_sizes))
+    print(f"{host.cpu_name()}, {os.cpu_count()} CPU cores; jax {jax.__version__} on {jax.devices()[0].platform}")
     peaks = matmul_peaks(model.config)
     peak = max(peaks.values())
     print("matmul on the model's shapes, best GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items())
@@ -306,7 +344,7 @@ def main(argv=None):
     names = args.engines.split(",")
     if "minilm" in names:
         t = time.perf_counter()
-        fast.embed(texts, model, batch_size=32, progress=False)
+        fast.embed(sets[0][1], model, batch_size=32, progress=False)
         first = time.perf_counter() - t
         print(f"minilm first call (tokenize, compile {len(fast.TRACES)} shapes, run): {first:.2f} s")
         engines += [Minilm(model_dir, pack=True), Minilm(model_dir, pack=False)]
@@ -317,10 +355,24 @@ def main(argv=None):
                 engines.append(make())
             except ImportError as e:
                 print(f"skipping {name}: {e}", file=sys.stderr)
+    for label, texts, batch_sizes in sets:
+        measure(label, texts, [int(b) for b in batch_sizes.split(",")], engines, model, model_dir, peak, args)
+    shutil.rmtree(work, ignore_errors=True)
+    if not args.no_cold_start:
+        print("\ncold start, whole process, seconds (alternated):")
+        for k, v in cold_start(model_dir, 3):
+            print(f"  {k:<40} {v:.2f}")
 
+
+def measure(label, texts, batch_sizes, engines, model, model_dir, peak, args) -> None:
+    """Every engine at every batch size on these texts: the table, the op-time split and the ratios."""
+    lengths = [len(e.ids) for e in model.tokenizer.encode_batch(texts)]
+    flops = useful_flops(lengths, model.config)
+    print(f"\n== {label}\n{len(texts)} texts, {sum(lengths):,} tokens (mean {np.mean(lengths):.1f}), useful work "
+          f"{flops / 1e9:.0f} GFLOP")
     reference = {}
-    rows = []
-    for bs in [int(b) for b in args.batch_sizes.split(",")]:
+    rows, floors = [], []
+    for bs in batch_sizes:
         for eng in engines:
             emb = eng.end_to_end(texts, bs)  # also the warm-up (compiles any new shape)
             if eng.name == "sentence-transformers":
@@ -333,7 +385,9 @@ def main(argv=None):
             steal = host.steal_share(before, host.cpu_times())
             shares = None if args.no_profile else eng.profile(prepared)
             rows.append((bs, eng.name, e2e, only, emb, shares, steal))
-    shutil.rmtree(work, ignore_errors=True)
+            if eng.name == "minilm packed":
+                eng.matmuls_alone(prepared)
+                floors.append((bs, statistics.median(timed(eng.matmuls_alone, args.repeats, prepared))))
 
     print(f"\n{'batch':>5}  {'engine':<22} {'end to end, texts/s (min / median / max)':>44}  "
           f"{'model only, median':>18}  {'max |diff| vs ST':>16}  useful GFLOP/s (% of peak)  host steal")
@@ -345,6 +399,9 @@ def main(argv=None):
         print(f"{bs:>5}  {name:<22} {rate(max(e2e)):>14.0f} / {rate(statistics.median(e2e)):>6.0f} / "
               f"{rate(min(e2e)):>6.0f}            {rate(med):>12.0f}        {diff:>16}  {useful:<28}"
               f"{host.percent(steal):>10}")
+    for bs, seconds in floors:
+        print(f"{bs:>5}  {'minilm, projections':<22} {'(the same packed forwards, the six projections alone)':>44}"
+              f"  {len(texts) / seconds:>12.0f}")
     if not args.no_profile:
         print("\nop time by class, model only (op_profile.py says how each engine is measured):")
         for bs, name, _, _, _, shares, _ in rows:
@@ -362,10 +419,6 @@ def main(argv=None):
         for ours in [n for n in by if n.startswith("minilm")]:
             print(f"  batch {bs}: {ours}: " + ", ".join(f"{by[ours] / v:.2f}x {n}" for n, v in by.items()
                                                          if not n.startswith("minilm")))
-    if not args.no_cold_start:
-        print("\ncold start, whole process, seconds:")
-        for k, v in cold_start(model_dir, 3).items():
-            print(f"  {k:<34} {v:.2f}")
 
 
 if __name__ == "__main__":

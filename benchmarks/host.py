@@ -25,3 +25,15 @@ def steal_share(before, after) -> float | None:
 
 def percent(share: float | None) -> str:
     return "-" if share is None else f"{100 * share:.0f}%"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), named with every figure: speeds do not carry across machines."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
