@@ -54,7 +54,8 @@ class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
     student_intermediate_size: int = 0  # feed-forward size of a from-scratch student (default: 4 x hidden)
     relations: str = "qq,kk,vv"  # relations and weights: qq,kk,vv (MiniLMv2) or qk,vv (v1); e.g. qq:1,kk:1,vv:2;
     # none: embedding distillation alone
-    embedding_loss: Literal["none", "mse", "cosine"] = "none"  # the student's sentence embedding learns the teacher's (none: off)
+    embedding_loss: Literal["none", "mse", "cosine"] = "none"  # the student's sentence embedding learns the
+    # teacher's (none: off)
     embedding_weight: float = 1.0  # weight of the embedding loss beside the relations (theirs are in --relations)
     teacher_cache: str | None = None  # file of the teacher's embeddings of --data, written by the first run that
     # names it and read by later ones, so the teacher's forward runs once, not every step

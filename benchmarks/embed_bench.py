@@ -38,6 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from minilm.fast import embedding as fast, xla  # noqa: E402
 from minilm.fast.packing import plan_packed, plan_padded  # noqa: E402
+from minilm.model import linear  # noqa: E402
 from minilm.st import folder  # noqa: E402
 from minilm.tools.evaluate import read_sts  # noqa: E402
 from benchmarks import host, op_profile  # noqa: E402
@@ -154,7 +155,6 @@ class Minilm:
 
 @xla.jit
 def projections_only(params, ids_BT):
-    from minilm.model import linear
     h = params["embeddings"]["word_embeddings"]["weight"][ids_BT]
     for p in params["encoder"]["layer"]:
         sa = p["attention"]["self"]
@@ -285,17 +285,17 @@ def cold_start(model_dir, repeats: int) -> list[tuple[str, float]]:
     one_liner = ("from sentence_transformers import SentenceTransformer; "
                  f"print(SentenceTransformer({str(model_dir)!r}, device='cpu').encode([{sentence!r}])[0][:3])")
     ours = [sys.executable, str(REPO / "embed.py"), "--model", str(model_dir), sentence]
+    st_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = lambda argv, env: subprocess.run(argv, env=env, check=True, capture_output=True)
     results = []
     for i in range(repeats):
         cache = tempfile.mkdtemp(prefix="minilm-cache-")
         env = {**os.environ, "MINILM_COMPILE_CACHE": cache}
         env.pop("MINILM_CPU_MATMULS", None)
-        run = lambda argv, env: subprocess.run(argv, env=env, check=True, capture_output=True)
         results.append((f"{i + 1}: embed.py, empty cache", timed(lambda: run(ours, env), 1)[0]))
         results.append((f"{i + 1}: embed.py, cache warm", timed(lambda: run(ours, env), 1)[0]))
         shutil.rmtree(cache, ignore_errors=True)
         try:
-            st_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
             results.append((f"{i + 1}: sentence-transformers one-liner", timed(lambda: run(
                 [sys.executable, "-c", one_liner], st_env), 1)[0]))
         except subprocess.CalledProcessError as e:

@@ -9,7 +9,8 @@ long row length (some seconds in all), the fastest is stored beside the compilat
 by CPU model, core count and jax version) and later processes read it. Measuring happens when asked, never in the
 middle of an embedding call: train.py and distill.py measure at their start if nothing is stored (a run of minutes
 or hours; the seconds pay), `embed.py --measure-cpu` measures now; until then jaxlib's own choice ("default")
-is used, so that a first `embed.py "one sentence"` takes seconds, not the measurement's dozen more. MINILM_CPU_MATMULS (one of MATMUL_LIBRARIES) overrides; deleting the file measures again. oneDNN is not offered: it
+is used, so that a first `embed.py "one sentence"` takes seconds, not the measurement's dozen more.
+MINILM_CPU_MATMULS (one of MATMUL_LIBRARIES) overrides. oneDNN is not offered: it
 crashed on long forwards and its kernels cannot be stored in the compilation cache. The choice only changes which
 kernels compute the same float32 operations; embeddings stay equal to sentence-transformers' to float32 rounding
 (the parity tests run with the one chosen).
@@ -93,10 +94,11 @@ def measure_libraries(lengths: tuple[int, ...] = (128, 256), tokens: int = 4096,
     return {name: flops / sum(seconds) / 1e9 for name, seconds in best.items()}
 
 
-def matmul_library(measure: bool = False) -> str:
-    """$MINILM_CPU_MATMULS if set; else the choice stored beside the compilation cache for this machine; else, with
-    `measure`, measure (measure_libraries, some seconds), store and return the fastest, and without it jaxlib's own
-    "default". With the cache turned off (MINILM_COMPILE_CACHE=0) nothing could be stored, so nothing is measured."""
+def matmul_library(measure: bool = False, again: bool = False) -> str:
+    """$MINILM_CPU_MATMULS if set; else the choice stored beside the compilation cache for this machine (unless
+    `again`); else, with `measure`, measure (measure_libraries, some seconds), store and return the fastest, and
+    without it jaxlib's own "default". With the cache turned off (MINILM_COMPILE_CACHE=0) nothing could be stored,
+    so nothing is measured."""
     name = os.environ.get("MINILM_CPU_MATMULS")
     if name:
         if name not in MATMUL_LIBRARIES:
@@ -107,7 +109,7 @@ def matmul_library(measure: bool = False) -> str:
         return "default"
     file = pathlib.Path(folder) / CHOICE_FILE
     here = machine()
-    stored = stored_choice(file, here)
+    stored = None if again else stored_choice(file, here)
     if stored or not measure:
         return stored or "default"
     print(f"minilm: timing the CPU matmul libraries on this machine, once (the choice goes to {file})",
@@ -126,13 +128,12 @@ def matmul_library(measure: bool = False) -> str:
 
 
 def measure_once(again: bool = False) -> str:
-    """Measure the libraries if this machine has no stored choice (or `again`) (train.py and distill.py call this at their start,
-    before compiling anything), so that this process and later ones use the fastest. Returns the library."""
+    """Measure the libraries if this machine has no stored choice, or `again` (embed.py --measure-cpu); train.py and
+    distill.py call this at their start, before compiling anything, so that this process and later ones use the
+    fastest. Returns the library."""
     if jax.default_backend() != "cpu":
         return "default"
-    if again and cache_dir():
-        (pathlib.Path(cache_dir()) / CHOICE_FILE).unlink(missing_ok=True)
-    name = matmul_library(measure=True)
+    name = matmul_library(measure=True, again=again)
     compiler_options.cache_clear()
     return name
 
@@ -198,4 +199,3 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # our compiles take 0.1-1 s: keep all
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
-
