@@ -49,6 +49,10 @@ FT_DATA = [f"{DATA}/flickr30k_captions/flickr30k_caption_pairs.jsonl.gz:3",
 PASSAGE_TEXT = ["{root}/retrieval-data/passages-reuters.txt.gz", "{root}/retrieval-data/passages-wiki.txt.gz",
                 "{root}/retrieval-data/passages-brown.txt.gz", "{root}/retrieval-data/titles-reuters.txt.gz",
                 *map(str, PAIR_TEXT[1:])]
+# The general student's text: the same passages and short sentences without any Reuters text (bodies, titles), so
+# that Reuters stays a domain it never saw (checked against every Reuters article before a stage runs).
+GENERAL_TEXT = ["{root}/retrieval-data/passages-wiki.txt.gz", "{root}/retrieval-data/passages-brown.txt.gz",
+                *map(str, PAIR_TEXT[1:])]
 # Fine-tuning that keeps retrieval: the same sets and the Reuters title -> body pairs outside the development set.
 FT_RETRIEVAL = [*FT_DATA, "{root}/retrieval-data/reuters-train-pairs.jsonl.gz:2"]
 STS_DEV, STS_TEST = DATA / "stsb/stsb-en-dev.csv", DATA / "stsb/stsb-en-test.csv"
@@ -142,7 +146,11 @@ ROWS = {
     "l4-psg-ftr": row(distill("l4-psg", L4, EMBEDDING, text=PASSAGE_TEXT, cache="teacher-passages", steps=1500,
                               max_length=256), ("l4-psg-ftr", 0, FT_RETRIEVAL, 256)),
     "l4-ftr": row(student("l4", L4), ("l4-ftr", 0, FT_RETRIEVAL, 256)),
+    # General students: no Reuters text in any stage, so Reuters is an unseen domain (their control: l3-ft, l4-ft)
+    "g3-psg": row(distill("g3-psg", L3, EMBEDDING, text=GENERAL_TEXT, cache="teacher-general", steps=1500,
+                          max_length=256), ("g3-psg-ft", 0)),
 }
+
 
 
 def run_stage(stage: Stage, out: pathlib.Path) -> pathlib.Path:
@@ -201,6 +209,19 @@ def text_files(stage: Stage, out: pathlib.Path) -> list[str]:
     return [spec.path for spec in parse_data_specs(data)]
 
 
+def saw(row: str, stage: Stage) -> str:
+    """What a stage's model saw besides the teacher, read off the text files of the row's stages up to this one:
+    "in-domain pairs" (Reuters title -> body fine-tuning), "corpus" (Reuters bodies or titles, unlabeled) or
+    "general" (no Reuters text at all; such rows are checked against every Reuters article before they run)."""
+    if stage.argv[0] == "teacher":
+        return "teacher"
+    stages = ROWS[row][:ROWS[row].index(stage) + 1]
+    names = [pathlib.Path(f).name for s in stages for f in text_files(s, pathlib.Path("."))]
+    if any(n.startswith("reuters-train-pairs") for n in names):
+        return "in-domain pairs"
+    return "corpus" if any("reuters" in n for n in names) else "general"
+
+
 def shape(model: pathlib.Path) -> dict:
     cfg = json.loads((pathlib.Path(model) / "config.json").read_text())
     return {"layers": cfg["num_hidden_layers"], "hidden": cfg["hidden_size"]}
@@ -249,6 +270,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stages = [s for row in a.rows for s in ROWS[row]]
     files = retrieval_data.prepare(out / "retrieval-data", sorted({f for s in stages for f in text_files(s, out)}))
+    general = sorted({f for row in a.rows if saw(row, ROWS[row][-1]) == "general" for s in ROWS[row]
+                      for f in text_files(s, out)})
+    if general:
+        n = retrieval_data.check_no_reuters(general)
+        print(f"general rows: {n:,} texts of {len(general)} files checked, none holds a Reuters title or sentence")
     # a stage counts as done once it has all the scores, the retrieval ones included (older lines lack them)
     done = {r["stage"] for r in map(json.loads, results.read_text().splitlines()) if "reuters_ndcg10" in r} \
         if results.exists() else set()
@@ -259,7 +285,7 @@ def main(argv=None) -> int:
             start = time.time()
             model = run_stage(stage, out)
             if stage.name not in done:
-                record = {"row": row, "stage": stage.name, **shape(model), **score(model, files["dev"]),
+                record = {"row": row, "stage": stage.name, "saw": saw(row, stage), **shape(model), **score(model, files["dev"]),
                           "minutes": round((time.time() - start) / 60, 1), "date": time.strftime("%Y-%m-%d")}
                 print(json.dumps(record), flush=True)
                 with open(results, "a") as f:

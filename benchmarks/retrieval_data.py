@@ -34,6 +34,7 @@ from minilm.data import read_lines
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
 REUTERS = DATA / "reuters21578" / "reuters21578_title_body.jsonl.gz"
+NEWS = DATA / "unlabeled_text" / "news_reuters_sentences.txt.gz"  # the body sentences of all 21,578 articles
 WIKI, BROWN = DATA / "unlabeled_text" / "wiki_sentences.txt.gz", DATA / "unlabeled_text" / "brown_sentences.txt.gz"
 DEV_ARTICLES = 2000  # the last lines of REUTERS
 PASSAGE_CHARS = 1000
@@ -110,6 +111,27 @@ def check_no_leak(paths, dev: list[dict]) -> int:
             if leaks(text, banned):
                 raise ValueError(f"{path}:{number}: holds a title or sentence of a Reuters development article "
                                  f"(the last {DEV_ARTICLES} lines of {REUTERS.name}): {text[:80]!r}")
+            checked += 1
+    return checked
+
+
+def reuters_fingerprints() -> set[str]:
+    """Every normalised title and body sentence of every Reuters article: the 17,961 (title, body) articles and the
+    sentence file of all 21,578 bodies (which holds the articles the title/body file dropped)."""
+    articles = read_jsonl(REUTERS)
+    return dev_fingerprints(articles) | {s for line in read_text_lines(NEWS) for s in sentences(line)}
+
+
+def check_no_reuters(paths, banned: set[str] | None = None) -> int:
+    """Raise ValueError naming the file and line of the first text that carries any Reuters title or body sentence
+    (of any article, training or development); returns the number of texts checked. The general students' text
+    must pass this: for them Reuters is a domain never seen."""
+    banned, checked = reuters_fingerprints() if banned is None else banned, 0
+    for path in map(pathlib.Path, paths):
+        for number, text in texts_of(path):
+            if leaks(text, banned):
+                raise ValueError(f"{path}:{number}: holds a title or sentence of a Reuters article, so a general "
+                                 f"student would see the Reuters domain: {text[:80]!r}")
             checked += 1
     return checked
 

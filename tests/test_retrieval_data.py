@@ -50,6 +50,33 @@ def test_check_names_file_and_line_of_a_leak(tmp_path):
         rd.check_no_leak([clean, leaky], dev)
 
 
+def test_general_check_names_file_and_line_of_any_reuters_article(tmp_path, monkeypatch):
+    """A general student's text may hold no title or sentence of any Reuters article, training ones included: both
+    the title/body file and the sentence file (which holds the bodies the title/body file dropped) are read."""
+    write_reuters(tmp_path / "r.jsonl.gz", [article("COFFEE QUOTAS TALKS FAIL", "A train sentence, long enough to count.")])
+    rd.write_gzip_lines(tmp_path / "news.txt.gz", ["A body sentence only the sentence file holds, long enough."])
+    monkeypatch.setattr(rd, "REUTERS", tmp_path / "r.jsonl.gz")
+    monkeypatch.setattr(rd, "NEWS", tmp_path / "news.txt.gz")
+    clean = tmp_path / "wiki.txt"
+    clean.write_text("Albedo is the fraction of sunlight that a surface reflects.\n")
+    assert rd.check_no_reuters([clean]) == 1
+    for leak in ("Coffee quotas talks fail", "Before it. a train sentence, long enough to count. After it.",
+                 "A BODY SENTENCE ONLY THE SENTENCE FILE HOLDS, LONG ENOUGH."):
+        leaky = tmp_path / "leaky.txt"
+        leaky.write_text("An unrelated first line about the weather in spring.\n" + leak + "\n")
+        with pytest.raises(ValueError, match=r"leaky.txt:2: holds a title or sentence of a Reuters article"):
+            rd.check_no_reuters([clean, leaky])
+
+
+def test_rows_are_labelled_by_the_text_they_saw():
+    """The experiment labels each stage by its text files (not by hand): a general row names no Reuters file."""
+    import distill_experiment as de
+    label = lambda row: [de.saw(row, stage) for stage in de.ROWS[row]]
+    assert label("l3-ft") == ["general", "general"] and label("g3-psg") == ["general", "general"]
+    assert label("l3-psg") == ["corpus", "corpus"] and label("l3-psg-ftr") == ["corpus", "in-domain pairs"]
+    assert label("l3-ftr") == ["general", "in-domain pairs"] and label("teacher") == ["teacher"]
+
+
 def test_passages_join_sentences_in_order_within_the_limit():
     lines = ["a" * 40, "b" * 40, "c" * 40, "d" * 100]
     assert rd.passages(lines, max_chars=90) == ["a" * 40 + " " + "b" * 40, "c" * 40, "d" * 100]
@@ -68,3 +95,9 @@ def test_real_selection_excludes_the_development_articles(tmp_path):
     assert not dev_ids & {a["id"] for a in train} and len(train) + len(dev) <= 17_961
     titles = gzip.open(files["titles"], "rt", encoding="utf-8").read().splitlines()
     assert len(titles) == len(train) and not set(titles) & {a["anchor"] for a in dev}
+    # the general rows' text holds no title or sentence of any Reuters article, and the Reuters files do
+    general = [files["wiki"], files["brown"], *pairs]
+    banned = rd.reuters_fingerprints()
+    assert rd.check_no_reuters(general, banned) > 30_000
+    with pytest.raises(ValueError, match=r"titles-reuters.txt.gz:1: holds a title or sentence of a Reuters article"):
+        rd.check_no_reuters([files["titles"]], banned)
