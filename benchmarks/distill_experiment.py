@@ -150,6 +150,13 @@ ROWS = {
     "g3-psg": row(distill("g3-psg", L3, EMBEDDING, text=GENERAL_TEXT, cache="teacher-general", steps=1500,
                           max_length=256), ("g3-psg-ft", 0)),
 }
+# A student for your corpus: the general student (or the teacher's kept layers) distilled on a corpus's documents
+# alone, no labels: here the Reuters training bodies (the development articles excluded), as docs/usage.md shows.
+CORPUS = ["{root}/retrieval-data/passages-reuters.txt.gz"]
+ROWS["c3-psg"] = [*ROWS["g3-psg"], distill("c3-psg", ["--student", "{root}/g3-psg-ft/step-0000600"], EMBEDDING,
+                                           text=CORPUS, cache="teacher-reuters-bodies", steps=500, max_length=256)]
+ROWS["c3-teacher"] = [distill("c3-teacher", L3, EMBEDDING, text=CORPUS, cache="teacher-reuters-bodies", steps=500,
+                              max_length=256)]
 
 
 

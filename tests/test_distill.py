@@ -205,6 +205,33 @@ def test_embedding_distillation_of_a_narrower_student_with_a_teacher_cache(setup
     np.testing.assert_allclose(embed(TEXTS, load(folder)), theirs, atol=1e-5)
 
 
+def test_an_interrupted_teacher_cache_continues_where_it_stopped(setup, monkeypatch):
+    """The cache is saved a part at a time: stopped in its third part, a second run reads the two saved parts and
+    computes only the rest; the result equals the teacher's embeddings of all texts at once (1e-6: packing
+    differs), and the parts are gone once the whole file is written."""
+    import minilm.fast.embedding as fast_embedding
+    from minilm.extensions import teacher as cache_module
+    teacher, texts = load(setup / "teacher"), [t for (t,) in batch_texts(10, seed=5)]
+    calls, real = [], fast_embedding.embed
+
+    def stopping(chunk, *args, **kwargs):
+        calls.append(len(chunk))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(chunk, *args, **kwargs)
+
+    monkeypatch.setattr(fast_embedding, "embed", stopping)
+    monkeypatch.setattr(cache_module, "PART_TEXTS", 4)
+    file = setup / "parts-cache.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        cache_module.teacher_cache(str(file), texts, teacher, 16)
+    assert calls == [4, 4, 2] and not file.exists()
+    calls.clear()
+    cache = cache_module.teacher_cache(str(file), texts, teacher, 16)
+    assert calls == [2] and file.exists() and not list(setup.glob(".parts-cache.safetensors.parts-*"))
+    np.testing.assert_allclose(np.stack([cache[t] for t in texts]), real(texts, teacher, max_length=16), atol=1e-6)
+
+
 def test_v1_with_mismatched_heads_is_a_clear_error(setup, capsys):
     assert run(setup, "--student-hidden-size", "16", "--student-heads", "2", "--relations", "qk,vv",
                "--num-relation-heads", "0", "--steps", "1", out="v1") == 1

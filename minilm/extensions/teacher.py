@@ -3,6 +3,7 @@ teacher's forward runs once and not every step, and projected onto a narrower st
 tests/test_distill.py checks a cached run equal to one that runs the teacher, and the projection against an SVD."""
 import hashlib
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -15,6 +16,7 @@ from minilm.st.folder import Model
 
 
 PCA_TEXTS = 10_000  # teacher embeddings the projection is fitted on
+PART_TEXTS = 8192  # texts a cache saves at a time, so that an interrupted cache continues where it stopped
 
 
 def fingerprint(texts: list[str], teacher: Model, max_length: int) -> str:
@@ -44,13 +46,40 @@ def teacher_cache(path: str, texts: list[str], teacher: Model, max_length: int) 
         print(f"teacher embeddings of {len(distinct):,} texts read from {file}", flush=True)
     else:
         print(f"embedding {len(distinct):,} texts with the teacher once, for {file}", flush=True)
-        emb_ND = embed(distinct, teacher, max_length=max_length, progress=True)
+        parts = file.with_name(f".{file.name}.parts-{key[:16]}")  # these texts' parts, whatever run made them
+        emb_ND = embed_in_parts(distinct, teacher, max_length, parts if jax.process_index() == 0 else None)
         if jax.process_index() == 0:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_name(f".{file.name}.tmp-{np.random.randint(1 << 30)}")
-            safetensors.numpy.save_file({"embeddings": emb_ND}, tmp, metadata={"fingerprint": key})
-            tmp.replace(file)
+            save_atomic(file, emb_ND, key)
+            shutil.rmtree(parts, ignore_errors=True)
     return dict(zip(distinct, emb_ND))
+
+
+def embed_in_parts(texts: list[str], teacher: Model, max_length: int, folder: pathlib.Path | None) -> np.ndarray:
+    """The teacher's embeddings of `texts`, PART_TEXTS at a time, each part saved in `folder` as it finishes and
+    read back instead of computed when it is there (a run stopped by Ctrl-C or the end of a session loses at most
+    one part). folder None: nothing saved."""
+    from minilm.fast.embedding import embed
+    out, starts = [], range(0, len(texts), PART_TEXTS)
+    for i, start in enumerate(starts):
+        part = None if folder is None else folder / f"{i:05d}.safetensors"
+        if part is not None and part.is_file():
+            with safetensors.safe_open(part, "np") as f:
+                out.append(f.get_tensor("embeddings"))
+            continue
+        if len(starts) > 1:
+            print(f"part {i + 1} of {len(starts)}", flush=True)
+        out.append(embed(texts[start:start + PART_TEXTS], teacher, max_length=max_length, progress=True))
+        if part is not None:
+            save_atomic(part, out[-1], "")
+    return np.concatenate(out)
+
+
+def save_atomic(file: pathlib.Path, emb_ND: np.ndarray, fingerprint: str) -> None:
+    """Written to a temporary name, then renamed: a crash never leaves a half-written file under the real name."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.tmp-{np.random.randint(1 << 30)}")
+    safetensors.numpy.save_file({"embeddings": emb_ND}, tmp, metadata={"fingerprint": fingerprint})
+    tmp.replace(file)
 
 
 def pca_projection(emb_ND: np.ndarray, dim: int) -> np.ndarray:
