@@ -13,6 +13,8 @@ embedding projected onto its top principal directions (PCA). No labels are used 
     python distill.py --data text.txt.gz --relations qk,vv --num-relation-heads 0 ...     # MiniLM v1
     python distill.py --data text.txt.gz --student-layers 0,2,4 --relations none --embedding-loss mse \\
         --teacher-cache teacher.safetensors --out out       # embedding distillation alone, the teacher run once
+    python distill.py --data crops.jsonl.gz --student-layers 0,2,4 --relations none --embedding-loss mse \\
+        --ranking-weight 1 --teacher-cache teacher.safetensors --out out   # and the teacher's in-batch scores
 
 The same skeleton as train.py, side by side: data parallel over one 'data' mesh axis, AdamW, the loop with its
 checkpoints, --resume and Ctrl-C (minilm/run/runs.py has the pieces both use).
@@ -33,7 +35,7 @@ from minilm.config import Config
 from minilm.extensions.students import make_student
 from minilm.extensions.teacher import projection_for, teacher_cache
 from minilm.fast import dropout, xla
-from minilm.losses import embedding_distill_loss
+from minilm.losses import embedding_distill_loss, score_distill_loss
 from minilm.model import encode, l2_normalize
 from minilm.relations import count_texts, distill_loss, layer_qkv, parse_relations, relation_heads
 from minilm.run import cli, resume, runs
@@ -57,6 +59,9 @@ class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
     embedding_loss: Literal["none", "mse", "cosine"] = "none"  # the student's sentence embedding learns the
     # teacher's (none: off)
     embedding_weight: float = 1.0  # weight of the embedding loss beside the relations (theirs are in --relations)
+    ranking_weight: float = 0.0  # in-batch score distillation (0: off): --data are (query, passage) pair files, and
+    # each query's softmax over the batch's passages learns the teacher's (KL)
+    ranking_scale: float = 20.0  # the scores' scale: softmax(scale * cos), as the contrastive loss of train.py
     teacher_cache: str | None = None  # file of the teacher's embeddings of --data, written by the first run that
     # names it and read by later ones, so the teacher's forward runs once, not every step
     num_relation_heads: int = 48  # MiniLMv2 relation heads R (must divide both widths); 0: per attention head (v1)
@@ -87,14 +92,17 @@ class LossOptions:
     s_head: Head = Head()
     embedding_loss: str = "none"  # mse or cosine (losses.embedding_distill_loss), or none
     embedding_weight: float = 1.0
+    ranking_weight: float = 0.0  # losses.score_distill_loss over (query, passage) columns, or 0
+    ranking_scale: float = 20.0
 
 
-def device_loss(s_params, t_params, batch, targets_bD, key, *, opts: LossOptions, projection=None,
+def device_loss(s_params, t_params, batch, targets_CbD, key, *, opts: LossOptions, projection=None,
                 axis_name="data"):
     """This device's rows: the teacher (no dropout, never differentiated) against the student, by the relations at
     t_layer and s_layer and/or the sentence embeddings. Rows are packed (several texts a row: segments say which
     text each token belongs to, positions restart at 0 for each) or padded (one text a row: segments = the mask);
-    both give the same loss. targets_bD: the teacher's embeddings of this device's texts from a cache (None: from
+    both give the same loss. targets_CbD: the teacher's embeddings of this device's texts, column by column, from a
+    cache (None: from
     the teacher's forward here). projection [D_t, D_s]: the teacher's embedding -> the student's width. The mean over
     this device's texts, then over all devices' texts (devices may hold different numbers of packed texts). Returns
     (loss, {part: value})."""
@@ -105,11 +113,12 @@ def device_loss(s_params, t_params, batch, targets_bD, key, *, opts: LossOptions
     ids_BT, positions_BT, segments_BT = batch.rows()
     mask_B1TS = same_text(segments_BT)
     n = count_texts(segments_BT)
-    embedding = o.embedding_loss != "none"
+    embedding, ranking = o.embedding_loss != "none", o.ranking_weight > 0
     # The layers each side must run: up to the relation layer's input (hidden_states[l] is layer l's input), or all
     # of them for the sentence embedding.
-    t_layers = t_cfg.num_hidden_layers if embedding and targets_bD is None else max(t_layer, 1) if relations else 0
-    s_layers = s_cfg.num_hidden_layers if embedding else max(s_layer, 1)
+    t_layers = t_cfg.num_hidden_layers if (embedding or ranking) and targets_CbD is None \
+        else max(t_layer, 1) if relations else 0
+    s_layers = s_cfg.num_hidden_layers if embedding or ranking else max(s_layer, 1)
     t_enc = encode(t_params, ids_BT, mask_B1TS, t_cfg, num_layers=t_layers, positions_BT=positions_BT) \
         if t_layers else None
     s_enc = encode(s_params, ids_BT, mask_B1TS, s_cfg, key=key, num_layers=s_layers, positions_BT=positions_BT,
@@ -119,15 +128,22 @@ def device_loss(s_params, t_params, batch, targets_bD, key, *, opts: LossOptions
         loss, parts = distill_loss(layer_qkv(t_params, t_enc.hidden_states, t_layer, t_cfg),
                                    layer_qkv(s_params, s_enc.hidden_states, s_layer, s_cfg), segments_BT, relations,
                                    o.heads, n)
-    if embedding:
-        if targets_bD is None:
-            targets_bD = column_embeddings(t_params, t_enc.last_hidden_state, batch, o.t_head)[0]
+    if embedding or ranking:
+        if targets_CbD is None:
+            targets_CbD = column_embeddings(t_params, t_enc.last_hidden_state, batch, o.t_head)
+        teacher_CbD = targets_CbD  # the teacher's own scores are the ranking target, on any width
         if projection is not None:  # the teacher's embedding on the student's width, normalised if the student's is
-            targets_bD = targets_bD @ projection
-            targets_bD = l2_normalize(targets_bD) if o.s_head.normalize else targets_bD
-        student_bD = column_embeddings(s_params, s_enc.last_hidden_state, batch, o.s_head)[0]
-        parts["embedding"] = embedding_distill_loss(student_bD, targets_bD, o.embedding_loss).sum() / n
+            targets_CbD = targets_CbD @ projection
+            targets_CbD = l2_normalize(targets_CbD) if o.s_head.normalize else targets_CbD
+        student_CbD = column_embeddings(s_params, s_enc.last_hidden_state, batch, o.s_head)
+    if embedding:  # every text of every column
+        parts["embedding"] = embedding_distill_loss(student_CbD, targets_CbD, o.embedding_loss).sum() / n
         loss = loss + o.embedding_weight * parts["embedding"]
+    if ranking:  # column 0 the queries, column 1 their passages; the mean over this device's queries
+        kl_b = score_distill_loss(student_CbD[0], student_CbD[1], teacher_CbD[0], teacher_CbD[1],
+                                  scale=o.ranking_scale, axis_name=axis_name)
+        parts["ranking"] = kl_b.sum() / (n / student_CbD.shape[0])
+        loss = loss + o.ranking_weight * parts["ranking"]
     if axis_name is not None:  # the mean over all devices' texts: a psum of each device's sum, over their count
         total = jax.lax.psum(n, axis_name)
         loss, parts = jax.tree.map(lambda x: jax.lax.psum(x * n, axis_name) / total, (loss, parts))
@@ -151,7 +167,7 @@ def make_loss_and_grads(mesh, opts: LossOptions, projection=None):
             batch, targets = parallel.on_one_device((batch, targets), mesh)
             return jax.value_and_grad(functools.partial(body, axis_name=None), has_aux=True)(
                 s_params, t_params, batch, targets, key)
-        targets_spec = None if targets is None else P(parallel.AXIS)  # cached teacher embeddings: split like texts
+        targets_spec = None if targets is None else P(None, parallel.AXIS)  # cached [C, B, D]: split like texts
         return jax.shard_map(per_device, mesh=mesh,
                              in_specs=(P(), P(), parallel.batch_spec(batch), targets_spec, P()),
                              out_specs=((P(), P()), P()))(s_params, t_params, batch, targets, key)
@@ -176,7 +192,7 @@ def make_distill_step(mesh, adam: optim.AdamWConfig, opts: LossOptions, projecti
 
 
 def distill(args: Args) -> int:
-    from minilm.data import TextSampler
+    from minilm.data import BatchSampler, parse_data_specs, TextSampler
     from minilm.st.folder import default_model_dir
 
     # Options -> the mesh, teacher and student, the text.
@@ -188,23 +204,30 @@ def distill(args: Args) -> int:
     student = load(resume_from) if resume_from else make_student(args, teacher)
     t_cfg, s_cfg = teacher.config, student.config
     relations = () if args.relations == "none" else parse_relations(args.relations)
-    if not relations and args.embedding_loss == "none":
-        raise ValueError("nothing to distil: --relations none needs --embedding-loss mse or cosine")
+    if not relations and args.embedding_loss == "none" and not args.ranking_weight:
+        raise ValueError("nothing to distil: --relations none needs --embedding-loss mse or cosine, or "
+                         "--ranking-weight")
     heads = relation_heads(relations, t_cfg, s_cfg, args.num_relation_heads or None) if relations else (0, 0)
     t_layer = cli.index(args.teacher_layer, t_cfg.num_hidden_layers, "--teacher-layer")
     s_layer = cli.index(args.student_layer, s_cfg.num_hidden_layers, "--student-layer")
     runs.check_max_length(args, t_cfg, s_cfg)
-    sampler = TextSampler(list(args.data), args.batch_size, seed=args.seed)
+    if args.ranking_weight:  # (query, passage) pairs, by train.py's sampler: no text twice in a batch
+        sampler = BatchSampler(parse_data_specs(list(args.data)), args.batch_size, seed=args.seed)
+        texts = [t for rows in sampler.data for example in rows for t in example[:2]]
+        columns = lambda batch: [example[:2] for example in batch]
+    else:  # texts, one column
+        sampler = TextSampler(list(args.data), args.batch_size, seed=args.seed)
+        texts, columns = sampler.texts, lambda batch: [(t,) for t in batch]
     evals = runs.read_evals(args)
-    embedding = args.embedding_loss != "none"
-    cache = teacher_cache(args.teacher_cache, sampler.texts, teacher, args.max_length) \
+    embedding = args.embedding_loss != "none" or args.ranking_weight > 0  # the sentence embeddings are needed
+    cache = teacher_cache(args.teacher_cache, texts, teacher, args.max_length) \
         if embedding and args.teacher_cache else None
-    projection = projection_for(args, teacher, student, sampler, cache)
+    projection = projection_for(args, teacher, student, texts, cache)
 
     # The step and the state it updates.
     opts = LossOptions(t_cfg, s_cfg, relations, heads, t_layer, s_layer,
                        Head.of(teacher), Head.of(student),
-                       args.embedding_loss, args.embedding_weight)
+                       args.embedding_loss, args.embedding_weight, args.ranking_weight, args.ranking_scale)
     distill_step = make_distill_step(mesh, runs.adamw(args), opts,
                                      None if projection is None else jnp.asarray(projection))
     t_params = parallel.replicate(runs.trainable(teacher), mesh)  # with its Dense modules, if any
@@ -213,12 +236,15 @@ def distill(args: Args) -> int:
         shape = lambda c: f"{c.num_hidden_layers}x{c.hidden_size}, {c.num_attention_heads} heads"
         objectives = [f"relations of teacher layer {t_layer} -> student layer {s_layer}, {heads[0]} relation heads: "
                       f"{', '.join(f'{n}:{w:g}' for n, w in relations)}"] if relations else []
-        if embedding:
+        if args.embedding_loss != "none":
             objectives.append(f"sentence embeddings ({args.embedding_loss} x {args.embedding_weight:g}"
                               f"{', teacher PCA to %d dims' % s_cfg.hidden_size if projection is not None else ''}"
                               f"{', teacher cached' if cache else ''})")
+        if args.ranking_weight:
+            objectives.append(f"in-batch query -> passage scores (KL x {args.ranking_weight:g}, "
+                              f"scale {args.ranking_scale:g})")
         print(f"distilling the teacher ({shape(t_cfg)}) into the student ({shape(s_cfg)}) by "
-              f"{' and '.join(objectives)}; {len(sampler.texts):,} texts ({len(set(sampler.texts)):,} distinct), "
+              f"{' and '.join(objectives)}; {len(texts):,} texts ({len(set(texts)):,} distinct), "
               f"{mesh.size} device(s)")
         cli.print_args(args)
     if resume.finished("distill.py", start, args):
@@ -228,11 +254,10 @@ def distill(args: Args) -> int:
 
     with runs.Run(args, "distill.py", student) as run:
         for step in range(start + 1, args.steps + 1):
-            texts = next(sampler)[rows]
-            # One column of texts: the teacher's tokenizer is the student's.
-            batch, n_texts, tokens = runs.make_batch(teacher.tokenizer, [(t,) for t in texts], args.max_length, mesh,
-                                                     args.pack)
-            targets = None if cache is None else parallel.shard_rows(np.stack([cache[t] for t in texts]), mesh, 0)
+            examples = columns(next(sampler)[rows])  # the teacher's tokenizer is the student's
+            batch, n_texts, tokens = runs.make_batch(teacher.tokenizer, examples, args.max_length, mesh, args.pack)
+            targets = None if cache is None else parallel.shard_rows(
+                np.stack([[cache[t] for t in column] for column in zip(*examples)]), mesh, 1)  # [C, B, D]
             key = jax.random.fold_in(base_key, step - 1) if args.dropout else None
             params, opt_state, stats = distill_step(params, opt_state, t_params, batch, targets, key)
             run.log_step(step, stats, n_texts, tokens)  # a NaN loss stops the run here

@@ -17,6 +17,11 @@ on unlabeled text, per text either
 
     mse:    mean_d (s_d - t_d)^2      (sentence-transformers' MSELoss: torch's MSELoss, the mean over all N x D)
     cosine: 1 - cos(s, t).
+
+Score distillation (distill.py --ranking-weight): over (query, passage) pairs, each query's softmax over every
+passage of the global batch, P_ij = softmax_j(scale * cos(q_i, p_j)), learns the teacher's by KL(P_teacher ||
+P_student), the in-batch KL of TCT-ColBERT (Lin et al. 2021): where the embedding loss teaches each text's position,
+this teaches the order in which the teacher ranks passages for a query.
 """
 import jax
 import jax.numpy as jnp
@@ -76,6 +81,18 @@ def layer_kl(final_ND: jax.Array, layer_ND: jax.Array, temperature: float = 0.3,
     log_q = jax.nn.log_softmax(layer_ND.astype(jnp.float32) / temperature, axis=-1)
     kl = temperature * jnp.mean(jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1))
     return kl if axis_name is None else jax.lax.pmean(kl, axis_name)
+
+
+def score_distill_loss(s_q_bD: jax.Array, s_p_bD: jax.Array, t_q_bD: jax.Array, t_p_bD: jax.Array, *,
+                       scale: float = 20.0, axis_name: str | None = None) -> jax.Array:
+    """[b]: for each of this device's queries, KL(P_t || P_s) between the teacher's and the student's softmax of
+    scale * cos(q_i, p_j) over the passages p of the global batch (gathered from every device inside a shard_map,
+    as contrastive_loss gathers its candidates). The teacher side is held fixed."""
+    gather = (lambda x: x) if axis_name is None else (lambda x: jax.lax.all_gather(x, axis_name, tiled=True))
+    t_q_bD, t_p_bD = jax.lax.stop_gradient(t_q_bD), jax.lax.stop_gradient(t_p_bD)
+    log_t_bM = jax.nn.log_softmax(scale * cos_sim(t_q_bD, gather(t_p_bD)), axis=1)
+    log_s_bM = jax.nn.log_softmax(scale * cos_sim(s_q_bD, gather(s_p_bD)), axis=1)
+    return jnp.sum(jnp.exp(log_t_bM) * (log_t_bM - log_s_bM), axis=1)
 
 
 EMBEDDING_LOSSES = ("mse", "cosine")

@@ -43,11 +43,14 @@ def batch(teacher, texts, parts: int, pack: bool):
     return pad_columns(teacher.tokenizer, texts, 24)
 
 
-CASES = {  # relations, relation heads (None: v1), embedding loss, student, cached targets
-    "v2 weighted relations, narrower": ("qq:1,kk:1,vv:0.5", 4, "none", "narrow", False),
-    "v1 relations": ("qk,vv", None, "none", "kept", False),
-    "relations + mse": ("qq,kk,vv", 8, "mse", "kept", False),
-    "cosine alone, narrower (PCA), cached": ("none", None, "cosine", "narrow", True),
+CASES = {  # relations, relation heads (None: v1), embedding loss, student, cached targets, in-batch score weight
+    "v2 weighted relations, narrower": ("qq:1,kk:1,vv:0.5", 4, "none", "narrow", False, 0.0),
+    "v1 relations": ("qk,vv", None, "none", "kept", False, 0.0),
+    "relations + mse": ("qq,kk,vv", 8, "mse", "kept", False, 0.0),
+    "cosine alone, narrower (PCA), cached": ("none", None, "cosine", "narrow", True, 0.0),
+    # (query, passage) pairs: the scores' softmax spans the passages of every device
+    "mse + in-batch scores, pairs, cached": ("none", None, "mse", "kept", True, 0.5),
+    "in-batch scores alone, narrower, pairs": ("none", None, "none", "narrow", False, 1.0),
 }
 
 
@@ -55,9 +58,15 @@ def texts_of(batch_texts):
     return [t for (t,) in batch_texts]
 
 
+def batch_pairs(n=16):
+    """(query, passage) pairs: a short text and a longer one, every text distinct."""
+    queries, passages = batch_texts(n, seed=1), batch_texts(n, seed=2)
+    return [(q, f"{q} {p}") for (q,), (p,) in zip(queries, passages)]
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_eight_devices_and_packing_equal_one_padded_device(setup, case):
-    relations, r, embedding_loss, kind, cached = CASES[case]
+    relations, r, embedding_loss, kind, cached, ranking = CASES[case]
     teacher = load(setup / "teacher")
     if kind == "kept":  # v1 needs equal head counts: a student of teacher layers
         student = distill.make_student(distill.Args(student_layers=(1,)), teacher)
@@ -71,27 +80,28 @@ def test_eight_devices_and_packing_equal_one_padded_device(setup, case):
         rng = np.random.default_rng(5)
         projection = jnp.asarray(pca_projection(rng.standard_normal((64, 32)).astype(np.float32), 16))
     opts = distill.LossOptions(t_cfg=teacher.config, s_cfg=student.config, relations=rel, heads=heads, t_layer=1,
-                               s_layer=0, embedding_loss=embedding_loss, embedding_weight=0.7)
+                               s_layer=0, embedding_loss=embedding_loss, embedding_weight=0.7, ranking_weight=ranking)
     one = jax.jit(jax.value_and_grad(functools.partial(distill.device_loss, axis_name=None, opts=opts,
                                                        projection=projection), has_aux=True))
     mesh = parallel.make_mesh(8)
     eight = jax.jit(distill.make_loss_and_grads(mesh, opts, projection))  # distill.py's own shard_map step
     on_device = lambda b: jax.tree.map(jnp.asarray, b)
-    texts = batch_texts()
+    texts = batch_pairs() if ranking else batch_texts()
     (l1, parts1), g1 = one(student.params, teacher.params, on_device(batch(teacher, texts, 1, pack=False)), None, None)
-    expected = {name for name, _ in rel} | ({"embedding"} if embedding_loss != "none" else set())
+    expected = {name for name, _ in rel} | ({"embedding"} if embedding_loss != "none" else set()) | \
+        ({"ranking"} if ranking else set())
     assert float(l1) > 1e-6 and parts1.keys() == expected
     g1 = flatten(g1)
     targets = None
     if cached:  # the teacher's embeddings computed apart, as distill.teacher_cache does
-        targets = jnp.asarray(embed(texts_of(texts), teacher, max_length=24))
+        targets = jnp.stack([embed(list(column), teacher, max_length=24) for column in zip(*texts)])  # [C, B, D]
     results = {"1 device, packed": one(student.params, teacher.params, on_device(batch(teacher, texts, 1, pack=True)),
                                        targets, None)}
     for pack in (False, True):
         results[f"8 devices, {'packed' if pack else 'padded'}"] = eight(
             parallel.replicate(student.params, mesh), parallel.replicate(teacher.params, mesh),
             parallel.shard_batch(batch(teacher, texts, 8, pack), mesh),
-            None if targets is None else parallel.shard_rows(np.asarray(targets), mesh, 0), None)
+            None if targets is None else parallel.shard_rows(np.asarray(targets), mesh, 1), None)
     for name, ((loss, parts), grads) in results.items():
         assert abs(float(l1) - float(loss)) <= 1e-5, name
         assert all(abs(float(parts1[k]) - float(parts[k])) <= 1e-5 for k in parts1), name
@@ -246,6 +256,30 @@ def test_kept_layers_resume_equals_straight_run(setup):
     assert run(setup, *flags, "--resume", str(setup / "first" / "step-0000002"), out="second") == 0
     a = flatten(load(setup / "straight" / "step-0000004").params)
     b = flatten(load(setup / "second" / "step-0000004").params)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_in_batch_scores_on_pairs_end_to_end_and_resumed(setup, capsys):
+    """--ranking-weight alone on a (query, passage) pair file, the teacher cached, a narrower student from scratch
+    (the scores need no projection): the score KL falls, the cache holds every distinct text of both columns, and a
+    run resumed from its step-2 checkpoint ends where a straight one does."""
+    pairs = setup / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"anchor": q, "positive": p}) + "\n" for q, p in batch_pairs(40)))
+    flags = ("--data", str(pairs), "--student-hidden-size", "16", "--student-heads", "2", "--student-num-layers",
+             "1", "--relations", "none", "--ranking-weight", "1", "--teacher-cache", str(setup / "pairs-teacher.safetensors"), "--lr", "3e-3",
+             "--warmup", "2", "--no-dropout")
+    assert run(setup, *flags, "--steps", "30", out="scores") == 0
+    printed = capsys.readouterr().out
+    assert "embedding 80 texts with the teacher once" in printed and "in-batch query -> passage scores" in printed
+    records = [json.loads(line) for line in (setup / "scores" / "metrics.jsonl").read_text().splitlines()]
+    kl = [r["ranking"] for r in records if "ranking" in r]
+    assert len(kl) == 30 and np.mean(kl[-5:]) < 0.5 * np.mean(kl[:5]), kl
+    assert run(setup, *flags, "--steps", "4", out="straight-pairs") == 0
+    assert run(setup, *flags, "--steps", "4", "--save-every", "2", "--keep-optimizer", "0", out="first-pairs") == 0
+    assert run(setup, *flags, "--steps", "4", "--resume", str(setup / "first-pairs" / "step-0000002"),
+               out="second-pairs") == 0
+    a = flatten(load(setup / "straight-pairs" / "step-0000004").params)
+    b = flatten(load(setup / "second-pairs" / "step-0000004").params)
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 

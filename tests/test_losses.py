@@ -97,3 +97,34 @@ def test_embedding_distillation_losses_equal_numpy_loop_and_torch_mse():
     assert float(losses.embedding_distill_loss(s, t, "mse").mean()) == pytest.approx(theirs, rel=1e-6)
     with pytest.raises(ValueError, match="mse, cosine"):
         losses.embedding_distill_loss(s, t, "l1")
+
+
+@pytest.mark.parametrize("scale", [20.0, 1.0])
+def test_score_distillation_equals_numpy_loop_and_torch_kl(scale):
+    """Per query: KL(P_t || P_s) of the softmax over all passages of scale * cos, written out one query at a time;
+    and torch's KLDivLoss (log-probabilities of the student, probabilities of the teacher) on the same rows. Zero
+    when the student's scores are the teacher's; the teacher side gets no gradient."""
+    rng = np.random.default_rng(4)
+    s_q, s_p, t_q, t_p = rng.standard_normal((4, 6, 16))
+
+    def softmax_row(q, passages):
+        logits = np.array([scale * float(unit(q) @ unit(p)) for p in passages])
+        e = np.exp(logits - logits.max())
+        return e / e.sum()
+
+    expected = []
+    for i in range(6):
+        p_t, p_s = softmax_row(t_q[i], t_p), softmax_row(s_q[i], s_p)
+        expected.append(sum(a * (np.log(a) - np.log(b)) for a, b in zip(p_t, p_s)))
+    f32 = lambda x: jnp.array(x, jnp.float32)
+    got = losses.score_distill_loss(f32(s_q), f32(s_p), f32(t_q), f32(t_p), scale=scale)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    assert float(jnp.abs(losses.score_distill_loss(f32(t_q), f32(t_p), f32(t_q), f32(t_p), scale=scale)).max()) < 1e-5
+    grads = jax.grad(lambda t: losses.score_distill_loss(f32(s_q), f32(s_p), t, f32(t_p), scale=scale).sum())(f32(t_q))
+    assert float(jnp.abs(grads).max()) == 0.0
+    torch = need("torch")
+    cos = lambda a, b: torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(b, dim=1).T
+    log_s = torch.log_softmax(scale * cos(torch.from_numpy(s_q), torch.from_numpy(s_p)), dim=1)
+    p_t = torch.softmax(scale * cos(torch.from_numpy(t_q), torch.from_numpy(t_p)), dim=1)
+    theirs = torch.nn.KLDivLoss(reduction="batchmean")(log_s, p_t).item()
+    assert float(got.mean()) == pytest.approx(theirs, rel=1e-4)

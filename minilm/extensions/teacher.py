@@ -92,7 +92,7 @@ def pca_projection(emb_ND: np.ndarray, dim: int) -> np.ndarray:
     return vectors_DD[:, ::-1][:, :dim].astype(np.float32)
 
 
-def projection_for(args, teacher: Model, student: Model, sampler, cache) -> np.ndarray | None:
+def projection_for(args, teacher: Model, student: Model, texts: list[str], cache) -> np.ndarray | None:
     """None when the widths agree; else the PCA projection of the teacher's embeddings of PCA_TEXTS texts, drawn
     with the run's seed (the same on resume)."""
     D_t, D_s = teacher.dim, student.dim  # the embeddings' widths (a Dense module may change the hidden size)
@@ -101,7 +101,7 @@ def projection_for(args, teacher: Model, student: Model, sampler, cache) -> np.n
     if D_s > D_t:
         raise ValueError(f"--embedding-loss needs a student no wider than its teacher: student {D_s}, teacher {D_t}")
     rng = np.random.default_rng([args.seed, 1])
-    texts = [sampler.texts[i] for i in rng.permutation(len(sampler.texts))[:PCA_TEXTS]]
+    texts = [texts[i] for i in rng.permutation(len(texts))[:PCA_TEXTS]]
     if cache is not None:
         emb_ND = np.stack([cache[t] for t in texts])
     else:
