@@ -59,8 +59,9 @@ class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
     embedding_loss: Literal["none", "mse", "cosine"] = "none"  # the student's sentence embedding learns the
     # teacher's (none: off)
     embedding_weight: float = 1.0  # weight of the embedding loss beside the relations (theirs are in --relations)
-    ranking_weight: float = 0.0  # in-batch score distillation (0: off): --data are (query, passage) pair files, and
-    # each query's softmax over the batch's passages learns the teacher's (KL)
+    ranking_weight: float = 0.0  # in-batch score distillation (0: off): --data are (query, passage) pair or triplet
+    # files (FILE:WEIGHT as train.py; a batch from one file), each query's softmax over the batch's passages learns
+    # the teacher's (KL)
     ranking_scale: float = 20.0  # the scores' scale: softmax(scale * cos), as the contrastive loss of train.py
     teacher_cache: str | None = None  # file of the teacher's embeddings of --data, written by the first run that
     # names it and read by later ones, so the teacher's forward runs once, not every step
@@ -192,7 +193,7 @@ def make_distill_step(mesh, adam: optim.AdamWConfig, opts: LossOptions, projecti
 
 
 def distill(args: Args) -> int:
-    from minilm.data import BatchSampler, parse_data_specs, TextSampler
+    from minilm.data import BatchSampler, parse_data_specs, read_pairs, TextSampler
     from minilm.st.folder import default_model_dir
 
     # Options -> the mesh, teacher and student, the text.
@@ -212,9 +213,11 @@ def distill(args: Args) -> int:
     s_layer = cli.index(args.student_layer, s_cfg.num_hidden_layers, "--student-layer")
     runs.check_max_length(args, t_cfg, s_cfg)
     if args.ranking_weight:  # (query, passage) pairs, by train.py's sampler: no text twice in a batch
-        sampler = BatchSampler(parse_data_specs(list(args.data)), args.batch_size, seed=args.seed)
-        texts = [t for rows in sampler.data for example in rows for t in example[:2]]
-        columns = lambda batch: [example[:2] for example in batch]
+        specs = parse_data_specs(list(args.data))
+        sampler = BatchSampler(specs, args.batch_size, seed=args.seed, examples={s.path: read_pairs(s.path)
+                                                                                  for s in specs})
+        texts = [t for rows in sampler.data for example in rows for t in example]
+        columns = lambda batch: batch
     else:  # texts, one column
         sampler = TextSampler(list(args.data), args.batch_size, seed=args.seed)
         texts, columns = sampler.texts, lambda batch: [(t,) for t in batch]

@@ -53,6 +53,13 @@ PASSAGE_TEXT = ["{root}/retrieval-data/passages-reuters.txt.gz", "{root}/retriev
 # that Reuters stays a domain it never saw (checked against every Reuters article before a stage runs).
 GENERAL_TEXT = ["{root}/retrieval-data/passages-wiki.txt.gz", "{root}/retrieval-data/passages-brown.txt.gz",
                 *map(str, PAIR_TEXT[1:])]
+# ... and as (pseudo-query, passage) pairs for the in-batch score distillation: each Wikipedia and Brown passage with
+# a random span of its words (retrieval_data.crops), and the pair sets' pairs; a batch is drawn from one file.
+GENERAL_PAIRS = ["{root}/retrieval-data/crops-wiki.jsonl.gz:2", "{root}/retrieval-data/crops-brown.jsonl.gz:2",
+                 *[f"{path}:1" for path in PAIR_TEXT[1:]]]
+# The embedding mse x 384 is the squared distance |s - t|^2 (0.6-0.95 for the untrained 3-layer student on those
+# pairs), the size of the score KL (0.45-0.5 at 32-64 pairs a batch)
+RANKING = ["--relations", "none", "--embedding-loss", "mse", "--embedding-weight", "384", "--ranking-weight", "1"]
 # Fine-tuning that keeps retrieval: the same sets and the Reuters title -> body pairs outside the development set.
 FT_RETRIEVAL = [*FT_DATA, "{root}/retrieval-data/reuters-train-pairs.jsonl.gz:2"]
 STS_DEV, STS_TEST = DATA / "stsb/stsb-en-dev.csv", DATA / "stsb/stsb-en-test.csv"
@@ -76,10 +83,10 @@ class Stage:
 
 
 def distill(name, student, objective, text=PAIR_TEXT, cache="teacher-pairs", lr="1e-4", steps=DISTILL_STEPS,
-            max_length=128):
-    argv = ["distill.py", "--data", *map(str, text), *student, *objective, "--steps", str(steps), "--batch-size", "64",
-            "--lr", lr, "--warmup", "100", "--max-length", str(max_length), "--save-every", "250", "--log-every", "50",
-            "--eval-sts", str(STS_DEV), "--eval-every", "500", "--seed", "0"]
+            max_length=128, batch=64):
+    argv = ["distill.py", "--data", *map(str, text), *student, *objective, "--steps", str(steps),
+            "--batch-size", str(batch), "--lr", lr, "--warmup", "100", "--max-length", str(max_length),
+            "--save-every", "250", "--log-every", "50", "--eval-sts", str(STS_DEV), "--eval-every", "500", "--seed", "0"]
     if "none" in objective and cache:  # embedding distillation alone: the teacher's embeddings from a cache,
         # computed once; with relations the teacher runs in every step anyway, and its embeddings come from that
         # same forward
@@ -149,6 +156,9 @@ ROWS = {
     # General students: no Reuters text in any stage, so Reuters is an unseen domain (their control: l3-ft, l4-ft)
     "g3-psg": row(distill("g3-psg", L3, EMBEDDING, text=GENERAL_TEXT, cache="teacher-general", steps=1500,
                           max_length=256), ("g3-psg-ft", 0)),
+    # the same sources as pairs, the teacher's in-batch scores distilled beside the embeddings (32 pairs a batch)
+    "g3-rank": row(distill("g3-rank", L3, RANKING, text=GENERAL_PAIRS, cache="teacher-general-pairs", steps=1500,
+                           max_length=256, batch=32), ("g3-rank-ft", 0)),
 }
 # A student for your corpus: the general student (or the teacher's kept layers) distilled on a corpus's documents
 # alone, no labels: here the Reuters training bodies (the development articles excluded), as docs/usage.md shows.

@@ -14,6 +14,8 @@ trained on. The files written here:
     titles-reuters.txt.gz            their titles (short texts, as queries are)
     passages-wiki.txt.gz             Wikipedia sentences joined in source order into passages of up to 1,000
     passages-brown.txt.gz            characters (the length of a Reuters body); Brown Corpus sentences likewise
+    crops-wiki.jsonl.gz              {"anchor": pseudo-query, "positive": passage} of each Wikipedia passage and of
+    crops-brown.jsonl.gz             each Brown passage: the query is a random span of 4 to 32 of its words
 
 How the exclusion is made and proven: a training article is dropped when its title or any sentence of its body
 (normalised: lower case, single spaces, at least 30 characters) is also a title or body sentence of a development
@@ -28,6 +30,8 @@ import json
 import pathlib
 import re
 import sys
+
+import numpy as np
 
 from minilm.data import read_lines
 
@@ -82,6 +86,19 @@ def passages(lines: list[str], max_chars: int = PASSAGE_CHARS) -> list[str]:
             current = ""
         current = f"{current} {line}".strip()
     return out + [current] if current else out
+
+
+def crops(passages: list[str], seed: int, shortest: int = 4, longest: int = 32) -> list[dict]:
+    """(pseudo-query, passage) pairs: the query a span of the passage's words whose length is drawn uniformly from
+    shortest..longest, at a uniform start (Contriever's independent cropping, arXiv 2112.09118, with the passage
+    kept whole: a query is short, the document is not). Seeded: the same pairs every time."""
+    rng, out = np.random.default_rng(seed), []
+    for passage in passages:
+        words = passage.split()
+        n = int(rng.integers(min(shortest, len(words)), min(longest, len(words)) + 1))
+        start = int(rng.integers(0, len(words) - n + 1))
+        out.append({"anchor": " ".join(words[start:start + n]), "positive": passage})
+    return out
 
 
 def read_text_lines(path) -> list[str]:
@@ -159,7 +176,8 @@ def prepare(out: pathlib.Path, check=()) -> dict[str, pathlib.Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = {"dev": out / "reuters-dev", "pairs": out / "reuters-train-pairs.jsonl.gz",
              "reuters": out / "passages-reuters.txt.gz", "titles": out / "titles-reuters.txt.gz",
-             "wiki": out / "passages-wiki.txt.gz", "brown": out / "passages-brown.txt.gz"}
+             "wiki": out / "passages-wiki.txt.gz", "brown": out / "passages-brown.txt.gz",
+             "crops-wiki": out / "crops-wiki.jsonl.gz", "crops-brown": out / "crops-brown.jsonl.gz"}
     train, dev = split_reuters()
     if not all(p.exists() for p in files.values()):
         write_beir(files["dev"], dev)
@@ -167,8 +185,10 @@ def prepare(out: pathlib.Path, check=()) -> dict[str, pathlib.Path]:
                                           for a in train))
         write_gzip_lines(files["reuters"], (a["positive"] for a in train))
         write_gzip_lines(files["titles"], (a["anchor"] for a in train))
-        write_gzip_lines(files["wiki"], passages(read_text_lines(WIKI)))
-        write_gzip_lines(files["brown"], passages(read_text_lines(BROWN)))
+        for name, source, seed in (("wiki", WIKI, 0), ("brown", BROWN, 1)):
+            texts = passages(read_text_lines(source))
+            write_gzip_lines(files[name], texts)
+            write_gzip_lines(files[f"crops-{name}"], (json.dumps(pair) for pair in crops(texts, seed)))
     checked = check_no_leak([p for k, p in files.items() if k != "dev"] + list(check), dev)
     print(f"retrieval data in {out}: {len(dev)} development articles, {len(train)} training articles "
           f"({len(read_jsonl(REUTERS)) - DEV_ARTICLES - len(train)} dropped for sharing a title or sentence with "

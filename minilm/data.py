@@ -358,6 +358,25 @@ def read_texts(path) -> list[str]:
     return texts
 
 
+def read_pairs(path) -> list[Example]:
+    """The (first, second) texts of every line of a pair or triplet file, pairs and triplets mixed or not (a third
+    text is not used): distill.py's (query, passage) pairs. A bad line is an error naming file and line."""
+    name = str(path)
+    if not name.endswith(SUFFIXES):
+        raise ValueError(f"{name}: (query, passage) pairs come from .jsonl or .tsv files (gzipped or not)")
+    parse = _parse_tsv if name.removesuffix(".gz").endswith(".tsv") else _parse_json
+    pairs = []
+    for number, line in read_lines(name):
+        if line.strip():
+            try:
+                pairs.append(_parse_line(line, parse)[:2])
+            except ValueError as e:
+                raise ValueError(f"{name}:{number}: {e}") from None
+    if not pairs:
+        raise ValueError(f"{name}: no pairs (every line is blank)")
+    return pairs
+
+
 class TextSampler:
     """Batches of texts from several files taken as one pool, in a new order each epoch: the order of epoch e is
     rng(seed, e).permutation, so state() is just (epoch, position)."""

@@ -311,3 +311,16 @@ def test_texts_of_pair_and_triplet_files_for_distillation(tmp_path):
     (tmp_path / "t.tsv").write_text("x\ty\nz\n")
     with pytest.raises(ValueError, match=r"t.tsv:2: 1 tab-separated columns"):
         read_texts(tmp_path / "t.tsv")
+
+
+def test_read_pairs_takes_the_first_two_texts_of_pairs_and_triplets_mixed(tmp_path):
+    from minilm.data import read_pairs
+    f = tmp_path / "mixed.jsonl"
+    f.write_text('{"anchor": "q1", "positive": "p1"}\n\n["q2", "p2", "n2"]\n{"anchor": "q3", "positive": "p3", '
+                 '"negative": "n3"}\n')
+    assert read_pairs(f) == [("q1", "p1"), ("q2", "p2"), ("q3", "p3")]
+    f.write_text('{"anchor": "q1", "positive": "p1"}\n{"anchor": "q2"}\n')
+    with pytest.raises(ValueError, match=r"mixed.jsonl:2: "):
+        read_pairs(f)
+    with pytest.raises(ValueError, match=r"pairs come from .jsonl or .tsv"):
+        read_pairs(tmp_path / "texts.txt")

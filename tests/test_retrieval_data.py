@@ -82,6 +82,19 @@ def test_passages_join_sentences_in_order_within_the_limit():
     assert rd.passages(lines, max_chars=90) == ["a" * 40 + " " + "b" * 40, "c" * 40, "d" * 100]
 
 
+def test_crops_are_spans_of_their_passage_of_4_to_32_words_and_seeded():
+    words = [f"w{i}" for i in range(100)]
+    passages = [" ".join(words), "only three words", " ".join(words[:10])]
+    pairs = rd.crops(passages, seed=0)
+    assert [p["positive"] for p in pairs] == passages and pairs == rd.crops(passages, seed=0)
+    for pair in pairs:
+        query = pair["anchor"].split()
+        assert f" {' '.join(query)} " in f" {pair['positive']} "  # a contiguous span of whole words
+        assert min(4, len(pair["positive"].split())) <= len(query) <= 32
+    assert pairs[1]["anchor"] == "only three words"  # a passage shorter than the shortest crop is its own query
+    assert {p["anchor"] for p in rd.crops(passages * 20, seed=0)} != {p["anchor"] for p in rd.crops(passages * 20, 1)}
+
+
 def test_real_selection_excludes_the_development_articles(tmp_path):
     if not rd.REUTERS.is_file():
         message = f"{rd.REUTERS} not found (the shared data sets live beside the repository)"
@@ -96,7 +109,7 @@ def test_real_selection_excludes_the_development_articles(tmp_path):
     titles = gzip.open(files["titles"], "rt", encoding="utf-8").read().splitlines()
     assert len(titles) == len(train) and not set(titles) & {a["anchor"] for a in dev}
     # the general rows' text holds no title or sentence of any Reuters article, and the Reuters files do
-    general = [files["wiki"], files["brown"], *pairs]
+    general = [files["wiki"], files["brown"], files["crops-wiki"], files["crops-brown"], *pairs]
     banned = rd.reuters_fingerprints()
     assert rd.check_no_reuters(general, banned) > 30_000
     with pytest.raises(ValueError, match=r"titles-reuters.txt.gz:1: holds a title or sentence of a Reuters article"):
