@@ -135,34 +135,38 @@ def parse_args(argv=None):
                    help="compute dtype (bfloat16: for GPUs and TPUs; float32, the default, is the parity reference)")
     p.add_argument("--no-pack", action="store_true", help="one text per row, padded (default: several short texts "
                                                           "share a row, with a block-diagonal attention mask)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (shown for jobs over 2 s)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (shown for jobs over 1 s)")
     p.add_argument("--plain", action="store_true", help="the plain path (minilm/model.py embed): batch_size texts in "
                                                         "input order, padded; the same embeddings, slower")
     p.add_argument("--measure-cpu", action="store_true", help="time the CPU matmul libraries now and store the fastest "
                    "for this machine (train.py and distill.py do so at their start; until then jaxlib's default)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def check_args(args) -> None:
+    """The options that argparse cannot check alone: a bad combination or value is a one-line error (exit 1), as every
+    other bad input is."""
     if args.batch_size < 1:
-        p.error("--batch-size must be >= 1")
+        raise ValueError("--batch-size must be >= 1")
     if args.top_k < 1:
-        p.error("--top-k must be >= 1")
+        raise ValueError("--top-k must be >= 1")
     if args.plain and args.dtype != "float32":
-        p.error("--plain computes in float32 (the reference); --dtype is for the fast path")
+        raise ValueError("--plain computes in float32 (the reference); --dtype is for the fast path")
     if args.similarity and args.query:
-        p.error("--similarity and --query are different modes; use one")
+        raise ValueError("--similarity and --query are different modes; use one")
     if args.prompt is not None and args.prompt_name:
-        p.error("--prompt gives the prompt itself and --prompt-name names one of the folder's; use one")
+        raise ValueError("--prompt gives the prompt itself and --prompt-name names one of the folder's; use one")
     if args.precision in ("int8", "uint8") and not args.calibration:
-        p.error(f"--precision {args.precision} needs --calibration FILE: texts (or embeddings) that give each "
-                "dimension's range")
+        raise ValueError(f"--precision {args.precision} needs --calibration FILE: texts (or embeddings) that give "
+                         "each dimension's range")
     if args.similarity and args.precision != "float32":
-        p.error("--similarity compares float32 embeddings; drop --precision")
+        raise ValueError("--similarity compares float32 embeddings; drop --precision")
     if args.similarity_fn and args.precision != "float32":
-        p.error("--similarity-fn scores float32 embeddings; binary ones are ranked by Hamming distance")
+        raise ValueError("--similarity-fn scores float32 embeddings; binary ones are ranked by Hamming distance")
     if args.query and args.precision not in ("float32", "binary", "ubinary"):
-        p.error("--query searches float32 embeddings, or binary / ubinary ones by Hamming distance")
+        raise ValueError("--query searches float32 embeddings, or binary / ubinary ones by Hamming distance")
     if args.rescore < 0 or (args.rescore and not (args.query and args.precision.endswith("binary"))):
-        p.error("--rescore M (M >= 1) goes with --query and --precision binary or ubinary")
-    return args
+        raise ValueError("--rescore M (M >= 1) goes with --query and --precision binary or ubinary")
 
 
 def run(args) -> None:
@@ -184,18 +188,23 @@ def run(args) -> None:
         print(f"embed.py: note: {args.texts[0]!r} is a file name, embedded here as a text; did you mean "
               f"--input {args.texts[0]}?", file=sys.stderr)
     out = None if args.similarity or args.query else Output(args.output)
-    ok = False
+    ok, truncated = False, []  # truncated: the number of texts cut at the token limit, chunk by chunk
     try:
-        embed_texts(args, total, out, read_lines)
+        max_length = embed_texts(args, total, out, read_lines, truncated)
         ok = True
     finally:
         if out:
             out.close(ok)
     if out and args.output:
         print(f"wrote {args.output}: {out.rows} x {out.dim} {out.dtype}", file=sys.stderr)
+    if sum(truncated):  # as sentence-transformers, the text is cut; unlike it, the user is told
+        n = sum(truncated)
+        print(f"embed.py: note: {n:,} of the texts {'was' if n == 1 else 'were'} longer than {max_length} tokens "
+              f"and embedded from the first {max_length} (--max-length sets the limit)", file=sys.stderr)
 
 
-def embed_texts(args, total: int | None, out, read_lines) -> None:
+def embed_texts(args, total: int | None, out, read_lines, truncated: list) -> int:
+    """Embed, then write, print the similarities or search; returns the token limit the texts were cut at."""
     from minilm.fast.embedding import embed, embed_stream
     from minilm.fast.xla import enable_compilation_cache
     from minilm.st.folder import get_model
@@ -212,21 +221,23 @@ def embed_texts(args, total: int | None, out, read_lines) -> None:
     prompt = dict(prompt=args.prompt, prompt_name=args.prompt_name or (None if prompted or not args.query else
                                                                        "document"))
     kw.update(prompt)
+    corpus = {**kw, "truncated": truncated}  # the texts are counted when cut, the queries and calibration not
+    max_length = args.max_length or model.tokenizer.max_length
     lines = (text for _, text in read_lines(args.input)) if args.input else ()
     texts = itertools.chain(args.texts, lines)
     if args.similarity:
         texts = list(texts)
         if not texts:
             raise ValueError("no texts to embed: give texts as arguments or --input FILE")
-        sim = similarity(*[embed(texts, model, progress=not args.quiet and None, **kw)] * 2, fn)
+        sim = similarity(*[embed(texts, model, progress=not args.quiet and None, **corpus)] * 2, fn)
         width = len(str(len(texts)))
         for i, t in enumerate(texts, start=1):
             print(f"[{i:>{width}}] {t}")
         for row in sim:
             print(" ".join(f"{x:7.4f}" for x in row))
-        return
+        return max_length
     ranges = calibration(args, model, kw) if args.precision in ("int8", "uint8") else None
-    stream = embed_stream(texts, model, progress=not args.quiet, total=total, **kw)
+    stream = embed_stream(texts, model, progress=not args.quiet, total=total, **corpus)
     if args.query:  # the corpus streams past: keep only each query's best hits so far
         queries = embed(args.query, model, progress=False, **{**kw, "prompt": None, "prompt_name": "query"})
         best = [[] for _ in args.query]  # per query: (score, line number, text), best first
@@ -249,13 +260,14 @@ def embed_texts(args, total: int | None, out, read_lines) -> None:
             print(f"query: {q}")
             for rank, (score, i, text) in enumerate(hits, start=1):
                 print(f"  {rank}. {score:.4f}  [{i + 1}] {text}")
-        return
+        return max_length
     for chunk, emb in stream:
         out.write(chunk, quantize(emb, args.precision, ranges))
     if not out.rows:
         name = args.input if args.input not in (None, "-") else "<stdin>"
         raise ValueError(f"{name}: is empty; there is nothing to embed" if args.input else
                          "no texts to embed: give texts as arguments or --input FILE")
+    return max_length
 
 
 def calibration(args, model, kw) -> np.ndarray:
@@ -280,6 +292,7 @@ def calibration(args, model, kw) -> np.ndarray:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        check_args(args)
         run(args)
     except (ValueError, FileNotFoundError, TypeError) as e:
         print(f"embed.py: error: {e}", file=sys.stderr)

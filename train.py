@@ -207,8 +207,12 @@ def train(args: Args) -> int:
     sampler = BatchSampler(parse_data_specs(list(args.data)), args.batch_size, seed=args.seed,
                            datasets_per_batch=args.datasets_per_batch, on_error=args.on_bad_line)
     for path, n in sampler.skipped.items():
-        if n:
-            print(f"{path}: skipped {n} malformed lines", file=sys.stderr)
+        kinds = {2: "pairs", 3: "triplets"}
+        if n["other kind"]:  # e.g. SNLI's premises with no contradiction, pairs in a file of triplets
+            print(f"{path}: {n['other kind']} lines of {kinds[5 - n['kind']]} left out: the file holds "
+                  f"{kinds[n['kind']]}, and a batch's rows share their columns", file=sys.stderr)
+        if n["malformed"]:
+            print(f"{path}: skipped {n['malformed']} malformed lines", file=sys.stderr)
     evals = runs.read_evals(args)
 
     # The step and the state it updates.

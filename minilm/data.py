@@ -156,10 +156,12 @@ def _parse_line(text: str, parse) -> Example:
     return example
 
 
-def read_examples(path, on_error: str = "stop") -> tuple[list[Example], int]:
-    """A training file -> (examples, number of malformed lines skipped). A malformed line raises
+def read_examples(path, on_error: str = "stop", counts: dict | None = None) -> tuple[list[Example], int]:
+    """A training file -> (examples, number of lines skipped). A malformed line raises
     ValueError("{path}:{line}: ...") with on_error="stop" and is skipped and counted with on_error="skip". Blank
-    lines are ignored. A file mixing pairs and triplets keeps its more common kind; the others are malformed."""
+    lines are ignored. A file mixing pairs and triplets keeps its more common kind; the others are skipped too (a
+    batch is drawn from one file, so its rows must all have the same columns). `counts`, if given, receives
+    {"malformed": lines that could not be read, "other kind": e.g. the pairs of a file of triplets, "kind": 2 or 3}."""
     if on_error not in ("stop", "skip"):
         raise ValueError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
     name = str(path)
@@ -179,18 +181,20 @@ def read_examples(path, on_error: str = "stop") -> tuple[list[Example], int]:
             bad += 1
     bad += len(undecodable or ())
     # One file, one kind: the more common column count wins (the first row's on a tie, as train_script.py's assert).
-    counts = Counter(len(ex) for _, ex in rows)
-    if len(counts) > 1:
-        keep = max(counts, key=lambda c: (counts[c], c == len(rows[0][1])))
+    kinds, other = Counter(len(ex) for _, ex in rows), 0
+    if len(kinds) > 1:
+        keep = max(kinds, key=lambda c: (kinds[c], c == len(rows[0][1])))
         odd = [(number, ex) for number, ex in rows if len(ex) != keep]
         if on_error == "stop":
-            raise ValueError(f"{name}:{odd[0][0]}: {len(odd[0][1])} texts, but {counts[keep]} of the file's "
+            raise ValueError(f"{name}:{odd[0][0]}: {len(odd[0][1])} texts, but {kinds[keep]} of the file's "
                              f"{len(rows)} examples have {keep}; a file must not mix pairs and triplets")
-        bad += len(odd)
+        other = len(odd)
         rows = [(number, ex) for number, ex in rows if len(ex) == keep]
     if not rows:
         raise ValueError(f"{name}: no examples" + (f" ({bad} malformed lines skipped)" if bad else ""))
-    return [ex for _, ex in rows], bad
+    if counts is not None:
+        counts.update({"malformed": bad, "other kind": other, "kind": len(rows[0][1])})
+    return [ex for _, ex in rows], bad + other
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,9 +257,13 @@ class BatchSampler:
         self.batch_size, self.seed, self.part_size = batch_size, int(seed), batch_size // datasets_per_batch
         self.datasets_per_batch = datasets_per_batch
         self.weights = np.array([_weight(s.weight, s.path) for s in specs])
-        self.data, self.skipped = [], {}
+        self.data, self.skipped = [], {}  # skipped: {path: {"malformed", "other kind", "kind"}} of each file read
         for path in self.paths:  # every file is read once, up front, so a bad line stops the run before step 1
-            rows, self.skipped[path] = read_examples(path, on_error) if examples is None else (examples.get(path), 0)
+            if examples is None:
+                self.skipped[path] = {}
+                rows, _ = read_examples(path, on_error, self.skipped[path])
+            else:
+                rows = examples.get(path)
             self.data.append(rows)
         self.num_columns = [len(rows[0]) if rows else 0 for rows in self.data]
         for path, rows, c in zip(self.paths, self.data, self.num_columns):

@@ -82,6 +82,23 @@ def rewrite(folder, change):
     safetensors.numpy.save_file(t, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_a_saved_folder_has_the_permissions_of_the_umask(tmp_path, umask):
+    """Saved through a private temporary folder, a model folder still ends as mkdir and open would have made it, so
+    another account that may read the parent can load the model."""
+    import os
+    import stat
+    old = os.umask(umask)
+    try:
+        save(tiny_model(tmp_path), tmp_path / "m")
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in [tmp_path / "m", *(tmp_path / "m").rglob("*")]}
+    assert modes["m"] == 0o777 & ~umask and modes["m/model.safetensors"] == 0o666 & ~umask
+    assert all(mode == (0o777 if (tmp_path / path).is_dir() else 0o666) & ~umask for path, mode in modes.items()), modes
+
+
 def test_mis_shaped_tensor_is_named_with_both_shapes(tmp_path):
     save(tiny_model(tmp_path), tmp_path / "m")
     rewrite(tmp_path / "m", lambda t: t.update({"encoder.layer.1.intermediate.dense.weight": np.zeros((47, 32),

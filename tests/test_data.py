@@ -119,7 +119,7 @@ def test_real_mrpc_pairs(mrpc_file):
     examples, skipped = data.read_examples(mrpc_file)
     assert (len(examples), skipped) == (3291, 0)  # the row count in shared/data/README.md
     s = data.BatchSampler(data.parse_data_specs([f"{mrpc_file}:2"]), 64, seed=1)
-    assert s.num_columns == [2] and s.skipped == {str(mrpc_file): 0}
+    assert s.num_columns == [2] and s.skipped == {str(mrpc_file): {"malformed": 0, "other kind": 0, "kind": 2}}
     for _ in range(60):  # a little over one epoch
         assert_valid_batch(next(s), 64)
     assert s.state()["datasets"][0]["epoch"] == 1
@@ -159,13 +159,16 @@ def test_parse_data_specs(tmp_path):
 
 
 def test_sampler_reads_each_file_and_counts_skipped_lines(tmp_path):
+    """Malformed lines and lines of the other kind (pairs in a file of triplets) are counted apart, so train.py can
+    say which it left out."""
     (tmp_path / "a.jsonl").write_text('["a1", "b1"]\n["a2"]\n["a3", "b3"]\n')
-    (tmp_path / "b.tsv").write_text("x\ty\tz\n")
+    (tmp_path / "b.tsv").write_text("x\ty\tz\nx2\ty2\tz2\np\tq\n")
     specs = data.parse_data_specs([str(tmp_path / "a.jsonl"), f"{tmp_path / 'b.tsv'}:2"])
     with pytest.raises(ValueError, match=r"a\.jsonl:2: a list of 1 items"):
         data.BatchSampler(specs, 2)
     s = data.BatchSampler(specs, 2, on_error="skip")
-    assert s.skipped == {str(tmp_path / "a.jsonl"): 1, str(tmp_path / "b.tsv"): 0}
+    assert s.skipped == {str(tmp_path / "a.jsonl"): {"malformed": 1, "other kind": 0, "kind": 2},
+                         str(tmp_path / "b.tsv"): {"malformed": 0, "other kind": 1, "kind": 3}}
     assert s.num_columns == [2, 3]
 
 

@@ -50,7 +50,7 @@ def test_documented_commands_parse():
     assert {script for script, _ in found} == {"embed", "train", "distill"}
     for script, argv in found:
         if script == "embed":
-            embed.parse_args(argv)  # exits with status 2 on a flag it does not know
+            embed.check_args(embed.parse_args(argv))  # exits with status 2 on a flag it does not know
         else:
             cli.parse((train if script == "train" else distill).Args, argv)
 

@@ -142,15 +142,18 @@ def test_progress_line_on_stderr(real_model_dir, capsys):
 
 
 def test_subprocess_exit_codes(real_model_dir, tmp_path):
-    """The script as users run it: 0 on success, 1 with a one-line error on bad input, 2 on a bad flag."""
+    """The script as users run it: 0 on success, 1 with a one-line error on bad input (a bad value of a known flag
+    included), 2 with the usage on a flag argparse does not know."""
     base = [sys.executable, str(REPO / "embed.py"), "--model", str(real_model_dir)]
     ok = subprocess.run(base + ["hello world"], capture_output=True, text=True)
     assert ok.returncode == 0 and len(json.loads(ok.stdout)["embedding"]) == 384
     (tmp_path / "bad.txt").write_bytes(b"\xc3\x28\n")
     bad = subprocess.run(base + ["--input", str(tmp_path / "bad.txt")], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip().endswith("bad.txt:1: not valid UTF-8 (byte 0xc3 at column 1)")
-    flag = subprocess.run(base + ["--batch-size", "0", "x"], capture_output=True, text=True)
-    assert flag.returncode == 2 and "--batch-size must be >= 1" in flag.stderr
+    value = subprocess.run(base + ["--batch-size", "0", "x"], capture_output=True, text=True)
+    assert (value.returncode, value.stderr) == (1, "embed.py: error: --batch-size must be >= 1\n")
+    flag = subprocess.run(base + ["--no-such-flag", "x"], capture_output=True, text=True)
+    assert flag.returncode == 2 and "usage: embed.py" in flag.stderr
 
 
 def test_file_name_as_text_gets_a_hint(run, tmp_path, monkeypatch):
@@ -236,3 +239,26 @@ def test_measure_cpu_measures_now_and_stores_the_choice(monkeypatch, tmp_path, c
         assert json.loads((tmp_path / xla.CHOICE_FILE).read_text())["library"] == "ynnpack"
     finally:
         xla.compiler_options.cache_clear()
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_texts_cut_at_the_token_limit_are_counted_in_a_note(run, tmp_path, plain):
+    """A 100,000-character text is embedded from its first 256 tokens, as sentence-transformers does; embed.py says
+    how many texts were cut (a text of exactly 254 word pieces fills 256 tokens and is not cut)."""
+    long = " ".join(["word"] * 20_000)
+    (tmp_path / "in.txt").write_text(f"{long}\nshort text\n{' '.join(['word'] * 254)}\n{long}\n")
+    flags = ["--plain"] if plain else []
+    code, _, err = run("--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "e.npy"), "--quiet", *flags)
+    assert code == 0 and err.splitlines()[-1] == ("embed.py: note: 2 of the texts were longer than 256 tokens and "
+                                                  "embedded from the first 256 (--max-length sets the limit)")
+    code, _, err = run("--max-length", "8", "one two three four five six seven", "short", *flags)
+    assert code == 0 and "1 of the texts was longer than 8 tokens" in err
+    code, _, err = run("short text", "another one", *flags)
+    assert code == 0 and "note" not in err
+
+
+def test_quiet_help_names_the_threshold_the_code_uses(capsys):
+    from minilm.fast.embedding import QUIET_FOR
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert f"(shown for jobs over {QUIET_FOR:g} s)" in " ".join(capsys.readouterr().out.split())

@@ -32,12 +32,18 @@ def test_same_triplets_as_sentence_transformers(real_model_dir, pairs, settings)
     assert len(ours) > 100 and ours == expected
 
 
-def test_command_writes_triplets_train_py_reads(real_model_dir, pairs, tmp_path):
+def test_command_writes_triplets_train_py_reads(real_model_dir, pairs, tmp_path, capsys):
     from minilm.data import read_examples
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"anchor": a, "positive": p}) + "\n"
                                                   for a, p in pairs[:40]))
     assert mine.main(["--model", str(real_model_dir), "--data", str(tmp_path / "pairs.jsonl"), "--out",
                       str(tmp_path / "triplets.jsonl"), "--num-negatives", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    again = mine.mine(pairs[:40], real_model_dir, num_negatives=2, progress=True)  # progress: each pass named
+    err = capsys.readouterr().err
+    assert err.index("embedding 40 corpus texts") < err.index("anchors (the queries)")
+    assert [t[2] for t in again[:4]] == [json.loads(line)["negative"] for line in
+                                          (tmp_path / "triplets.jsonl").read_text().splitlines()[:4]]
     triplets, bad = read_examples(tmp_path / "triplets.jsonl")
     assert bad == 0 and len(triplets) == 80 and all(len(t) == 3 and t[2] != t[1] for t in triplets)
     assert mine.main(["--data", str(tmp_path / "triplets.jsonl"), "--out", str(tmp_path / "x.jsonl")]) == 1

@@ -59,6 +59,32 @@ def test_help_documents_every_flag(capsys):
     assert "invalid choice: 'ignore' (choose from" in capsys.readouterr().err
 
 
+def test_pairs_in_a_file_of_triplets_are_named_as_such(setup, tmp_path, capsys):
+    """SNLI's file holds triplets and, for premises with no contradiction, pairs: with --on-bad-line skip the pairs
+    are left out (a batch's rows share their columns) and the message says so, apart from malformed lines."""
+    rows = [json.loads(line) for line in (setup / "pairs.jsonl").read_text().splitlines()]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps({**r, **({"negative": f"not {r['anchor']}"} if i % 8 else {})}) + "\n"
+                             for i, r in enumerate(rows)) + "{broken\n")
+    assert train.main(["--model", str(setup / "model"), "--data", str(mixed), "--on-bad-line", "skip",
+                       "--batch-size", "8", "--max-length", "16", "--steps", "1", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert f"{mixed}: 8 lines of pairs left out: the file holds triplets" in err
+    assert f"{mixed}: skipped 1 malformed lines" in err
+
+
+def test_the_start_shows_the_options_set_and_args_json_holds_them_all(setup, capsys):
+    assert run(setup, "--steps", "1", "--no-dropout", out="summary") == 0
+    out = capsys.readouterr().out
+    start = out[:out.index("args.json)")]
+    assert "--steps 1" in start and "--no-dropout" in start and "--batch-size 8" in start
+    assert f"(every option: {setup / 'summary'}/" in start and "--seed" not in start  # defaults not shown
+    assert f"--model {setup / 'model'}" in start  # a flag and its value on one line
+    assert len(start.splitlines()) <= 6, start
+    saved = json.loads((setup / "summary" / "args.json").read_text())
+    assert saved["seed"] == 0 and saved["dropout"] is False and len(saved) == len(dataclasses.fields(train.Args))
+
+
 def test_warmup_longer_than_the_run_is_a_warning(setup, capsys):
     assert run(setup, "--steps", "2", "--warmup", "5", out="warm") == 0
     err = capsys.readouterr().err

@@ -12,7 +12,7 @@ import safetensors.numpy
 
 from minilm.checkpoint import flatten
 from minilm.run import runs
-from minilm.st.folder import Model
+from minilm.st.folder import Model, usual_mode
 
 
 PCA_TEXTS = 10_000  # teacher embeddings the projection is fitted on
@@ -79,6 +79,7 @@ def save_atomic(file: pathlib.Path, emb_ND: np.ndarray, fingerprint: str) -> Non
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f".{file.name}.tmp-{np.random.randint(1 << 30)}")
     safetensors.numpy.save_file({"embeddings": emb_ND}, tmp, metadata={"fingerprint": fingerprint})
+    usual_mode(tmp)
     tmp.replace(file)
 
 

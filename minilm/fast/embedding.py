@@ -72,7 +72,7 @@ def cast_params(model: Model, dtype: str):
 def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = None, normalize: bool | None = None,
           num_layers: int | None = None, dim: int | None = None, prompt: str | None = None,
           prompt_name: str | None = None, pack: bool = True, dtype: str = "float32", progress=None,
-          fast: bool = True) -> np.ndarray:
+          fast: bool = True, truncated: list | None = None) -> np.ndarray:
     """Embed a list of strings -> float32 [N, dim], row i for texts[i]: the plain path (st/heads.py embed, which is
     embedding.embed with the folder's head), faster.
 
@@ -81,7 +81,8 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     texts share a row (packing.plan_packed), packed_tokens(batch_size) per forward; without it, batch_size texts per
     forward, sorted by length and padded (packing.plan_padded). dtype "bfloat16" computes the encoder in bfloat16
     (for GPUs and TPUs); float32 is the reference. progress: a line on stderr as forwards finish (None: for 1,000
-    texts or more). fast=False runs the plain path itself."""
+    texts or more). fast=False runs the plain path itself. truncated: a list that receives the number of texts cut
+    at max_length tokens (embed.py says so in a note)."""
     m = get_model(model)
     texts = check_options(texts, m, batch_size, max_length, num_layers, dim)
     if isinstance(progress, Progress):  # a stream's: it reports across calls
@@ -94,6 +95,9 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
         plain = functools.partial(heads.embed, model=m, batch_size=batch_size, max_length=max_length,
                                   normalize=normalize, num_layers=num_layers, dim=dim, prompt=prompt,
                                   prompt_name=prompt_name)
+        if truncated is not None:
+            truncated.append(count_cut(m, m.tokenizer.word_pieces(heads.with_prompt(m, texts, prompt, prompt_name)[0]),
+                                       max_length))
         out = []
         with report.stopped_on_error(own):
             for start in range(0, len(texts), batch_size):
@@ -106,7 +110,10 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype {dtype!r} is not supported; expected float32 or bfloat16")
     params = m.params if dtype == "float32" else cast_params(m, dtype)
-    ids = [e.ids for e in m.tokenizer.encode_batch(texts, max_length=max_length)]
+    pieces = m.tokenizer.word_pieces(texts)  # Tokenizer.encode_batch, in its two steps, to count what is cut
+    if truncated is not None:
+        truncated.append(count_cut(m, pieces, max_length))
+    ids = [m.tokenizer.assemble(p, None, max_length=max_length)[0].ids for p in pieces]
     lengths = [len(x) for x in ids]
     pack = pack and m.pooling in PACKED_POOLING_MODES
     plan = plan_packed(lengths, tokens=packed_tokens(batch_size)) if pack else plan_padded(lengths, batch_size)
@@ -135,6 +142,12 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
             pending = (fwd, emb_BND)
         collect(*pending)
     return out
+
+
+def count_cut(m, pieces: list[list[int]], max_length: int | None) -> int:
+    """Texts whose word pieces and special tokens exceed max_length (default: the model's): those truncation cuts."""
+    limit = (m.tokenizer.max_length if max_length is None else max_length) - m.tokenizer.n_special(False)
+    return sum(len(p) > limit for p in pieces)
 
 
 def embed_stream(texts, model=None, *, chunk_size: int = 16384, progress: bool = False, total: int | None = None,

@@ -226,6 +226,12 @@ def atomic_dir(path):
                     os.fsync(f.fileno())
                 synced += 1
                 inject_fault(path.name, synced)
+        for root, dirs, files in os.walk(tmp):  # the temporary folder was private (0700); the result is not
+            for name in files:
+                usual_mode(os.path.join(root, name))
+            for name in dirs:
+                usual_mode(os.path.join(root, name), folder=True)
+        usual_mode(tmp, folder=True)
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"
@@ -236,6 +242,15 @@ def atomic_dir(path):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def usual_mode(path, folder: bool = False) -> None:
+    """The permissions a plain open() or mkdir() would have given (0666 or 0777 less the umask): files written
+    under a temporary name (mkdtemp makes 0700 folders, some writers 0600 files) end readable by whoever may read
+    the folder they are in, as any other file the user makes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask)
 
 
 def inject_fault(name: str, files: int) -> None:

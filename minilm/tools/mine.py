@@ -57,8 +57,13 @@ def mine(pairs: list[tuple[str, str]], model=None, corpus: list[str] | None = No
                          f"between --range-min {range_min} and --range-max {range_max}")
 
     # Embed both sides (normalised), and keep each anchor's best candidates.
-    corpus_ND = embed(corpus, m, batch_size=batch_size, normalize=True, prompt_name="document", progress=progress)
-    query_QD = embed(anchors, m, batch_size=batch_size, normalize=True, prompt_name="query", progress=progress)
+    def embed_side(texts: list[str], what: str, prompt_name: str) -> np.ndarray:  # a line says which pass it is
+        if progress is not False and (progress or len(texts) >= 1000):
+            print(f"embedding {len(texts):,} {what}", file=sys.stderr, flush=True)
+        return embed(texts, m, batch_size=batch_size, normalize=True, prompt_name=prompt_name, progress=progress)
+
+    corpus_ND = embed_side(corpus, "corpus texts (the positives and candidate negatives)", "document")
+    query_QD = embed_side(anchors, "anchors (the queries)", "query")
     candidates = range_max + max_positives + 1  # room for the anchor itself and its positives, dropped below
     k = min(candidates, len(corpus))
     scores_QK = np.full((len(anchors), candidates), -np.inf, np.float32)
