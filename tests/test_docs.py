@@ -65,3 +65,56 @@ def test_readme_shows_stdin_and_run_folders():
     found = [argv for script, argv in commands((REPO / "README.md").read_text()) if script == "embed"]
     assert any(argv[argv.index("--input") + 1] == "-" for argv in found if "--input" in argv)
     assert ["--model", "runs/l3", "a sentence"] in found
+
+
+# --- explanation pages explain; results pages report ---------------------------------------------------------------
+
+MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
+DATED = re.compile(rf"\b\d{{1,2}} ({MONTHS}) 20\d\d\b|\b({MONTHS}) 20\d\d\b|\b20\d\d-\d\d-\d\d\b")
+WORKSHOP = re.compile(r"\bthis session\b|\bsessions\b|\bsession\b(?! profiler)|\blent\b|\btargets? (were |was )?set\b|"
+                      r"\bnot recorded\b|\bthis project's (machine|CPU)", re.I)
+RESULT_PAGES = ("results.md", "results-archive.md")
+
+
+def notebook_lines(page: pathlib.Path) -> list[str]:
+    """Lines of an explanation page that read as a lab notebook: a date, or words about how the work was done."""
+    return [f"{page.name}:{i}: {line.strip()}" for i, line in enumerate(page.read_text().splitlines(), 1)
+            if DATED.search(line) or WORKSHOP.search(line)]
+
+
+def test_explanation_pages_hold_no_dated_figures_or_workshop_words():
+    pages = [p for p in sorted((REPO / "docs").glob("*.md")) if p.name not in RESULT_PAGES]
+    assert len(pages) >= 12
+    assert [line for page in pages for line in notebook_lines(page)] == []
+
+
+def test_the_guard_catches_a_planted_dated_timing(tmp_path):
+    page = tmp_path / "encoder.md"
+    page.write_text((REPO / "docs" / "encoder.md").read_text() + "\nA forward took 612 ms on 6 December 2026.\n")
+    assert len(notebook_lines(page)) == 1 and "6 December 2026" in notebook_lines(page)[0]
+    page.write_text("Measured in this session on the machine we were lent.\n")
+    assert len(notebook_lines(page)) == 1
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped (hyphens kept), spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_pages_reaches_a_heading():
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    anchors = {p.resolve(): {slug(h) for h in re.findall(r"^#+ (.*)$", p.read_text(), flags=re.M)} for p in pages}
+    broken = []
+    for page in pages:
+        for target, anchor in re.findall(r"\]\(([\w./-]*\.md)?#([\w-]+)\)", page.read_text()):
+            file = (page.parent / target).resolve() if target else page.resolve()
+            if file not in anchors or anchor not in anchors[file]:
+                broken.append(f"{page.name}: {target}#{anchor}")
+    assert broken == []
+
+
+def test_every_picture_in_docs_has_a_script_that_draws_it():
+    scripts = (REPO / "docs" / "figures.py").read_text() + "".join(p.read_text() for p in (REPO / "benchmarks").glob("*.py"))
+    pictures = sorted(p.name for p in (REPO / "docs").glob("*.png"))
+    assert pictures and [name for name in pictures if f'"{name}"' not in scripts and f"/ {name!r}" not in scripts
+                         and name.removesuffix(".png") not in re.findall(r'"(\w+)"', scripts)] == []
