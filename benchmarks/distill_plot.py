@@ -1,21 +1,80 @@
-"""Quality against speed: each student of benchmarks/distill_experiment.py as STS-b test Spearman, and (for the stages
-scored on it) Reuters retrieval nDCG@10, against its embedding throughput, one point per stage, the teacher among
-them. Writes a small PNG (docs/distill.png).
+"""Quality against speed: the students of benchmarks/distill_experiment.py on STS-b test Spearman and (those scored
+on it) Reuters retrieval nDCG@10, against their embedding throughput. Writes docs/distill.png.
 
     python benchmarks/distill_experiment.py          # the scores: benchmarks/results/distill-experiment.jsonl
     python benchmarks/embed_bench.py --model DIR --engines minilm --batch-sizes 32 --no-cold-start \
         --json benchmarks/results/student-throughput.jsonl      # once per student shape (layers x hidden)
     python benchmarks/distill_plot.py                # needs matplotlib (the bench extra)
 
-A result is matched to the throughput of a model of the same shape (layers x hidden): the weights do not change
-the speed. Also prints the table the README shows.
+One point per row of the experiment (its last stage), plus the teacher and the public 3-layer model: filled for a
+distilled student, hollow for a control (the same student without the distillation), coloured by what it saw besides
+the teacher (general text, a corpus's unlabeled text, in-domain pairs), each labelled with its row. The teacher's
+score is a dashed line. Speeds come from the newest run in the throughput file (one machine, one day), matched by
+shape (layers x hidden): the weights do not change the speed. Also prints the table of the points.
 """
 import argparse
 import json
 import pathlib
 
+import distill_experiment as de
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
+# Rows that are controls: the same students with the usual fine-tuning, or with title -> body pairs, and nothing
+# distilled.
+CONTROLS = {"l3-ft", "l3-ft-seed1", "l4-ft", "l2-ft", "s4-ft", "l3-ftr", "l4-ftr"}
+COLOURS = {"general": "C0", "corpus": "C1", "in-domain pairs": "C2", "teacher": "black", "public": "C4"}
+
+
+def points(results: dict, speed: dict) -> list[dict]:
+    """The last stage of each row, with its speed and what it saw; the public model at the 3 x 384 speed."""
+    out = []
+    for row, stages in de.ROWS.items():
+        r = results.get(stages[-1].name)
+        if r and (r["layers"], r["hidden"]) in speed:
+            out.append({**r, "row": row, "speed": speed[r["layers"], r["hidden"]], "saw": de.saw(row, stages[-1]),
+                        "control": row in CONTROLS})
+    if "paraphrase-MiniLM-L3-v2" in results and (3, 384) in speed:
+        out.append({**results["paraphrase-MiniLM-L3-v2"], "row": "public-l3", "speed": speed[3, 384],
+                    "saw": "public", "control": False})
+    return out
+
+
+def spread(ys: list[float], gap: float) -> list[float]:
+    """Label heights near ys (sorted ascending) at least `gap` apart."""
+    out = []
+    for y in ys:
+        out.append(max(y, out[-1] + gap) if out else y)
+    shift = (out[-1] - ys[-1]) / 2 if len(out) > 1 else 0.0  # centre the block on the points
+    return [y - shift for y in out]
+
+
+def draw(ax, shown: list[dict], key: str, ylabel: str, floor: float | None) -> None:
+    teacher = next((p for p in shown if p["saw"] == "teacher"), None)
+    if teacher:
+        ax.axhline(teacher[key], color="black", lw=0.8, ls="--", zorder=0)
+    below = [p for p in shown if floor is not None and p[key] < floor]
+    visible = [p for p in shown if p not in below]
+    for p in visible:
+        c = COLOURS[p["saw"]]
+        marker = "*" if p["saw"] == "teacher" else "D" if p["saw"] == "public" else "o"
+        ax.scatter(p["speed"], p[key], s=60 if marker == "*" else 26, marker=marker, zorder=3,
+                   facecolors="white" if p["control"] else c, edgecolors=c, linewidths=1.2)
+    lo = min(p[key] for p in visible)
+    hi = max(p[key] for p in visible)
+    gap = (hi - lo) / 26
+    for x in sorted({p["speed"] for p in visible}):  # the labels of one speed, right of it, apart
+        column = sorted((p for p in visible if p["speed"] == x), key=lambda p: p[key])
+        for p, y in zip(column, spread([p[key] for p in column], gap)):
+            y += 1.5 * gap if p["saw"] == "teacher" else 0.0  # above its own dashed line
+            ax.annotate(f"{p['row']} {p[key]:.2f}", (x, p[key]), xytext=(x * 1.025, y), fontsize=6, va="center",
+                        color=COLOURS[p["saw"]], arrowprops=dict(arrowstyle="-", lw=0.4, color="0.6"))
+    if below:
+        ax.text(0.99, 0.02, "below the axis: " + ", ".join(f"{p['row']} {p[key]:.2f}" for p in below),
+                transform=ax.transAxes, fontsize=6, ha="right", va="bottom", color="0.3")
+        ax.set_ylim(floor, hi + (hi - floor) * 0.05)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
 
 
 def main(argv=None) -> int:
@@ -25,61 +84,44 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32, help="the batch size whose throughput is plotted")
     p.add_argument("--out", default=str(REPO / "docs" / "distill.png"))
     a = p.parse_args(argv)
-    latest = {}  # a stage scored again (with the retrieval column) keeps its last line
+    results = {}  # a stage scored again (with the retrieval columns) keeps its last line
     for r in map(json.loads, open(a.results)):
-        latest[r["stage"]] = r
-    results = list(latest.values())
-    speed = {}
-    for r in map(json.loads, open(a.throughput)):
-        if r["batch"] == a.batch and r["engine"] == "minilm packed":
-            speed[(r["layers"], r["hidden"])] = r["texts_per_s"]
-    points, ir_points = [], []
-    print(f"| stage | shape | STS-b dev | STS-b test | Reuters nDCG@10 | R@1 | R@10 | sentences/s (batch {a.batch}) |"
-          f"\n|---|---|---|---|---|---|---|---|")
-    for r in results:
-        L, D = r["layers"], r["hidden"]
-        rate = speed.get((L, D))
-        ir = [f"{r[k]:.2f}" if k in r else "-" for k in ("reuters_ndcg10", "reuters_r1", "reuters_r10")]
-        print(f"| {r['stage']} | {L} x {D} | {r['dev']:.2f} | {r['test']:.2f} | {' | '.join(ir)} | {rate or '-'} |")
-        if rate:
-            points.append((r["stage"], rate, r["test"], L, D))
-            if "reuters_ndcg10" in r:
-                ir_points.append((r["stage"], rate, r["reuters_ndcg10"], L, D))
+        results[r["stage"]] = r
+    runs = [r for r in map(json.loads, open(a.throughput)) if r["batch"] == a.batch and r["engine"] == "minilm packed"]
+    newest = max(r["date"] for r in runs)
+    run = [r for r in runs if r["date"] == newest]
+    speed = {(r["layers"], r["hidden"]): r["texts_per_s"] for r in run}
+    machine = run[0].get("cpu", "2-core CPU")
+    shown = points(results, speed)
+    print("| row | saw | shape | STS-b test | Reuters nDCG@10 | sentences/s |\n|---|---|---|---|---|---|")
+    for q in shown:
+        ir = f"{q['reuters_ndcg10']:.2f}" if "reuters_ndcg10" in q else "-"
+        print(f"| {q['row']} | {q['saw']}{' (control)' if q['control'] else ''} | {q['layers']} x {q['hidden']} | "
+              f"{q['test']:.2f} | {ir} | {q['speed']:,.0f} |")
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    panels = [(points, "STS-b test Spearman", "sentence similarity")]
-    if ir_points:
-        panels.append((ir_points, "Reuters title -> body nDCG@10", "retrieval (development set)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.0), dpi=100, squeeze=False)
-    colours = {}
-    for ax, (shown, ylabel, title) in zip(axes[0], panels):
-        labelled = set()  # one legend entry per shape and panel; a shape keeps its colour in both panels
-        for name, rate, value, L, D in shown:
-            c = colours.setdefault((L, D), f"C{len(colours)}")
-            ax.scatter(rate, value, color=c, s=22, label=None if (L, D) in labelled else f"{L} layers x {D}")
-            labelled.add((L, D))
-        # One label block per shape, its rows best first: the rows of one shape share a speed, so labels at each
-        # point would lie on top of each other. The block goes right of the shape's highest point, or, when a
-        # faster shape is close enough for the two blocks to overlap, left of its lowest point.
-        rates = {(L, D): rate for _, rate, _, L, D in shown}
-        for L, D in rates:
-            rows = sorted((p for p in shown if p[3:] == (L, D)), key=lambda p: -p[2])
-            crowded = any(0 < rate - rates[L, D] < 150 for rate in rates.values())
-            ax.annotate("\n".join(f"{name} {value:.2f}" for name, _, value, _, _ in rows),
-                        rows[-1][1:3] if crowded else rows[0][1:3], fontsize=6,
-                        xytext=(-6, 0) if crowded else (6, 3), textcoords="offset points", va="top",
-                        ha="right" if crowded else "left")
-        ax.set_xlabel(f"sentences/s, STS-b test sentences, batch {a.batch} (2-core CPU)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"Students of all-MiniLM-L6-v2: {title} against speed", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.margins(x=0.2, y=0.08)  # room for the labels
-        ax.legend(fontsize=7, loc="lower left")
+    from matplotlib.lines import Line2D
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), dpi=100)
+    draw(axes[0], shown, "test", "STS-b test Spearman x 100", floor=77.0)
+    draw(axes[1], [q for q in shown if "reuters_ndcg10" in q], "reuters_ndcg10",
+         "Reuters development set, nDCG@10 x 100", floor=None)
+    axes[0].set_title("Sentence similarity against speed", fontsize=10)
+    axes[1].set_title("Search (titles -> bodies, never trained on) against speed", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel(f"sentences/s, STS-b test, batch {a.batch} ({machine}, {newest})", fontsize=8)
+        ax.set_xlim(min(speed.values()) * 0.9, max(speed.values()) * 1.25)
+    legend = [Line2D([], [], marker="*", ls="", color="black", ms=9, label="teacher (dashed: its score)"),
+              Line2D([], [], marker="D", ls="", color=COLOURS["public"], label="public paraphrase-MiniLM-L3-v2"),
+              *[Line2D([], [], marker="o", ls="", color=COLOURS[k], label=f"student, saw {k}")
+                for k in ("general", "corpus", "in-domain pairs")],
+              Line2D([], [], marker="o", ls="", markerfacecolor="white", markeredgecolor="0.3",
+                     label="control (nothing distilled)")]
+    axes[0].legend(handles=legend, fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(a.out, metadata={"Software": None})
-    print(f"wrote {a.out} ({pathlib.Path(a.out).stat().st_size:,} bytes, {len(points)} + {len(ir_points)} points)")
+    print(f"wrote {a.out} ({pathlib.Path(a.out).stat().st_size:,} bytes, {len(shown)} points)")
     return 0
 
 
