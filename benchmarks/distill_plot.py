@@ -62,7 +62,7 @@ def draw(ax, shown: list[dict], key: str, ylabel: str, floor: float | None) -> N
                    facecolors="white" if p["control"] else c, edgecolors=c, linewidths=1.2)
     lo = min(p[key] for p in visible)
     hi = max(p[key] for p in visible)
-    gap = (hi - lo) / 26
+    gap = (hi - lo) / 22
     for x in sorted({p["speed"] for p in visible}):  # the labels of one speed, right of it, apart
         column = sorted((p for p in visible if p["speed"] == x), key=lambda p: p[key])
         for p, y in zip(column, spread([p[key] for p in column], gap)):
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), dpi=100)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6.4), dpi=100)
     draw(axes[0], shown, "test", "STS-b test Spearman x 100", floor=77.0)
     draw(axes[1], [q for q in shown if "reuters_ndcg10" in q], "reuters_ndcg10",
          "Reuters development set, nDCG@10 x 100", floor=None)
