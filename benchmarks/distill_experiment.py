@@ -156,6 +156,8 @@ ROWS = {
     # General students: no Reuters text in any stage, so Reuters is an unseen domain (their control: l3-ft, l4-ft)
     "g3-psg": row(distill("g3-psg", L3, EMBEDDING, text=GENERAL_TEXT, cache="teacher-general", steps=1500,
                           max_length=256), ("g3-psg-ft", 0)),
+    "g4-psg": row(distill("g4-psg", L4, EMBEDDING, text=GENERAL_TEXT, cache="teacher-general", steps=1500,
+                          max_length=256), ("g4-psg-ft", 0)),  # the same on four kept layers (control: l4-ft)
     "g3-psg-seed1": row(distill("g3-psg", L3, EMBEDDING, text=GENERAL_TEXT, cache="teacher-general", steps=1500,
                                 max_length=256), ("g3-psg-ft-seed1", 1)),  # the fine-tuning's seed spread
     # the same sources as pairs, the teacher's in-batch scores distilled beside the embeddings (32 pairs a batch)
