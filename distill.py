@@ -100,13 +100,12 @@ class LossOptions:
 def device_loss(s_params, t_params, batch, targets_CbD, key, *, opts: LossOptions, projection=None,
                 axis_name="data"):
     """This device's rows: the teacher (no dropout, never differentiated) against the student, by the relations at
-    t_layer and s_layer and/or the sentence embeddings. Rows are packed (several texts a row: segments say which
-    text each token belongs to, positions restart at 0 for each) or padded (one text a row: segments = the mask);
-    both give the same loss. targets_CbD: the teacher's embeddings of this device's texts, column by column, from a
-    cache (None: from
-    the teacher's forward here). projection [D_t, D_s]: the teacher's embedding -> the student's width. The mean over
-    this device's texts, then over all devices' texts (devices may hold different numbers of packed texts). Returns
-    (loss, {part: value})."""
+    t_layer and s_layer, the sentence embeddings, and/or the in-batch scores of (query, passage) columns. Rows are
+    packed (several texts a row: segments say which text each token belongs to, positions restart at 0 for each) or
+    padded (one text a row: segments = the mask); both give the same loss. targets_CbD: the teacher's embeddings of
+    this device's texts, column by column, from a cache (None: from the teacher's forward here). projection [D_t,
+    D_s]: the teacher's embedding -> the student's width. The mean over this device's texts, then over all devices'
+    texts (devices may hold different numbers of packed texts). Returns (loss, {part: value})."""
     o = opts
     t_cfg, s_cfg, relations, t_layer, s_layer = o.t_cfg, o.s_cfg, o.relations, o.t_layer, o.s_layer
     key = parallel.device_key(key, axis_name)

@@ -86,7 +86,8 @@ def distill(name, student, objective, text=PAIR_TEXT, cache="teacher-pairs", lr=
             max_length=128, batch=64):
     argv = ["distill.py", "--data", *map(str, text), *student, *objective, "--steps", str(steps),
             "--batch-size", str(batch), "--lr", lr, "--warmup", "100", "--max-length", str(max_length),
-            "--save-every", "250", "--log-every", "50", "--eval-sts", str(STS_DEV), "--eval-every", "500", "--seed", "0"]
+            "--save-every", "250", "--log-every", "50", "--eval-sts", str(STS_DEV), "--eval-every", "500",
+            "--seed", "0"]
     if "none" in objective and cache:  # embedding distillation alone: the teacher's embeddings from a cache,
         # computed once; with relations the teacher runs in every step anyway, and its embeddings come from that
         # same forward
@@ -306,7 +307,8 @@ def main(argv=None) -> int:
             start = time.time()
             model = run_stage(stage, out)
             if stage.name not in done:
-                record = {"row": row, "stage": stage.name, "saw": saw(row, stage), **shape(model), **score(model, files["dev"]),
+                record = {"row": row, "stage": stage.name, "saw": saw(row, stage), **shape(model),
+                          **score(model, files["dev"]),
                           "minutes": round((time.time() - start) / 60, 1), "date": time.strftime("%Y-%m-%d")}
                 print(json.dumps(record), flush=True)
                 with open(results, "a") as f:

@@ -6,10 +6,10 @@ Reuters development set).
     python benchmarks/public_l3.py --reuters runs/distill-experiment/retrieval-data/reuters-dev
 
 The export carries no tokenizer; all-MiniLM-L6-v2's tokenizer.json has the same uncased vocabulary (30,522 WordPiece
-tokens) and is used here, at the model's 128 tokens. Its [B, T, 384] output is the last layer's token states: mean pooled
-over the attention mask and L2-normalised, as the sentence-transformers folder of that model does. The scores go to
-benchmarks/results/distill-experiment.jsonl as the row "public-l3" (what it saw: paraphrase pairs of many sources,
-distilled by its authors from a larger paraphrase model; Reuters never, as far as its card says).
+tokens) and is used here, at the model's 128 tokens. Its [B, T, 384] output is the last layer's token states,
+mean pooled over the attention mask and L2-normalised, as the sentence-transformers folder of that model does. The
+scores go to benchmarks/results/distill-experiment.jsonl as the row "public-l3", labelled by what it saw: public
+paraphrase data, none of this project's training text.
 """
 import argparse
 import glob

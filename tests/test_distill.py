@@ -267,7 +267,8 @@ def test_in_batch_scores_on_pairs_end_to_end_and_resumed(setup, capsys):
     pairs.write_text("".join(json.dumps({"anchor": q, "positive": p, **({"negative": "x"} if i % 3 else {})}) + "\n"
                              for i, (q, p) in enumerate(batch_pairs(40))))  # pairs and triplets mixed
     flags = ("--data", str(pairs), "--student-hidden-size", "16", "--student-heads", "2", "--student-num-layers",
-             "1", "--relations", "none", "--ranking-weight", "1", "--teacher-cache", str(setup / "pairs-teacher.safetensors"), "--lr", "3e-3",
+             "1", "--relations", "none", "--ranking-weight", "1",
+             "--teacher-cache", str(setup / "pairs-teacher.safetensors"), "--lr", "3e-3",
              "--warmup", "2", "--no-dropout")
     assert run(setup, *flags, "--steps", "30", out="scores") == 0
     printed = capsys.readouterr().out

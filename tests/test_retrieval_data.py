@@ -53,7 +53,8 @@ def test_check_names_file_and_line_of_a_leak(tmp_path):
 def test_general_check_names_file_and_line_of_any_reuters_article(tmp_path, monkeypatch):
     """A general student's text may hold no title or sentence of any Reuters article, training ones included: both
     the title/body file and the sentence file (which holds the bodies the title/body file dropped) are read."""
-    write_reuters(tmp_path / "r.jsonl.gz", [article("COFFEE QUOTAS TALKS FAIL", "A train sentence, long enough to count.")])
+    write_reuters(tmp_path / "r.jsonl.gz",
+                  [article("COFFEE QUOTAS TALKS FAIL", "A train sentence, long enough to count.")])
     rd.write_gzip_lines(tmp_path / "news.txt.gz", ["A body sentence only the sentence file holds, long enough."])
     monkeypatch.setattr(rd, "REUTERS", tmp_path / "r.jsonl.gz")
     monkeypatch.setattr(rd, "NEWS", tmp_path / "news.txt.gz")
