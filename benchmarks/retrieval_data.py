@@ -119,17 +119,22 @@ def texts_of(path: pathlib.Path) -> list[tuple[int, str]]:
     return out
 
 
-def check_no_leak(paths, dev: list[dict]) -> int:
-    """Raise ValueError naming the file and line of the first text that carries a dev title or body sentence;
-    returns the number of texts checked."""
-    banned, checked = dev_fingerprints(dev), 0
+def check_texts(paths, banned: set[str], whose: str) -> int:
+    """Raise ValueError naming the file and line of the first text that carries a banned title or sentence (`whose`
+    says whose it is); returns the number of texts checked."""
+    checked = 0
     for path in map(pathlib.Path, paths):
         for number, text in texts_of(path):
             if leaks(text, banned):
-                raise ValueError(f"{path}:{number}: holds a title or sentence of a Reuters development article "
-                                 f"(the last {DEV_ARTICLES} lines of {REUTERS.name}): {text[:80]!r}")
+                raise ValueError(f"{path}:{number}: holds a title or sentence of {whose}: {text[:80]!r}")
             checked += 1
     return checked
+
+
+def check_no_leak(paths, dev: list[dict]) -> int:
+    """No training text carries a dev title or body sentence; returns the number of texts checked."""
+    return check_texts(paths, dev_fingerprints(dev),
+                       f"a Reuters development article (the last {DEV_ARTICLES} lines of {REUTERS.name})")
 
 
 def reuters_fingerprints() -> set[str]:
@@ -143,14 +148,8 @@ def check_no_reuters(paths, banned: set[str] | None = None) -> int:
     """Raise ValueError naming the file and line of the first text that carries any Reuters title or body sentence
     (of any article, training or development); returns the number of texts checked. The general students' text
     must pass this: for them Reuters is a domain never seen."""
-    banned, checked = reuters_fingerprints() if banned is None else banned, 0
-    for path in map(pathlib.Path, paths):
-        for number, text in texts_of(path):
-            if leaks(text, banned):
-                raise ValueError(f"{path}:{number}: holds a title or sentence of a Reuters article, so a general "
-                                 f"student would see the Reuters domain: {text[:80]!r}")
-            checked += 1
-    return checked
+    return check_texts(paths, reuters_fingerprints() if banned is None else banned,
+                       "a Reuters article, so a general student would see the Reuters domain")
 
 
 def write_gzip_lines(path: pathlib.Path, lines) -> None:

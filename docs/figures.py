@@ -189,6 +189,17 @@ def snli_triplets(n: int) -> list[tuple[str, str, str]]:
     return out
 
 
+def loss_bars(ax, values: list[float], xlabel: str, labels: list[str] | None = None) -> None:
+    """A horizontal bar per value, top to bottom beside a matrix's rows, each with its value written on it."""
+    ax.barh(range(len(values)), values, color=TEXT)
+    ax.set_ylim(len(values) - 0.5, -0.5)
+    ax.set_yticks(range(len(values)), labels, fontsize=7) if labels else ax.set_yticks([])
+    ax.set_xlabel(xlabel, fontsize=8)
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.2f}", va="center", fontsize=7)
+    ax.margins(x=0.4)
+
+
 def figure_contrastive(model, out):
     import jax.numpy as jnp
     import matplotlib.pyplot as plt
@@ -218,13 +229,7 @@ def figure_contrastive(model, out):
                   fontsize=8)
     ax.set_ylabel("anchors a0..a7 (row i's target: p_i)", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.03, label="20 x cosine")
-    bar.barh(range(N), rows, color=TEXT)
-    bar.set_ylim(N - 0.5, -0.5)
-    bar.set_yticks([])
-    bar.set_xlabel("row loss: logsumexp - target", fontsize=8)
-    for i, v in enumerate(rows):
-        bar.text(v, i, f" {v:.2f}", va="center", fontsize=6)
-    bar.margins(x=0.35)
+    loss_bars(bar, rows, "row loss: lse - target")
     fig.suptitle(f"{N} SNLI (anchor, positive, contradiction) triplets through the model: each anchor must pick its "
                  f"own positive among {2 * N} candidates\n(softmax over the row, cross-entropy against the green box); "
                  f"batch loss = mean of the rows = {total:.3f}",
@@ -455,13 +460,7 @@ def figure_gather(model, out, devices: int = 4, rows: int = 2):
                   fontsize=6)
     ax.set_xlabel("candidates: all_gather of every device's positives, device 0's first", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.03, label="20 x cosine")
-    bar.barh(range(devices), per_device, color=TEXT)
-    bar.set_ylim(devices - 0.5, -0.5)
-    bar.set_yticks(range(devices), [f"device {d}" for d in range(devices)], fontsize=7)
-    bar.set_xlabel("each device's loss (mean of its rows)", fontsize=8)
-    for d, v in enumerate(per_device):
-        bar.text(v, d, f" {v:.3f}", va="center", fontsize=7)
-    bar.margins(x=0.4)
+    loss_bars(bar, per_device, "device loss: mean of its rows", [f"device {d}" for d in range(devices)])
     fig.suptitle(f"{n} SNLI pairs split over {devices} devices, {rows} rows each: device d scores its own anchors "
                  f"against all {n} positives,\nthe target of its row i is column d x {rows} + i (green); the mean of "
                  f"the devices' losses, {np.mean(per_device):.4f}, is the loss of the whole batch, {whole:.4f}",

@@ -350,20 +350,24 @@ def read_texts(path) -> list[str]:
     an error naming file and line."""
     name = str(path)
     if name.endswith(SUFFIXES):
-        parse = _parse_tsv if name.removesuffix(".gz").endswith(".tsv") else _parse_json
-        texts = []
-        for number, line in read_lines(name):
-            if line.strip():
-                try:
-                    texts.extend(_parse_line(line, parse))
-                except ValueError as e:
-                    raise ValueError(f"{name}:{number}: {e}") from None
-        texts = list(dict.fromkeys(texts))
+        texts = list(dict.fromkeys(t for example in each_example(name) for t in example))
     else:
         texts = [text for _, text in read_lines(path) if text.strip()]
     if not texts:
         raise ValueError(f"{path}: no text (every line is blank)")
     return texts
+
+
+def each_example(name: str):
+    """Every example of a pair or triplet file, pairs and triplets mixed or not; a bad line is an error naming file
+    and line."""
+    parse = _parse_tsv if name.removesuffix(".gz").endswith(".tsv") else _parse_json
+    for number, line in read_lines(name):
+        if line.strip():
+            try:
+                yield _parse_line(line, parse)
+            except ValueError as e:
+                raise ValueError(f"{name}:{number}: {e}") from None
 
 
 def read_pairs(path) -> list[Example]:
@@ -372,14 +376,7 @@ def read_pairs(path) -> list[Example]:
     name = str(path)
     if not name.endswith(SUFFIXES):
         raise ValueError(f"{name}: (query, passage) pairs come from .jsonl or .tsv files (gzipped or not)")
-    parse = _parse_tsv if name.removesuffix(".gz").endswith(".tsv") else _parse_json
-    pairs = []
-    for number, line in read_lines(name):
-        if line.strip():
-            try:
-                pairs.append(_parse_line(line, parse)[:2])
-            except ValueError as e:
-                raise ValueError(f"{name}:{number}: {e}") from None
+    pairs = [example[:2] for example in each_example(name)]
     if not pairs:
         raise ValueError(f"{name}: no pairs (every line is blank)")
     return pairs
