@@ -83,11 +83,11 @@ class Stage:
 
 
 def distill(name, student, objective, text=PAIR_TEXT, cache="teacher-pairs", lr="1e-4", steps=DISTILL_STEPS,
-            max_length=128, batch=64):
+            max_length=128, batch=64, seed=0):
     argv = ["distill.py", "--data", *map(str, text), *student, *objective, "--steps", str(steps),
             "--batch-size", str(batch), "--lr", lr, "--warmup", "100", "--max-length", str(max_length),
             "--save-every", "250", "--log-every", "50", "--eval-sts", str(STS_DEV), "--eval-every", "500",
-            "--seed", "0"]
+            "--seed", str(seed)]
     if "none" in objective and cache:  # embedding distillation alone: the teacher's embeddings from a cache,
         # computed once; with relations the teacher runs in every step anyway, and its embeddings come from that
         # same forward
@@ -164,11 +164,16 @@ ROWS = {
     # the same sources as pairs, the teacher's in-batch scores distilled beside the embeddings (32 pairs a batch)
     "g3-rank": row(distill("g3-rank", L3, RANKING, text=GENERAL_PAIRS, cache="teacher-general-pairs", steps=1500,
                            max_length=256, batch=32), ("g3-rank-ft", 0)),
+    # the best general 3-layer row again with both seeds changed: the distillation's and the fine-tuning's spread
+    "g3-rank-seed1": row(distill("g3-rank-seed1", L3, RANKING, text=GENERAL_PAIRS, cache="teacher-general-pairs",
+                                 steps=1500, max_length=256, batch=32, seed=1), ("g3-rank-seed1-ft", 1)),
 }
 # A student for your corpus: the general student (or the teacher's kept layers) distilled on a corpus's documents
 # alone, no labels: here the Reuters training bodies (the development articles excluded), as docs/usage.md shows.
 CORPUS = ["{root}/retrieval-data/passages-reuters.txt.gz"]
 ROWS["c3-psg"] = [*ROWS["g3-psg"], distill("c3-psg", ["--student", "{root}/g3-psg-ft/step-0000600"], EMBEDDING,
+                                           text=CORPUS, cache="teacher-reuters-bodies", steps=500, max_length=256)]
+ROWS["c4-psg"] = [*ROWS["g4-psg"], distill("c4-psg", ["--student", "{root}/g4-psg-ft/step-0000600"], EMBEDDING,
                                            text=CORPUS, cache="teacher-reuters-bodies", steps=500, max_length=256)]
 ROWS["c3-teacher"] = [distill("c3-teacher", L3, EMBEDDING, text=CORPUS, cache="teacher-reuters-bodies", steps=500,
                               max_length=256)]
