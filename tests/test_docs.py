@@ -115,7 +115,7 @@ def test_every_link_between_pages_reaches_a_heading():
 
 def test_every_picture_in_docs_has_a_script_that_draws_it():
     scripts = (REPO / "docs" / "figures.py").read_text() + "".join(
-        p.read_text() for p in (REPO / "benchmarks").glob("*.py"))
+        p.read_text() for p in (REPO / "experiments").glob("*.py"))
     pictures = sorted(p.name for p in (REPO / "docs").glob("*.png"))
     # figures.py names each picture by its stem ("packing"), distill_plot.py by its file ("distill.png")
     assert pictures and [name for name in pictures if f'"{name}"' not in scripts

@@ -1,6 +1,6 @@
 """The distillation experiment's retrieval data: the Reuters development articles never reach a training text.
 
-benchmarks/retrieval_data.py selects the training articles and writes the passages; these tests check the selection
+experiments/retrieval_data.py selects the training articles and writes the passages; these tests check the selection
 rule on data made here, that the check fails on a leak (naming file and line), and that the real selection passes it.
 """
 import gzip
@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import DATA, REPO, STRICT
 
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "experiments"))
 import retrieval_data as rd  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """How far a reader travels through the repository's code to follow a journey: a measurement, not a test.
 
-    python benchmarks/journeys.py                      # every journey the checked-out code has
-    python benchmarks/journeys.py --repo /tmp/before --journey train-step --verbose
+    python docs/journeys.py                      # every journey the checked-out code has
+    python docs/journeys.py --repo /tmp/before --journey train-step --verbose
 
 Each journey runs on CPU (JAX_PLATFORMS=cpu) on a tiny random model from tests/tiny.py, in a fresh process (so no
 cache warmed by another journey hides calls), with the repository given by --repo first on sys.path and as the

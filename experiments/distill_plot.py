@@ -1,10 +1,10 @@
-"""Quality against speed: the students of benchmarks/distill_experiment.py on STS-b test Spearman and (those scored
+"""Quality against speed: the students of experiments/distill_experiment.py on STS-b test Spearman and (those scored
 on it) Reuters retrieval nDCG@10, against their embedding throughput. Writes docs/distill.png.
 
-    python benchmarks/distill_experiment.py          # the scores: benchmarks/results/distill-experiment.jsonl
+    python experiments/distill_experiment.py          # the scores: experiments/results/distill-experiment.jsonl
     python benchmarks/embed_bench.py --model DIR --engines minilm --batch-sizes 32 --no-cold-start \
-        --json benchmarks/results/student-throughput.jsonl      # once per student shape (layers x hidden)
-    python benchmarks/distill_plot.py                # needs matplotlib (the bench extra)
+        --json experiments/results/student-throughput.jsonl      # once per student shape (layers x hidden)
+    python experiments/distill_plot.py                # needs matplotlib (the bench extra)
 
 One point per row of the experiment (its last stage), plus the teacher and the public 3-layer model: filled for a
 distilled student, hollow for a control (the same student without the distillation), coloured by what it saw besides
@@ -15,11 +15,14 @@ shape (layers x hidden): the weights do not change the speed. Also prints the ta
 import argparse
 import json
 import pathlib
-
-import distill_experiment as de
+import sys
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(REPO))  # minilm and the scripts of this checkout; a sibling script by its plain name
+
+import distill_experiment as de  # noqa: E402
+
+RESULTS = REPO / "experiments" / "results"
 # Rows that are controls: the same students with the usual fine-tuning, or with title -> body pairs, and nothing
 # distilled.
 CONTROLS = {"l3-ft", "l3-ft-seed1", "l4-ft", "l2-ft", "s4-ft", "l3-ftr", "l4-ftr"}
