@@ -34,7 +34,7 @@ from minilm.batch import same_text
 from minilm.config import Config
 from minilm.extensions.students import make_student
 from minilm.extensions.teacher import projection_for, teacher_cache
-from minilm.fast import dropout, xla
+from minilm.fast import xla
 from minilm.losses import embedding_distill_loss, score_distill_loss
 from minilm.model import encode, l2_normalize
 from minilm.relations import count_texts, distill_loss, layer_qkv, parse_relations, relation_heads
@@ -121,8 +121,7 @@ def device_loss(s_params, t_params, batch, targets_CbD, key, *, opts: LossOption
     s_layers = s_cfg.num_hidden_layers if embedding or ranking else max(s_layer, 1)
     t_enc = encode(t_params, ids_BT, mask_B1TS, t_cfg, num_layers=t_layers, positions_BT=positions_BT) \
         if t_layers else None
-    s_enc = encode(s_params, ids_BT, mask_B1TS, s_cfg, key=key, num_layers=s_layers, positions_BT=positions_BT,
-                   keep_mask=dropout.keep_mask)
+    s_enc = encode(s_params, ids_BT, mask_B1TS, s_cfg, key=key, num_layers=s_layers, positions_BT=positions_BT)
     loss, parts = jnp.zeros((), jnp.float32), {}
     if relations:
         loss, parts = distill_loss(layer_qkv(t_params, t_enc.hidden_states, t_layer, t_cfg),

@@ -26,7 +26,7 @@ from minilm.batch import Packed, PACKED_POOLING_MODES, Padded, same_text
 from minilm.extensions import gradcache
 from minilm.extensions.adaptive import adaptive_layers_loss
 from minilm.extensions.students import keep_layers
-from minilm.fast import dropout, xla
+from minilm.fast import xla
 from minilm.losses import contrastive_loss, matryoshka_loss
 from minilm.model import encode
 from minilm.run import cli, resume, runs
@@ -81,11 +81,10 @@ def embed_columns(params, batch, cfg, key, all_layers=False, pooling="mean", act
     norm."""
     if isinstance(batch, Packed):
         enc = encode(params, batch.ids_RL, same_text(batch.segments_RL), cfg, key=key,
-                     positions_BT=batch.positions_RL, keep_mask=dropout.keep_mask)
+                     positions_BT=batch.positions_RL)
     else:
         C, b, T = batch.ids_CBT.shape
-        enc = encode(params, batch.ids_CBT.reshape(C * b, T), batch.mask_CBT.reshape(C * b, T), cfg, key=key,
-                     keep_mask=dropout.keep_mask)
+        enc = encode(params, batch.ids_CBT.reshape(C * b, T), batch.mask_CBT.reshape(C * b, T), cfg, key=key)
     head = lambda h: column_embeddings(params, h, batch, Head(pooling, True, activations))
     emb_CbD = head(enc.last_hidden_state)
     if not all_layers:

@@ -208,7 +208,8 @@ def figure_contrastive(model, out):
     from minilm.losses import contrastive_loss, cos_sim, ranking_loss
     triplets = snli_triplets(8)
     N = len(triplets)
-    a, p, n = (jnp.asarray(embed([t[c] for t in triplets], model)) for c in range(3))
+    a, p, n = (jnp.asarray(embed([t[c] for t in triplets], model.params, model.config, model.tokenizer))
+               for c in range(3))
     cand = jnp.concatenate([p, n])
     S = np.asarray(20.0 * cos_sim(a, cand))
     rows = [float(ranking_loss(a[i:i + 1], cand, jnp.asarray([i]))) for i in range(N)]
@@ -435,7 +436,7 @@ def figure_gather(model, out, devices: int = 4, rows: int = 2):
     from minilm.losses import contrastive_loss, cos_sim, ranking_loss
     from minilm.model import embed
     pairs = [(a, p) for a, p, _ in snli_triplets(devices * rows)]
-    a, p = (jnp.asarray(embed([x[c] for x in pairs], model)) for c in range(2))
+    a, p = (jnp.asarray(embed([x[c] for x in pairs], model.params, model.config, model.tokenizer)) for c in range(2))
     S = np.asarray(20.0 * cos_sim(a, p))
     # what each device computes inside train.py's shard_map: its b anchors against the all_gather of every
     # device's positives, targets d * b + i; the mean of the devices' losses is the loss of the whole batch

@@ -18,7 +18,7 @@ import safetensors
 import safetensors.numpy
 
 from minilm.config import Config
-from minilm.data import read_json
+from minilm.config import read_json
 from minilm.tokenizer import Tokenizer
 
 SKIPPED = ("embeddings.position_ids",)  # an int64 buffer (0..P-1) older transformers saved; not a parameter

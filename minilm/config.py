@@ -2,16 +2,32 @@
 
 Frozen means hashable, so a Config can be a `static_argnames` value of a jitted function. Tests shrink it with
 `dataclasses.replace(cfg, hidden_size=32, ...)`. Matches transformers' `BertConfig` for the fields BERT uses.
+The one reader of JSON files is here too, as config.json is the first file a model folder is read for.
 """
 import dataclasses
 import json
 import pathlib
 
-from minilm.data import read_json
-
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")  # HF ACT2FN names this encoder implements
 SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
          "max_position_embeddings", "type_vocab_size")  # each must be >= 1
+
+
+def read_json(path, kind: type | None = None):
+    """A JSON file; a bad file (or one whose top level is not `kind`: dict or list) is a ValueError naming it (and
+    the line)."""
+    try:
+        value = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
+    if kind is not None and not isinstance(value, kind):
+        raise ValueError(f"{path}: expected a JSON {'object' if kind is dict else 'array'}, "
+                         f"got {type(value).__name__}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)

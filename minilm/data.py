@@ -1,9 +1,10 @@
 """Reading files, and training data: pair/triplet files in, fixed-size global batches for contrastive training out.
 
-One reader of text files and one of JSON files, so that every file the project reads fails the same way. A text file
-is UTF-8 with one text per line: a leading BOM is dropped, lines end in '\\n' or '\\r\\n' (and only there:
-str.splitlines would also split on \\x0b, \\x1c or U+2028, which are text here), and a name ending in .gz is read
-through gzip. A bad byte is an error naming the file, the line and the column; '-' reads standard input.
+One reader of text files (config.py holds the one reader of JSON files), so that every file the project reads fails
+the same way. A text file is UTF-8 with one text per line: a leading BOM is dropped, lines end in '\\n' or '\\r\\n'
+(and only there: str.splitlines would also split on \\x0b, \\x1c or U+2028, which are text here), and a name
+ending in .gz is read through gzip. A bad byte is an error naming the file, the line and the column; '-' reads
+standard input.
 
 A file holds (anchor, positive) pairs or (anchor, positive, negative) triplets, never both: .jsonl[.gz] with one JSON
 object {"anchor", "positive"[, "negative"]} (or a list of 2-3 strings) per line, or .tsv[.gz] with 2-3 columns.
@@ -34,6 +35,8 @@ import zlib
 from collections import Counter
 
 import numpy as np
+
+from minilm.config import read_json
 
 # ----------------------------------------------------------------------------------------------------------------
 # Reading files.
@@ -78,23 +81,6 @@ def read_lines(path, bad_lines: list | None = None):
     finally:
         if path != "-":
             f.close()
-
-
-def read_json(path, kind: type | None = None):
-    """A JSON file; a bad file (or one whose top level is not `kind`: dict or list) is a ValueError naming it (and
-    the line)."""
-    try:
-        value = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not UTF-8 text") from None
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
-    if kind is not None and not isinstance(value, kind):
-        raise ValueError(f"{path}: expected a JSON {'object' if kind is dict else 'array'}, "
-                         f"got {type(value).__name__}")
-    return value
 
 
 def json_object(path, number: int, text: str, keys: tuple[str, ...]) -> dict:

@@ -11,6 +11,7 @@ params["encoder"]["layer"][0]["attention"]["self"]["query"]["weight"] is `encode
 Shape legend: B batch, T query tokens, S key tokens (= T), D hidden, H heads, K head size (D/H),
 F intermediate (FFN) size, V vocab, P max positions, N sentences.
 """
+import math
 from typing import NamedTuple
 
 import jax
@@ -47,13 +48,26 @@ def activation(name: str, x: jax.Array) -> jax.Array:
     raise ValueError(f"hidden_act {name!r} is not supported")
 
 
-def bernoulli(key: jax.Array, shape: tuple[int, ...], keep: float) -> jax.Array:
-    """True with probability `keep`, independently for every element. Training passes a cheaper draw of the same
-    law instead (fast/dropout.py) as `keep_mask`."""
-    return jax.random.bernoulli(key, keep, shape)
+def keep_mask(key: jax.Array, shape: tuple[int, ...], keep: float) -> jax.Array:
+    """True with probability `keep`, independently for every element: the law of jax.random.bernoulli(key, keep,
+    shape), drawn cheaply. Threefry, JAX's generator, spends tens of mixing rounds on each element (a quarter of a
+    training step went to dropout's draws); here it draws two 32-bit seeds, and each element's bits are its index
+    through a counter hash (a Weyl sequence through the murmur3 finaliser, twice, one seed each), as in SplitMix.
+    The mask is a fixed function of (key, shape): the same key gives the same mask (GradCache's replay needs it)."""
+    s1, s2 = jax.random.bits(key, (2,), jnp.uint32)
+    z = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    z = _mix32(_mix32(z * jnp.uint32(0x9E3779B9) + s1) ^ s2)
+    return z < jnp.uint32(min(round(keep * 2**32), 2**32 - 1))
 
 
-def dropout(x: jax.Array, rate: float, key: jax.Array | None, keep_mask=bernoulli) -> jax.Array:
+def _mix32(z: jax.Array) -> jax.Array:
+    """The murmur3 finaliser: every input bit flips each output bit with probability about 1/2."""
+    z = (z ^ (z >> 16)) * jnp.uint32(0x85EBCA6B)
+    z = (z ^ (z >> 13)) * jnp.uint32(0xC2B2AE35)
+    return z ^ (z >> 16)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     """Inverted dropout, as torch: active only when a PRNG key is passed (training), identity when key is None."""
     if key is None or rate == 0.0:
         return x
@@ -70,7 +84,7 @@ def fold(key: jax.Array | None, i: int) -> jax.Array | None:
 
 
 def embed_tokens(p: dict, ids_BT: jax.Array, type_ids_BT: jax.Array, cfg: Config, key=None,
-                 positions_BT: jax.Array | None = None, keep_mask=bernoulli) -> jax.Array:
+                 positions_BT: jax.Array | None = None) -> jax.Array:
     """x0 = LN(word[ids] + type[tt] + pos[t]) with positions 0..T-1 (right padding), or `positions_BT` (packed rows,
     where each text's positions restart at 0). HF adds word + type first, then position, and float32 addition
     order matters for bit-level agreement."""
@@ -82,7 +96,7 @@ def embed_tokens(p: dict, ids_BT: jax.Array, type_ids_BT: jax.Array, cfg: Config
     pos_table = p["position_embeddings"]["weight"]
     x_BTD = x_BTD + (pos_table[:T][None] if positions_BT is None else pos_table[positions_BT])
     x_BTD = layer_norm(p["LayerNorm"], x_BTD, cfg.layer_norm_eps)
-    return dropout(x_BTD, cfg.hidden_dropout_prob, key, keep_mask)
+    return dropout(x_BTD, cfg.hidden_dropout_prob, key)
 
 
 def attention_qkv(p: dict, h_BTD: jax.Array, cfg: Config) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -104,23 +118,21 @@ def attention_bias(mask: jax.Array, dtype=jnp.float32) -> jax.Array:
     return jnp.where(mask_B1TS > 0, 0.0, jnp.finfo(dtype).min).astype(dtype)
 
 
-def layer(p: dict, h_BTD: jax.Array, bias_B11S: jax.Array, cfg: Config, key=None, keep_mask=bernoulli) -> jax.Array:
-    """One post-LN transformer layer: a = LN(x + attn(x)); x' = LN(a + W2 gelu(W1 a)). The bias is B11S (padding)
-    or B1TS (packed rows)."""
-    drop = lambda x, rate, i: dropout(x, rate, fold(key, i), keep_mask)
+def layer(p: dict, h_BTD: jax.Array, bias_B1TS: jax.Array, cfg: Config, key=None) -> jax.Array:
+    """One post-LN transformer layer: a = LN(x + attn(x)); x' = LN(a + W2 gelu(W1 a)). bias_B1TS: attention_bias's
+    (its T axis is 1 for padding masks, which are the same for every query)."""
+    drop = lambda x, rate, i: dropout(x, rate, fold(key, i))
     B, T, D = h_BTD.shape
     q_BTHK, k_BSHK, v_BSHK = attention_qkv(p, h_BTD, cfg)
     K = q_BTHK.shape[-1]
-    # scores = Q K^T / sqrt(K) + mask; softmax(scores) V. Written so that no pass goes over the [T, S] scores that
-    # could go over something smaller (docs/fast-path.md has the measurement): the queries are scaled (T x K numbers,
-    # not T x S scores); the softmax is exp(scores - max) in float32, divided by its sum after the product with V
-    # (T x K again). Dropout of a probability is dropout of its numerator.
-    scores_BHTS = (jnp.einsum("BTHK,BSHK->BHTS", q_BTHK * K**-0.5, k_BSHK) + bias_B11S).astype(jnp.float32)
+    # softmax(Q K^T / sqrt(K) + bias) V, with two identities that keep passes off the [T, S] scores:
+    # (Q / sqrt(K)) K^T = Q K^T / sqrt(K), and softmax(s) V = (exp(s - max) V) / sum(exp(s - max)).
+    # Dropout of a probability is dropout of its numerator. docs/fast-path.md measures what each saves.
+    scores_BHTS = (jnp.einsum("BTHK,BSHK->BHTS", q_BTHK * K**-0.5, k_BSHK) + bias_B1TS).astype(jnp.float32)
     exp_BHTS = jnp.exp(scores_BHTS - jax.lax.stop_gradient(scores_BHTS.max(-1, keepdims=True)))
     sum_BHT1 = exp_BHTS.sum(-1, keepdims=True)
     exp_BHTS = drop(exp_BHTS.astype(h_BTD.dtype), cfg.attention_probs_dropout_prob, 0)
-    # Heads-major product, then heads back beside each other: the same sums as asking the einsum for BTHK, which
-    # XLA:CPU computes slower (it transposes inside the dot; docs/fast-path.md has the measurement).
+    # Heads-major product, then heads side by side again: XLA:CPU's BTHK product transposes inside the dot.
     ctx_BHTK = (jnp.einsum("BHTS,BSHK->BHTK", exp_BHTS, v_BSHK) / sum_BHT1).astype(h_BTD.dtype)
     ctx_BTD = ctx_BHTK.transpose(0, 2, 1, 3).reshape(B, T, D)
     attn_BTD = drop(linear(p["attention"]["output"]["dense"], ctx_BTD), cfg.hidden_dropout_prob, 1)
@@ -136,8 +148,8 @@ class Encoded(NamedTuple):
 
 
 def encode(params: dict, ids_BT: jax.Array, mask: jax.Array, cfg: Config, type_ids_BT: jax.Array | None = None,
-           key: jax.Array | None = None, num_layers: int | None = None, positions_BT: jax.Array | None = None,
-           keep_mask=bernoulli) -> Encoded:
+           key: jax.Array | None = None, num_layers: int | None = None,
+           positions_BT: jax.Array | None = None) -> Encoded:
     """BertModel forward. mask: mask_BT (1 for real tokens, 0 for padding), or mask_B1TS with positions_BT for packed
     rows (batch.py: several texts a row, each with its own positions and block-diagonal attention). Dropout runs
     only when `key` is given. `num_layers` runs only the first N layers."""
@@ -147,11 +159,11 @@ def encode(params: dict, ids_BT: jax.Array, mask: jax.Array, cfg: Config, type_i
     if not 1 <= n <= cfg.num_hidden_layers:
         raise ValueError(f"num_layers {n} is outside 1..{cfg.num_hidden_layers}")
     h_BTD = embed_tokens(params["embeddings"], ids_BT, type_ids_BT, cfg, fold(key, cfg.num_hidden_layers),
-                         positions_BT, keep_mask)
+                         positions_BT)
     bias_B1TS = attention_bias(mask, h_BTD.dtype)
     hiddens = [h_BTD]
     for i, p in enumerate(params["encoder"]["layer"][:n]):
-        h_BTD = layer(p, h_BTD, bias_B1TS, cfg, fold(key, i), keep_mask)
+        h_BTD = layer(p, h_BTD, bias_B1TS, cfg, fold(key, i))
         hiddens.append(h_BTD)
     return Encoded(h_BTD, tuple(hiddens))
 
@@ -185,18 +197,15 @@ def sentence_embedding(params: dict, ids_BT: jax.Array, mask_BT: jax.Array, cfg:
 embed_batch = jax.jit(sentence_embedding, static_argnames="cfg")  # one compiled forward per batch shape
 
 
-def embed(texts: list[str], model, *, batch_size: int = 32, max_length: int | None = None,
-          forward=None) -> np.ndarray:
-    """Embed a list of strings -> float32 [N, dim], row i for texts[i]. model: a loaded Model (its params, config
-    and tokenizer). max_length: tokens including [CLS] and [SEP] (default: the tokenizer's, the folder's
-    max_seq_length, 256 for all-MiniLM-L6-v2). forward(params, ids_BT, mask_BT) -> [B, dim]: the model's sentence
-    embedding (default: model.sentence_embedding, mean pooling and L2 normalisation)."""
-    if forward is None:
-        forward = lambda params, ids_BT, mask_BT: embed_batch(params, ids_BT, mask_BT, cfg=model.config)
+def embed(texts: list[str], params: dict, cfg: Config, tokenizer, *, batch_size: int = 32,
+          max_length: int | None = None) -> np.ndarray:
+    """Embed a list of strings -> float32 [N, D], row i for texts[i]. tokenizer: a tokenizer.Tokenizer; max_length:
+    tokens including [CLS] and [SEP] (default: the tokenizer's, the folder's max_seq_length, 256 for
+    all-MiniLM-L6-v2)."""
     out = []
     # Parity with torch needs full float32 matmuls (GPUs default to TF32 and TPUs to bfloat16 passes).
     with jax.default_matmul_precision("highest"):
         for start in range(0, len(texts), batch_size):
-            batch = model.tokenizer.batch(texts[start:start + batch_size], max_length=max_length)  # padded [B, T]
-            out.append(np.asarray(forward(model.params, batch.ids_BT, batch.mask_BT), np.float32))
+            batch = tokenizer.batch(texts[start:start + batch_size], max_length=max_length)  # padded [B, T]
+            out.append(np.asarray(embed_batch(params, batch.ids_BT, batch.mask_BT, cfg=cfg), np.float32))
     return np.concatenate(out)

@@ -22,7 +22,8 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from minilm.data import read_json, read_lines
+from minilm.config import read_json
+from minilm.data import read_lines
 
 STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
 DIRECTIONS = ("right", "left")

@@ -4,7 +4,6 @@
                   (tests/test_batching.py)
     embedding.py  the fast embed(): planned forwards, asynchronous dispatch, streaming  (tests/test_fast_path.py)
     xla.py        the CPU matmul library and the persistent compilation cache  (tests/test_xla.py)
-    dropout.py    dropout's random draw made cheap: the same law as model.bernoulli  (tests/test_model.py)
 
 The book (the minilm/ top level) never imports from here (tests/test_layout.py); docs/fast-path.md explains each
 optimisation.

@@ -21,7 +21,7 @@ import jax
 import safetensors
 
 from minilm import optim, parallel
-from minilm.data import read_json
+from minilm.config import read_json
 from minilm.st.folder import atomic_dir, Model, model_card, write_model
 
 

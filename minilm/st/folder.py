@@ -29,7 +29,7 @@ import safetensors.numpy
 
 from minilm.checkpoint import load_encoder, write_encoder
 from minilm.config import Config
-from minilm.data import read_json
+from minilm.config import read_json
 from minilm.st.heads import ACTIVATIONS, POOLING_MODES
 from minilm.tokenizer import Tokenizer
 

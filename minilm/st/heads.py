@@ -3,7 +3,7 @@
 A sentence-transformers folder may pool by its first token (CLS), the maximum or the mean over the square root of the
 length, add Dense modules after the pooling, put a prompt before each text (and leave its tokens out of the pooling),
 keep only the first layers or dimensions (adaptive-layer and Matryoshka models). model.py does none of that;
-`embed` here is the plain path (model.embed) with the folder's own head, the reference the fast path
+`embed` here is the plain path (model.embed's loop) with the folder's own head, the reference the fast path
 (minilm.embed) is proven equal to (tests/test_fast_path.py, tests/test_dense.py, tests/test_prompts.py).
 """
 import functools
@@ -15,7 +15,7 @@ import numpy as np
 
 from minilm.batch import pool_columns
 from minilm.config import Config
-from minilm.model import embed as model_embed, encode, l2_normalize, linear, mean_pool
+from minilm.model import encode, l2_normalize, linear, mean_pool
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 
@@ -114,7 +114,12 @@ def embed(texts, model, *, batch_size: int = 32, max_length: int | None = None, 
     forward = functools.partial(
         embed_batch, cfg=model.config, pooling=model.pooling, normalize=model.normalize if normalize is None else
         normalize, num_layers=num_layers, dim=dim, skip=skip, dense=model.dense, activations=model.activations)
-    return model_embed(texts, model, batch_size=batch_size, max_length=max_length, forward=forward)
+    out = []
+    with jax.default_matmul_precision("highest"):  # as model.embed: full float32 matmuls on every backend
+        for start in range(0, len(texts), batch_size):
+            batch = model.tokenizer.batch(texts[start:start + batch_size], max_length=max_length)
+            out.append(np.asarray(forward(model.params, batch.ids_BT, batch.mask_BT), np.float32))
+    return np.concatenate(out)
 
 
 DOCUMENT_PROMPTS = ("document", "passage", "corpus")  # the names sentence-transformers' encode_document looks for
