@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from minilm import optim, parallel
-from minilm.batch import Packed, PACKED_POOLING_MODES, Padded, same_text
+from minilm.batch import Packed, Padded, same_text
 from minilm.extensions import gradcache
 from minilm.extensions.adaptive import adaptive_layers_loss
 from minilm.extensions.students import keep_layers
@@ -31,7 +31,7 @@ from minilm.losses import contrastive_loss, matryoshka_loss
 from minilm.model import encode
 from minilm.run import cli, resume, runs
 from minilm.st.folder import load
-from minilm.st.heads import column_embeddings, Head
+from minilm.st.heads import PACKED_POOLING_MODES, column_embeddings, Head
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,6 @@ from minilm.model import mean_pool
 from minilm.tokenizer import LENGTHS, pad_batch, padded_length
 
 PACK_LENGTHS = tuple(t for t in LENGTHS if t >= 32 and t & (t - 1) == 0)  # packed rows: 32, 64, ..., 512 tokens
-PACKED_POOLING_MODES = ("mean", "cls", "mean_sqrt_len")  # the pooling modes that pool packed rows
 
 
 class Padded(NamedTuple):
@@ -137,42 +136,34 @@ def same_text(segments_BT: jax.Array) -> jax.Array:
     return (segments_BT[:, None, :, None] == segments_BT[:, None, None, :]) & (segments_BT[:, None, None, :] > 0)
 
 
+def segment_members(segments_BT: jax.Array, positions_BT: jax.Array, num_segments: int, skip: int = 0) -> jax.Array:
+    """[B, T, N] bool: token t of row b belongs to segment n+1 of the row and is not among its text's first `skip`
+    tokens (a prompt that pooling leaves out)."""
+    return (segments_BT[..., None] == jnp.arange(1, num_segments + 1)) & (positions_BT[..., None] >= skip)
+
+
 def pool_segments(h_BTD: jax.Array, segments_BT: jax.Array, positions_BT: jax.Array, num_segments: int,
-                  mode: str = "mean", skip: int = 0) -> jax.Array:
-    """Packed rows -> one vector per text: emb_BND[b, n] pools the tokens of segment n+1 of row b (zeros for an
-    empty slot), leaving out each text's first `skip` tokens (a prompt that pooling leaves out). Mean pooling as
-    model.mean_pool, as a [B, T, N] one-hot matmul; cls takes a text's first token, mean_sqrt_len divides the sum
-    by the square root of the count."""
-    if mode not in PACKED_POOLING_MODES:
-        raise ValueError(f"pooling mode {mode!r} cannot pool packed rows; expected one of {PACKED_POOLING_MODES}")
-    member_BTN = (segments_BT[..., None] == jnp.arange(1, num_segments + 1)) & (positions_BT[..., None] >= skip)
-    if mode == "cls":
-        member_BTN = member_BTN & (positions_BT[..., None] == skip)
-    member_BTN = member_BTN.astype(h_BTD.dtype)
+                  skip: int = 0) -> jax.Array:
+    """Packed rows -> one vector per text: emb_BND[b, n] is the mean of segment n+1's token states in row b (zeros
+    for an empty slot), model.mean_pool as a [B, T, N] one-hot matmul."""
+    member_BTN = segment_members(segments_BT, positions_BT, num_segments, skip).astype(h_BTD.dtype)
     summed_BND = jnp.einsum("BTN,BTD->BND", member_BTN, h_BTD)
-    count_BN1 = jnp.maximum(member_BTN.sum(axis=1), 1e-9)[..., None]
-    if mode == "cls":
-        return summed_BND
-    return summed_BND / (count_BN1 if mode == "mean" else jnp.sqrt(count_BN1))
+    return summed_BND / jnp.maximum(member_BTN.sum(axis=1), 1e-9)[..., None]
 
 
-def pool_columns(h_BTD, batch, pooling: str = "mean") -> jax.Array:
-    """The token states of a batch's rows -> one pooled vector per text [C, b, D], in the batch's text order (not
-    normalised). Padded: each row is a text (model.mean_pool; the other modes of a sentence-transformers folder
-    alike). Packed: each row's slots pooled (pool_segments), then the texts picked out of the device's [R x N]
-    slots by where_CB."""
+def texts_of(slots_RND: jax.Array, batch) -> jax.Array:
+    """A packed batch's pooled slots [R, N, D] -> its texts' vectors [C, b, D], in the batch's text order."""
+    C, b = batch.where_CB.shape
+    R, N = slots_RND.shape[:2]
+    return slots_RND.reshape(R * N, -1)[batch.where_CB.reshape(-1)].reshape(C, b, -1)
+
+
+def pool_columns(h_BTD, batch) -> jax.Array:
+    """The token states of a batch's rows -> one mean-pooled vector per text [C, b, D], in the batch's text order
+    (not normalised). Padded: each row is a text (model.mean_pool). Packed: each row's slots pooled (pool_segments),
+    then the texts picked out of the device's [R x N] slots by where_CB. Other poolings: st/heads.py."""
     if isinstance(batch, Padded):
         C, b, T = batch.ids_CBT.shape
-        mask_NT = batch.mask_CBT.reshape(C * b, T)
-        if pooling == "mean":
-            pooled_ND = mean_pool(h_BTD, mask_NT)
-        elif pooling == "max":  # padded rows only; padding set to -1e9 first, as sentence-transformers
-            pooled_ND = jnp.where(mask_NT[..., None] > 0, h_BTD, -1e9).max(axis=1)
-        else:  # cls, mean_sqrt_len: a padded row is a packed row of one text
-            _, positions_NT, segments_NT = batch.rows()
-            pooled_ND = pool_segments(h_BTD, segments_NT, positions_NT, 1, pooling)[:, 0]
-        return pooled_ND.reshape(C, b, -1)
-    C, b = batch.where_CB.shape
-    R, L = batch.ids_RL.shape
-    slots_RND = pool_segments(h_BTD, batch.segments_RL, batch.positions_RL, L // 4, pooling)
-    return slots_RND.reshape(R * (L // 4), -1)[batch.where_CB.reshape(-1)].reshape(C, b, -1)
+        return mean_pool(h_BTD, batch.mask_CBT.reshape(C * b, T)).reshape(C, b, -1)
+    L = batch.ids_RL.shape[1]
+    return texts_of(pool_segments(h_BTD, batch.segments_RL, batch.positions_RL, L // 4), batch)

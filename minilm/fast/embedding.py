@@ -23,13 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minilm.batch import PACKED_POOLING_MODES, pool_segments, same_text
+from minilm.batch import same_text
 from minilm.fast import xla
 from minilm.fast.packing import Forward, plan_packed, plan_padded
 from minilm.model import encode, l2_normalize
 from minilm.st import heads
 from minilm.st.folder import get_model, Model
-from minilm.st.heads import check_options, dense_head, pool
+from minilm.st.heads import PACKED_POOLING_MODES, check_options, dense_head, pool, pool_segments
 
 TRACES = collections.Counter()  # (rows, length, slots) -> times embed_rows was traced: each is one compilation
 COMPILED = set()  # the forwards (shape and options) this process has compiled or loaded from the cache

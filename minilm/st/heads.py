@@ -13,11 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minilm.batch import pool_columns
+from minilm import batch as B
 from minilm.config import Config
 from minilm.model import encode, l2_normalize, linear, mean_pool
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+PACKED_POOLING_MODES = ("mean", "cls", "mean_sqrt_len")  # the pooling modes that pool packed rows
 
 
 def pool(h_BTD: jax.Array, mask_BT: jax.Array, mode: str = "mean") -> jax.Array:
@@ -36,6 +37,34 @@ def pool(h_BTD: jax.Array, mask_BT: jax.Array, mode: str = "mean") -> jax.Array:
     if mode == "mean_sqrt_len":
         return summed_BD / jnp.sqrt(count_B1)
     raise ValueError(f"pooling mode {mode!r} is not supported; expected one of {POOLING_MODES}")
+
+
+def pool_segments(h_BTD: jax.Array, segments_BT: jax.Array, positions_BT: jax.Array, num_segments: int,
+                  mode: str = "mean", skip: int = 0) -> jax.Array:
+    """batch.pool_segments with the pooling modes of packed rows: cls takes a text's first token (after `skip`),
+    mean_sqrt_len divides the sum by the square root of the count."""
+    if mode not in PACKED_POOLING_MODES:
+        raise ValueError(f"pooling mode {mode!r} cannot pool packed rows; expected one of {PACKED_POOLING_MODES}")
+    if mode == "mean":
+        return B.pool_segments(h_BTD, segments_BT, positions_BT, num_segments, skip)
+    member_BTN = B.segment_members(segments_BT, positions_BT, num_segments, skip)
+    if mode == "cls":
+        member_BTN = member_BTN & (positions_BT[..., None] == skip)
+    member_BTN = member_BTN.astype(h_BTD.dtype)
+    summed_BND = jnp.einsum("BTN,BTD->BND", member_BTN, h_BTD)
+    count_BN1 = jnp.maximum(member_BTN.sum(axis=1), 1e-9)[..., None]
+    return summed_BND if mode == "cls" else summed_BND / jnp.sqrt(count_BN1)
+
+
+def pool_columns(h_BTD, batch, pooling: str = "mean") -> jax.Array:
+    """batch.pool_columns with every pooling mode: padded rows by `pool`, packed ones by `pool_segments`."""
+    if pooling == "mean":
+        return B.pool_columns(h_BTD, batch)
+    if isinstance(batch, B.Padded):
+        C, b, T = batch.ids_CBT.shape
+        return pool(h_BTD, batch.mask_CBT.reshape(C * b, T), pooling).reshape(C, b, -1)
+    L = batch.ids_RL.shape[1]
+    return B.texts_of(pool_segments(h_BTD, batch.segments_RL, batch.positions_RL, L // 4, pooling), batch)
 
 
 def skip_prompt(mask_BT: jax.Array, skip: int) -> jax.Array:
@@ -76,7 +105,7 @@ class Head(NamedTuple):
 
 def column_embeddings(params: dict, h_BTD, batch, head: Head) -> jax.Array:
     """[C, b, D]: each column's sentence embeddings from the last layer's token states of a training batch (Padded
-    or Packed): pooled (batch.pool_columns), through the Dense modules if any, normalised if the head normalises."""
+    or Packed): pooled (pool_columns), through the Dense modules if any, normalised if the head normalises."""
     emb_CbD = dense_head(pool_columns(h_BTD, batch, head.pooling), params.get("dense", ()), head.activations)
     return l2_normalize(emb_CbD) if head.normalize else emb_CbD
 
