@@ -23,9 +23,9 @@ from jax.sharding import PartitionSpec as P
 
 from minilm import optim, parallel
 from minilm.batch import Packed, Padded, same_text
+from minilm.checkpoint import keep_layers
 from minilm.extensions import gradcache
 from minilm.extensions.adaptive import adaptive_layers_loss
-from minilm.extensions.students import keep_layers
 from minilm.fast import xla
 from minilm.losses import contrastive_loss, matryoshka_loss
 from minilm.model import encode

@@ -124,7 +124,7 @@ def relation_heads_of(cfg) -> int:
 def figure_relations(teacher, teacher_dir, out, steps: int, work: pathlib.Path):
     import matplotlib.pyplot as plt
 
-    from minilm.extensions.students import keep_layers
+    from minilm.checkpoint import keep_layers
     from minilm.relations import relation_kl
     cfg = teacher.config
     layers, R = student_layers(cfg), relation_heads_of(cfg)
@@ -545,7 +545,7 @@ def figure_retrieval(teacher, out, corpus_size: int = 400, shown: int = 4):
     first `corpus_size` development bodies as the corpus: the teacher's and the cut student's best bodies."""
     import matplotlib.pyplot as plt
 
-    from minilm.extensions.students import keep_layers
+    from minilm.checkpoint import keep_layers
     from minilm.fast.embedding import embed
     with gzip.open(DATA / "reuters21578" / "reuters21578_title_body.jsonl.gz", "rt", encoding="utf-8") as f:
         articles = [json.loads(line) for line in f][-2000:][:corpus_size]

@@ -9,6 +9,7 @@ prompts, the model card) are read and written by st/folder.py.
 Folders are written into a temporary folder that is then renamed into place (st/folder.py atomic_dir), so a crash
 or Ctrl-C never leaves a half-written one.
 """
+import dataclasses
 import pathlib
 
 import jax
@@ -17,8 +18,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from minilm.config import Config
-from minilm.config import read_json
+from minilm.config import Config, read_json
 from minilm.tokenizer import Tokenizer
 
 SKIPPED = ("embeddings.position_ids",)  # an int64 buffer (0..P-1) older transformers saved; not a parameter
@@ -180,6 +180,21 @@ def load_params(folder, cfg: Config) -> dict:
     return unflatten({k: tensors[k] for k in expected})
 
 
+def latest(folder: pathlib.Path) -> pathlib.Path:
+    """A run's --out folder -> its newest checkpoint, the step-N folder its `latest` file names; else the folder."""
+    return folder / (folder / "latest").read_text().strip() if (folder / "latest").is_file() else folder
+
+
+def keep_layers(params: dict, cfg: Config, layers: tuple[int, ...]) -> tuple[dict, Config]:
+    """A smaller student made by keeping some layers of a model (e.g. (0, 2, 4) of six), renumbered from 0:
+    how nreimers/MiniLM-L6-H384-uncased was cut from the 12-layer MiniLM (docs/distillation.md)."""
+    if not layers or any(not 0 <= i < cfg.num_hidden_layers for i in layers):
+        raise ValueError(f"layers {layers} must be indices in 0..{cfg.num_hidden_layers - 1}")
+    kept = [params["encoder"]["layer"][i] for i in layers]
+    return {**params, "encoder": {**params["encoder"], "layer": kept}}, \
+        dataclasses.replace(cfg, num_hidden_layers=len(layers))
+
+
 def load_encoder(folder, max_length: int | None = None) -> tuple[pathlib.Path, Config, dict, Tokenizer]:
     """(folder, config, params, tokenizer) of a model folder, or of a run's --out folder (its `latest` checkpoint).
     max_length: the tokenizer's default truncation (None: the folder's max_seq_length)."""
@@ -187,8 +202,8 @@ def load_encoder(folder, max_length: int | None = None) -> tuple[pathlib.Path, C
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder (expected a model folder with config.json and "
                                 "model.safetensors)")
-    if not (folder / "config.json").is_file() and (folder / "latest").is_file():  # a run's --out folder: the
-        folder = folder / (folder / "latest").read_text().strip()  # newest checkpoint, as --resume takes it
+    if not (folder / "config.json").is_file():  # a run's --out folder: its newest checkpoint, as --resume takes it
+        folder = latest(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: no config.json; not an HF / sentence-transformers model folder")
     config = Config.from_json(folder / "config.json")

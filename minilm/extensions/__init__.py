@@ -3,6 +3,6 @@ line is the recipe.
 
     gradcache.py  train.py --mini-batch-size: the gradient of a big batch with the memory of a chunk
     adaptive.py   train.py --adaptive-layers: the loss on a random earlier layer too, and a KL toward the last
-    students.py   students cut from a teacher's layers (distill.py, train.py --keep-layers) or made from scratch
+    students.py   distill.py's student: a folder, a teacher's layers kept (checkpoint.keep_layers), or from scratch
     teacher.py    distill.py --teacher-cache: the teacher's embeddings computed once; the PCA for a narrower student
 """

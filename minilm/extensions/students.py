@@ -1,23 +1,13 @@
-"""Students made from a teacher: some of its layers kept (how nreimers/MiniLM-L6-H384-uncased was cut from the
-12-layer MiniLM), used by distill.py and by train.py --keep-layers; or a narrower one initialised from scratch.
+"""distill.py's student: a folder, some of the teacher's layers kept (checkpoint.keep_layers, how
+nreimers/MiniLM-L6-H384-uncased was cut from the 12-layer MiniLM), or a narrower one initialised from scratch.
 tests/test_distill.py checks each kind."""
 import dataclasses
 
 import jax
 
-from minilm.checkpoint import init_params
+from minilm.checkpoint import init_params, keep_layers
 from minilm.config import Config
 from minilm.st.folder import Model, load
-
-
-def keep_layers(params: dict, cfg: Config, layers: tuple[int, ...]) -> tuple[dict, Config]:
-    """A smaller student made by keeping some layers of a model (e.g. (0, 2, 4) of six), renumbered from 0:
-    how nreimers/MiniLM-L6-H384-uncased was cut from the 12-layer MiniLM (docs/distillation.md)."""
-    if not layers or any(not 0 <= i < cfg.num_hidden_layers for i in layers):
-        raise ValueError(f"layers {layers} must be indices in 0..{cfg.num_hidden_layers - 1}")
-    kept = [params["encoder"]["layer"][i] for i in layers]
-    return {**params, "encoder": {**params["encoder"], "layer": kept}}, \
-        dataclasses.replace(cfg, num_hidden_layers=len(layers))
 
 
 def make_student(args, teacher: Model) -> Model:

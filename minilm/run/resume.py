@@ -21,6 +21,7 @@ import jax
 import safetensors
 
 from minilm import optim, parallel
+from minilm.checkpoint import latest
 from minilm.config import read_json
 from minilm.st.folder import atomic_dir, Model, model_card, write_model
 
@@ -128,9 +129,7 @@ def finished(script: str, start: int, args) -> bool:
 
 def resolve_resume(path: str) -> pathlib.Path:
     """A checkpoint folder, or an --out folder (its `latest` checkpoint)."""
-    folder = pathlib.Path(path)
-    if (folder / "latest").is_file():
-        folder = folder / (folder / "latest").read_text().strip()
+    folder = latest(pathlib.Path(path))
     if not (folder / "trainer_state.json").is_file():
         raise FileNotFoundError(f"{path}: no trainer_state.json (expected a checkpoint folder step-N or an --out "
                                 "folder with a 'latest' file)")
