@@ -306,6 +306,8 @@ def figure_packing(model, out):
 
 def figure_truncation(model, out, max_length: int = 24):
     import matplotlib.pyplot as plt
+
+    from minilm.tools import truncation
     tok = model.tokenizer
     pairs = sts_sentences("dev")
     # both texts longer than half the budget, so that longest_first cuts both and each strategy cuts elsewhere
@@ -317,7 +319,7 @@ def figure_truncation(model, out, max_length: int = 24):
     width = len(pieces_a) + len(pieces_b) + 3
     for ax, (strategy, direction) in zip(axes, cases):
         try:
-            row = tok.encode(a, b, max_length=max_length, strategy=strategy, direction=direction)
+            row = truncation.encode(tok, a, b, max_length=max_length, strategy=strategy, direction=direction)
             kept_a = row.ids.index(tok.sep_id) - 1
             kept_b = len(row.ids) - kept_a - 3
             note = f"{len(row.ids)} tokens"

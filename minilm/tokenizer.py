@@ -3,16 +3,15 @@
 The `tokenizers` library does the text -> word-piece ids part (BERT normalisation, punctuation splitting, greedy
 longest-match WordPiece). Everything after that is written out here so that a reader sees each rule:
 
-    budget      = max_length - special tokens          ([CLS] A [SEP] -> 2, [CLS] A [SEP] B [SEP] -> 3)
-    strategy    = which text loses tokens              (longest_first, only_first, only_second, do_not_truncate)
-    direction   = which end they are lost from         (right: the end, left: the start)
-    stride      = overlap between overflow windows     (each cut-off part comes back as extra rows)
+    budget      = max_length - 2                       (max_length counts the special tokens [CLS] and [SEP])
+    kept        = the first `budget` word pieces        (the end of a long text is cut)
+    row         = [CLS] kept [SEP], token type ids 0
 
-The rules are those of the `tokenizers` library (Rust `truncate_encodings`, `Encoding::truncate`,
-`Encoding::merge_with`); tests/test_tokenizer.py checks that every combination gives the library's own output.
-The truncation and padding baked into a tokenizer.json (all-MiniLM-L6-v2's file truncates and pads to 128 while
-the model serves 256) are cleared on load: they would otherwise apply silently. docs/tokenizer.md has the rules
-with examples.
+That is the `tokenizers` library's rule for one text (`Encoding::truncate`, right side, longest_first), and
+sentence-transformers'; tests/test_tokenizer.py checks it against the library's own output. Pairs of texts, left
+truncation and overflow windows (the library's other options) are in tools/truncation.py. The truncation and
+padding baked into a tokenizer.json (all-MiniLM-L6-v2's file truncates and pads to 128 while the model serves 256)
+are cleared on load: they would otherwise apply silently. docs/tokenizer.md has the rules with examples.
 """
 import dataclasses
 import json
@@ -25,8 +24,6 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 from minilm.config import read_json
 from minilm.data import read_lines
 
-STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
-DIRECTIONS = ("right", "left")
 # The padded lengths of a batch (one jitted shape each): steps of 8 up to 128 tokens, then 32, then 64; beyond 512
 # the next multiple of 128. The one table of padded lengths: packed rows (batch.py) use its powers of two.
 LENGTHS = (*range(8, 129, 8), 160, 192, 224, 256, 320, 384, 448, 512)
@@ -46,68 +43,6 @@ class Batch:
     ids_BT: np.ndarray
     type_ids_BT: np.ndarray
     mask_BT: np.ndarray
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Truncation rules
-
-def kept_lengths(n_a: int, n_b: int | None, budget: int, strategy: str) -> tuple[int, int | None]:
-    """How many word pieces of each text survive, for texts of n_a and n_b pieces (n_b None: a single text)."""
-    total = n_a + (n_b or 0)
-    if strategy == "do_not_truncate" or total <= budget:
-        return n_a, n_b
-    excess = total - budget
-    if strategy == "only_first" or strategy == "only_second":
-        if strategy == "only_second" and n_b is None:
-            raise ValueError("truncation strategy 'only_second' needs a pair of texts")
-        target = n_a if strategy == "only_first" else n_b
-        if target <= excess:
-            which = "first" if strategy == "only_first" else "second"
-            raise ValueError(
-                f"truncation strategy '{strategy}' cannot fit the pair into {budget} word pieces: the {which} text "
-                f"has {target} pieces but {excess} must go; use 'longest_first' or a larger max_length")
-        return (n_a - excess, n_b) if strategy == "only_first" else (n_a, n_b - excess)
-    if n_b is None:  # longest_first, one text
-        return budget, None
-    # longest_first, a pair. The shorter text keeps all it has if that leaves the longer text at least as much;
-    # otherwise each gets half, and an odd budget's extra token goes to the longer one. On a tie the first text
-    # counts as the shorter, so it is the one a token short: "4+4" pieces with budget 7 keep (3, 4).
-    # (The legacy Python BertTokenizer gives that token to the first text instead; the Rust rule is the one
-    # sentence-transformers and transformers' fast tokenizers use.)
-    short = min(n_a, n_b)
-    if 2 * short <= budget:
-        keep_short, keep_long = short, budget - short
-    else:
-        keep_short, keep_long = budget // 2, budget // 2 + budget % 2
-    return (keep_short, keep_long) if n_a <= n_b else (keep_long, keep_short)
-
-
-def windows(n: int, keep: int, stride: int, direction: str) -> list[tuple[int, int]]:
-    """[start, stop) spans of a text of n pieces cut to `keep`: the kept span first, then the overflow windows.
-
-    Windows have `keep` pieces and start every keep - stride pieces, so neighbours share `stride` pieces; the last
-    may be shorter. direction 'left' keeps the end of the text and walks the windows backwards from there.
-    Example (keep 4, stride 2, n 10, right): (0, 4), (2, 6), (4, 8), (6, 10)."""
-    if keep >= n:
-        return [(0, n)]
-    if keep == 0:  # nothing fits: the kept part is empty and the whole text is one overflow window
-        return [(0, 0), (0, n)]
-    if stride >= keep:
-        raise ValueError(f"stride {stride} must be smaller than the window of {keep} word pieces it overlaps "
-                         f"(max_length minus special tokens, split between the texts of a pair)")
-    step = keep - stride
-    spans = []
-    if direction == "right":
-        for start in range(0, n, step):
-            spans.append((start, min(start + keep, n)))
-            if start + keep >= n:
-                break
-    else:
-        for stop in range(n, 0, -step):
-            spans.append((max(stop - keep, 0), stop))
-            if stop - keep <= 0:
-                break
-    return spans
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -198,60 +133,25 @@ class Tokenizer:
             raise
         return [e.ids for e in encodings]
 
-    def encode(self, text: str, pair: str | None = None, **options) -> Encoding:
-        """One row: [CLS] text [SEP] (or [CLS] text [SEP] pair [SEP]) truncated as the options say."""
-        return self.encode_overflowing(text, pair, **options)[0]
+    def encode(self, text: str, max_length: int | None = None) -> Encoding:
+        """One row: [CLS] text [SEP], the text cut to fit max_length (default: the tokenizer's)."""
+        return self.assemble(self.word_pieces([text])[0], max_length)
 
-    def encode_overflowing(self, text: str, pair: str | None = None, *, max_length: int | None = None,
-                           strategy: str = "longest_first", direction: str = "right", stride: int = 0
-                           ) -> list[Encoding]:
-        """The kept row first, then one row per overflow window (the library's `Encoding.overflowing`)."""
-        pieces = self.word_pieces([text] if pair is None else [text, pair])
-        return self.assemble(pieces[0], pieces[1] if pair is not None else None, max_length=max_length,
-                             strategy=strategy, direction=direction, stride=stride)
+    def encode_batch(self, texts: list[str], max_length: int | None = None) -> list[Encoding]:
+        return [self.assemble(pieces, max_length) for pieces in self.word_pieces(list(texts))]
 
-    def encode_batch(self, texts: list[str], pairs: list[str] | None = None, **options) -> list[Encoding]:
-        """The kept row of each text (or pair)."""
-        pieces_a = self.word_pieces(list(texts))
-        pieces_b = [None] * len(pieces_a) if pairs is None else self.word_pieces(list(pairs))
-        if len(pieces_b) != len(pieces_a):
-            raise ValueError(f"{len(pieces_a)} texts but {len(pieces_b)} pairs")
-        return [self.assemble(a, b, **options)[0] for a, b in zip(pieces_a, pieces_b)]
+    def batch(self, texts: list[str], max_length: int | None = None) -> Batch:
+        return pad_batch(self.encode_batch(texts, max_length), pad_id=self.pad_id)
 
-    def batch(self, texts: list[str], pairs: list[str] | None = None, **options) -> Batch:
-        return pad_batch(self.encode_batch(texts, pairs, **options), pad_id=self.pad_id)
-
-    def assemble(self, a: list[int], b: list[int] | None, *, max_length: int | None = None,
-                 strategy: str = "longest_first", direction: str = "right", stride: int = 0) -> list[Encoding]:
-        """Truncate word pieces a (and b), add special tokens and type ids; kept row first, then overflow rows."""
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown truncation strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
-        if direction not in DIRECTIONS:
-            raise ValueError(f"unknown truncation direction {direction!r}; expected 'right' or 'left'")
-        if stride < 0:
-            raise ValueError(f"stride must be >= 0, got {stride}")
+    def assemble(self, pieces: list[int], max_length: int | None = None) -> Encoding:
+        """Word pieces -> a row: the first max_length - 2 pieces between [CLS] and [SEP]."""
         max_length = self.max_length if max_length is None else max_length
-        budget = max_length - self.n_special(b is not None)
-        if budget < 0:
-            raise ValueError(f"max_length {max_length} is shorter than the {self.n_special(b is not None)} "
-                             f"special tokens it must hold")
-        if stride and strategy != "do_not_truncate" and stride >= budget:
-            raise ValueError(f"stride {stride} must be smaller than max_length {max_length} minus the "
-                             f"{self.n_special(b is not None)} special tokens")
-        keep_a, keep_b = kept_lengths(len(a), None if b is None else len(b), budget, strategy)
-        spans_a = windows(len(a), keep_a, stride, direction)
-        if b is None:
-            return [self.wrap(a[i:j]) for i, j in spans_a]
-        spans_b = windows(len(b), keep_b, stride, direction)
-        # Rows of a pair: every combination of a window of a with a window of b, the kept pair first, then in the
-        # order of the library's Encoding.merge_with: each overflow window of a with each window of b, then the
-        # kept window of a with each overflow window of b.
-        order = [(0, 0)] + [(i, j) for i in range(1, len(spans_a)) for j in range(len(spans_b))]
-        order += [(0, j) for j in range(1, len(spans_b))]
-        return [self.wrap(a[slice(*spans_a[i])], b[slice(*spans_b[j])]) for i, j in order]
+        if max_length < self.n_special(False):
+            raise ValueError(f"max_length {max_length} is shorter than the 2 special tokens it must hold")
+        return self.wrap(pieces[:max_length - self.n_special(False)])
 
     def wrap(self, a: list[int], b: list[int] | None = None) -> Encoding:
-        """[CLS] a [SEP] with type ids 0, then b [SEP] with type ids 1."""
+        """[CLS] a [SEP] with type ids 0, then (a pair's second text, tools/truncation.py) b [SEP] with type ids 1."""
         ids = [self.cls_id, *a, self.sep_id]
         type_ids = [0] * len(ids)
         if b is not None:

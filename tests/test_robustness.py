@@ -28,6 +28,7 @@ import embed as cli
 from minilm import embed
 from minilm.st.folder import load, save
 from minilm.tokenizer import Tokenizer
+from minilm.tools import truncation
 from tests.conftest import REPO
 from tests.tiny import tiny_model
 
@@ -94,7 +95,7 @@ def test_any_text_tokenizes_within_vocab_and_max_length(tok, text):
     for max_length in MAX_LENGTHS:
         pair_length = max(max_length, 3)  # a pair needs room for [CLS] [SEP] [SEP]
         for enc, limit in ((tok.encode(text, max_length=max_length), max_length),
-                           (tok.encode(text, "a pair 🙂", max_length=pair_length), pair_length)):
+                           (truncation.encode(tok, text, "a pair 🙂", max_length=pair_length), pair_length)):
             assert len(enc.ids) <= limit and len(enc.ids) == len(enc.type_ids)
             assert all(0 <= i < tok.vocab_size for i in enc.ids)
             assert enc.ids[0] == tok.cls_id and enc.ids[-1] == tok.sep_id

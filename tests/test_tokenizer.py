@@ -1,15 +1,18 @@
-"""minilm.tokenizer against the `tokenizers` library's own truncation and transformers' tokenizers.
+"""minilm.tokenizer (the book's rule for one text) and minilm.tools.truncation (pairs, left truncation, overflow
+windows) against the `tokenizers` library's own truncation and transformers' tokenizers.
 
 Every case is compared id for id and type id for type id, overflow rows included. The library is the tokenizer
 of all-MiniLM-L6-v2 (tokenizer.json) with `enable_truncation(max_length, stride, strategy, direction)`; ours is
-the same file with that truncation written out in minilm/tokenizer.py.
+the same file with that truncation written out.
 """
 import itertools
 
 import pytest
 import tokenizers
 
-from minilm.tokenizer import Encoding, kept_lengths, LENGTHS, pad_batch, padded_length, Tokenizer, windows
+from minilm.tokenizer import Encoding, LENGTHS, pad_batch, padded_length, Tokenizer
+from minilm.tools import truncation
+from minilm.tools.truncation import kept_lengths, windows
 from tests.conftest import need
 
 TEXTS = {
@@ -71,8 +74,8 @@ def run_library(tok, text, pair, max_length, strategy, direction, stride):
 
 def run_ours(tok, text, pair, max_length, strategy, direction, stride):
     try:
-        return [(e.ids, e.type_ids) for e in tok.encode_overflowing(
-            text, pair, max_length=max_length, strategy=strategy, direction=direction, stride=stride)]
+        return [(e.ids, e.type_ids) for e in truncation.encode_overflowing(
+            tok, text, pair, max_length=max_length, strategy=strategy, direction=direction, stride=stride)]
     except ValueError as e:
         return e
 
@@ -97,6 +100,20 @@ def check(ours, library, text, pair, max_length, strategy, direction, stride):
         assert mine == theirs, f"{case}:\n ours   {mine}\n theirs {theirs}"
 
 
+def test_the_books_rule_equals_library(ours, library):
+    """The book's one rule (Tokenizer.encode: the first max_length - 2 pieces) against the library's truncation of
+    one text at its defaults (longest_first, right, no stride), for every text and length: the library's kept row
+    (its overflow rows are what tools/truncation.py adds)."""
+    for name, max_length in itertools.product(TEXTS, MAX_LENGTHS):
+        theirs = run_library(library, TEXTS[name], None, max_length, "longest_first", "right", 0)
+        mine = ours.encode(TEXTS[name], max_length=max_length)
+        assert (mine.ids, mine.type_ids) == theirs[0], (name, max_length)
+    assert ours.encode_batch([TEXTS["plain"], TEXTS["long"]], max_length=16) == \
+        [ours.encode(TEXTS["plain"], max_length=16), ours.encode(TEXTS["long"], max_length=16)]
+    with pytest.raises(ValueError, match="shorter than the 2 special tokens"):
+        ours.encode("a", max_length=1)
+
+
 @pytest.mark.parametrize("direction", ["right", "left"])
 @pytest.mark.parametrize("strategy", ["longest_first", "only_first", "only_second", "do_not_truncate"])
 def test_single_texts_equal_library(ours, library, strategy, direction):
@@ -113,23 +130,23 @@ def test_pairs_equal_library(ours, library, strategy, direction):
 
 def test_errors_name_the_problem(ours):
     with pytest.raises(ValueError, match="only_second' needs a pair"):
-        ours.encode("a b c d", strategy="only_second", max_length=4)
+        truncation.encode(ours, "a b c d", strategy="only_second", max_length=4)
     with pytest.raises(ValueError, match="the second text has 1 pieces but 2 must go"):
-        ours.encode("a b c", "d", strategy="only_second", max_length=5)
+        truncation.encode(ours, "a b c", "d", strategy="only_second", max_length=5)
     with pytest.raises(ValueError, match="stride 4 must be smaller"):
-        ours.encode("a b c d e f g h", stride=4, max_length=6)
+        truncation.encode(ours, "a b c d e f g h", stride=4, max_length=6)
     with pytest.raises(ValueError, match="shorter than the 3 special tokens"):
-        ours.encode("a", "b", max_length=2)
+        truncation.encode(ours, "a", "b", max_length=2)
     with pytest.raises(ValueError, match="unknown truncation strategy 'longest'"):
-        ours.encode("a", strategy="longest")
+        truncation.encode(ours, "a", strategy="longest")
     with pytest.raises(ValueError, match="unknown truncation direction"):
-        ours.encode("a", direction="middle")
+        truncation.encode(ours, "a", direction="middle")
 
 
 def test_documented_examples(ours):
     # docs/tokenizer.md: max_length 6, stride 2, ten words -> [1-4], [3-6], [5-8], [7-10].
     words = "a b c d e f g h i j"
-    got = [ours.tok.decode(list(e.ids)) for e in ours.encode_overflowing(words, max_length=6, stride=2)]
+    got = [ours.tok.decode(list(e.ids)) for e in truncation.encode_overflowing(ours, words, max_length=6, stride=2)]
     assert got == ["a b c d", "c d e f", "e f g h", "g h i j"]
     assert windows(10, 4, 2, "left") == [(6, 10), (4, 8), (2, 6), (0, 4)]
     # The odd budget of a pair: the longer text gets the extra token; on a tie the second text gets it.
@@ -169,11 +186,11 @@ def test_transformers_fast_tokenizer(ours, real_model_dir, direction):
             if isinstance(e, KeyboardInterrupt):
                 raise
             with pytest.raises(ValueError):
-                ours.encode_overflowing(text, pair, max_length=max_length, strategy=strategy,
-                                        direction=direction, stride=stride)
+                truncation.encode_overflowing(ours, text, pair, max_length=max_length, strategy=strategy,
+                                              direction=direction, stride=stride)
             continue
-        mine = ours.encode_overflowing(text, pair, max_length=max_length, strategy=strategy, direction=direction,
-                                       stride=stride)
+        mine = truncation.encode_overflowing(ours, text, pair, max_length=max_length, strategy=strategy,
+                                             direction=direction, stride=stride)
         assert [list(e.ids) for e in mine] == got["input_ids"], (a, b, max_length, stride, strategy)
         assert [list(e.type_ids) for e in mine] == got["token_type_ids"]
 
@@ -188,13 +205,13 @@ def test_legacy_python_tokenizer_odd_budget(ours, real_model_dir):
     legacy = transformers.BertTokenizerLegacy.from_pretrained(str(real_model_dir))
     a, b = TEXTS["four"], TEXTS["four"]
     python_ids = legacy(a, b, max_length=10, truncation="longest_first")["input_ids"]
-    mine = ours.encode(a, b, max_length=10)
+    mine = truncation.encode(ours, a, b, max_length=10)
     assert python_ids.count(102) == 2 and python_ids.index(102) == 5  # Python: 4 + 3 pieces
     assert mine.ids.index(102) == 4  # Rust and ours: 3 + 4 pieces
     # Where they agree (first longer, or even budgets), all three are equal.
     for a, b, max_length in [("eight", "four", 10), ("four", "eight", 11), ("plain", "accents", 12)]:
         python_ids = legacy(TEXTS[a], TEXTS[b], max_length=max_length, truncation="longest_first")["input_ids"]
-        assert list(ours.encode(TEXTS[a], TEXTS[b], max_length=max_length).ids) == python_ids
+        assert list(truncation.encode(ours, TEXTS[a], TEXTS[b], max_length=max_length).ids) == python_ids
 
 
 def test_vocab_txt_folder_tokenizes_like_tokenizer_json(ours, real_model_dir, tmp_path):
@@ -211,7 +228,7 @@ def test_save_round_trip(ours, tmp_path):
     again = Tokenizer.from_dir(tmp_path)
     assert again.max_length == ours.max_length
     for text in TEXTS.values():
-        assert again.encode(text, TEXTS["cjk"]) == ours.encode(text, TEXTS["cjk"])
+        assert truncation.encode(again, text, TEXTS["cjk"]) == truncation.encode(ours, text, TEXTS["cjk"])
     assert again.tok.truncation is None and again.tok.padding is None
 
 

@@ -113,7 +113,7 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     pieces = m.tokenizer.word_pieces(texts)  # Tokenizer.encode_batch, in its two steps, to count what is cut
     if truncated is not None:
         truncated.append(count_cut(m, pieces, max_length))
-    ids = [m.tokenizer.assemble(p, None, max_length=max_length)[0].ids for p in pieces]
+    ids = [m.tokenizer.assemble(p, max_length).ids for p in pieces]
     lengths = [len(x) for x in ids]
     pack = pack and m.pooling in PACKED_POOLING_MODES
     plan = plan_packed(lengths, tokens=packed_tokens(batch_size)) if pack else plan_padded(lengths, batch_size)

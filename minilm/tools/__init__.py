@@ -5,5 +5,6 @@
     mine.py            hard negatives mined with a model (python -m minilm.tools.mine)
     quantize.py        int8 / binary embeddings and the search over them
     similarity.py      similarity matrices and search (cosine, dot, euclidean, manhattan)
+    truncation.py      the tokenizers library's other truncation: pairs, left truncation, overflow windows
     sentence_model.py  SentenceModel: the loaded model and these functions behind one object
 """
