@@ -4,17 +4,13 @@
     python benchmarks/embed_bench.py      # STS-b test sentences at batch 32 and 128, wiki paragraphs at batch 32
     python benchmarks/embed_bench.py --no-paragraphs --no-cold-start --engines minilm,ort    # a quicker look
 
-Texts, in one run: short ones, the unique sentences of an STS file (the STS-b test split: 2,552) or the lines of a
-file, and long ones, paragraphs of 10 consecutive Wikipedia sentences (about 250 tokens). For each engine
-and batch size: texts/s end to end (tokenization included) and model only (pre-tokenized), min / median / max over
---repeats runs, and the largest difference from sentence-transformers' embeddings. Then: the useful GFLOP/s (the
-matmuls and attention of real tokens only, no padding) as a fraction of the matmul peak, the best GFLOP/s that any
-matmul library here (XLA's, torch's) reaches on the model's shapes; each engine's op time split into matmuls,
-attention and elementwise passes (benchmarks/op_profile.py); minilm's first-call time (compilation); and the
-whole-process time of `python embed.py "one sentence"` (empty compilation cache, then warm) against a
-sentence-transformers one-liner, alternated three times. A row "minilm, projections" times the same packed forwards
-with nothing but the six matmuls of each layer: the floor XLA's matmul kernels set here. Peers that are
-not installed are skipped. Timings are wall-clock; run it on an otherwise idle machine.
+Short texts (the unique sentences of an STS file, or the lines of a file) and long ones (paragraphs of 10
+consecutive Wikipedia sentences, about 250 tokens). For each engine and batch size: texts/s end to end and model
+only, the largest difference from sentence-transformers' embeddings, the useful GFLOP/s against the best matmul
+GFLOP/s any library here reaches on the model's shapes, the op time by class (op_profile.py), and the same packed
+forwards with the six projections alone ("minilm, projections"); then minilm's first call and the whole-process
+time of `python embed.py "one sentence"` against a sentence-transformers one-liner. Peers that are not installed
+are skipped. Timings are wall-clock; run it on an otherwise idle machine. How to read it: docs/benchmarks.md.
 """
 import argparse
 import gzip
@@ -31,32 +27,27 @@ import time
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # minilm and the scripts of this checkout; a sibling script by its plain name
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+import host  # noqa: E402
+import op_profile  # noqa: E402
+from host import timed  # noqa: E402
 from minilm.fast import embedding as fast, xla  # noqa: E402
 from minilm.fast.packing import plan_packed, plan_padded  # noqa: E402
 from minilm.model import linear  # noqa: E402
 from minilm.st import folder  # noqa: E402
 from minilm.tools.evaluate import read_sts  # noqa: E402
-from benchmarks import host, op_profile  # noqa: E402
 
 
-def unique_sentences(path) -> list[str]:
-    pairs = read_sts(path)
-    return list(dict.fromkeys(t for pair in zip(pairs.sentences1, pairs.sentences2) for t in pair))
-
-
-def timed(fn, repeats: int, *args) -> list[float]:
-    """Seconds of each of `repeats` calls fn(*args)."""
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t)
-    return times
+def read_texts(path, join: int = 1, limit: int | None = None) -> list[str]:
+    """Texts of a file of one text per line (.gz read as gzip), `join` consecutive lines to a text (paragraphs
+    from a file of sentences), the first `limit` texts."""
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    return [" ".join(lines[i:i + join]) for i in range(0, len(lines) - join + 1, join)][:limit]
 
 
 def useful_flops(lengths, cfg) -> float:
@@ -67,55 +58,39 @@ def useful_flops(lengths, cfg) -> float:
     return float(L * (2 * n.sum() * (4 * D * D + 2 * D * F) + 4 * (n * n).sum() * D))
 
 
-def matmul_gflops(matmul, ones, cfg, repeats: int) -> float:
-    """Best GFLOP/s of matmul(x, w) on the model's shapes ([M, D] x [D, D], [D, F], [F, D], M = 4,096); ones(shape)
-    makes the inputs."""
-    D, F, M = cfg.hidden_size, cfg.intermediate_size, 4096
-    gflops = []
-    for k, n in ((D, D), (D, F), (F, D)):
-        x, w = ones((M, k)), ones((k, n))
-        matmul(x, w)
-        gflops.append(2 * M * k * n / min(timed(matmul, repeats, x, w)) / 1e9)
-    return max(gflops)
-
-
 def matmul_peaks(cfg, repeats: int = 20) -> dict[str, float]:
-    """matmul_gflops with each CPU matmul library XLA offers (minilm/fast/xla.py) and with torch where installed. The
-    machine's peak here is the best of them: the fastest matmul any engine on this machine could use."""
-    libraries = xla.MATMUL_LIBRARIES if jax.default_backend() == "cpu" else {"default": {}}
-    peaks = {}
-    for name, options in libraries.items():
-        jitted = jax.jit(lambda x, w: x @ w, compiler_options=options or None)
-        try:
-            peaks[f"XLA {name}"] = matmul_gflops(lambda x, w, f=jitted: f(x, w).block_until_ready(),
-                                                 lambda shape: jnp.ones(shape, jnp.float32), cfg, repeats)
-        except Exception as e:  # noqa: BLE001 - a jaxlib that does not know the option
-            print(f"skipping XLA {name}: {e}", file=sys.stderr)
+    """Best GFLOP/s of x @ w on the model's shapes ([M, D] x [D, D], [D, F], [F, D], M = 4,096) with each CPU matmul
+    library XLA offers (minilm/fast/xla.py), and with torch where installed. The machine's peak is the best of
+    them: the fastest matmul any engine on this machine could use."""
+    matmuls = {}  # name: (matmul(x, w), ones(shape) making its inputs)
+    for name, options in (xla.MATMUL_LIBRARIES if jax.default_backend() == "cpu" else {"default": {}}).items():
+        f = jax.jit(lambda x, w: x @ w, compiler_options=options or None)
+        matmuls[f"XLA {name}"] = (lambda x, w, f=f: f(x, w).block_until_ready(), lambda s: jnp.ones(s, jnp.float32))
     try:
         import torch
         torch.set_num_threads(os.cpu_count())
-        peaks["torch"] = matmul_gflops(lambda x, w: x @ w, torch.ones, cfg, repeats)
+        matmuls["torch"] = (lambda x, w: x @ w, torch.ones)
     except ImportError:
         pass
+    D, F, M = cfg.hidden_size, cfg.intermediate_size, 4096
+
+    def gflops(matmul, ones, k, n):
+        x, w = ones((M, k)), ones((k, n))
+        matmul(x, w)
+        return 2 * M * k * n / min(timed(matmul, repeats, x, w)) / 1e9
+
+    peaks = {}
+    for name, (matmul, ones) in matmuls.items():
+        try:
+            peaks[name] = max(gflops(matmul, ones, k, n) for k, n in ((D, D), (D, F), (F, D)))
+        except Exception as e:  # noqa: BLE001 - a jaxlib that does not know the option
+            print(f"skipping {name}: {e}", file=sys.stderr)
     return peaks
 
 
-def read_texts(path, join: int = 1, limit: int | None = None) -> list[str]:
-    """Texts of a file of one text per line (.gz read as gzip), `join` consecutive lines to a text (paragraphs
-    from a file of sentences), the first `limit` texts."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        lines = [line.strip() for line in f if line.strip()]
-    texts = [" ".join(lines[i:i + join]) for i in range(0, len(lines) - join + 1, join)]
-    return texts[:limit]
-
-
 class Minilm:
-    name = "minilm"
-
-    def __init__(self, model_dir, pack: bool):
-        self.model = folder.get_model(model_dir)
-        self.pack = pack
+    def __init__(self, model, pack: bool):
+        self.model, self.pack = model, pack
         self.name = "minilm packed" if pack else "minilm padded"
 
     def end_to_end(self, texts, batch_size):
@@ -123,34 +98,26 @@ class Minilm:
 
     def prepare(self, texts, batch_size):
         """Tokenize and plan once, so that model_only times the forwards alone."""
-        m = self.model
-        ids = [e.ids for e in m.tokenizer.encode_batch(texts)]
+        ids = [e.ids for e in self.model.tokenizer.encode_batch(texts)]
         lengths = [len(x) for x in ids]
-        plan = plan_packed(lengths, fast.packed_tokens(batch_size)) if self.pack else \
-            plan_padded(lengths, batch_size)
-        arrays = [fwd.arrays(ids, m.tokenizer.pad_id) for fwd in plan]
-        return plan, arrays
+        plan = plan_packed(lengths, fast.packed_tokens(batch_size)) if self.pack else plan_padded(lengths, batch_size)
+        return plan, [fwd.arrays(ids, self.model.tokenizer.pad_id) for fwd in plan]
 
     def model_only(self, prepared):
-        plan, arrays = prepared
         m = self.model
         with jax.default_matmul_precision("highest"):
-            outs = [fast.embed_rows(m.params, *a, cfg=m.config, pooling=m.pooling, normalize=m.normalize,
-                                         slots=fwd.slots) for fwd, a in zip(plan, arrays)]
-        jax.block_until_ready(outs)
+            jax.block_until_ready([fast.embed_rows(m.params, *a, cfg=m.config, pooling=m.pooling, normalize=m.normalize,
+                                                   slots=fwd.slots) for fwd, a in zip(*prepared)])
 
-    def profile(self, prepared):
-        return op_profile.minilm_profile(self, prepared)
-
-    def matmuls_alone(self, prepared):
+    def projections(self, prepared):
         """The same forwards with nothing but the six projections of each layer (Q, K, V, attention output, the two
         feed-forward matmuls, with their biases): no attention, LayerNorm, GELU or pooling. Its time is the floor
         that XLA's matmul kernels set on this machine."""
-        plan, arrays = prepared
-        m = self.model
         with jax.default_matmul_precision("highest"):
-            outs = [projections_only(m.params, a[0]) for a in arrays]
-        jax.block_until_ready(outs)
+            jax.block_until_ready([projections_only(self.model.params, a[0]) for a in prepared[1]])
+
+    def profile(self, prepared):
+        return op_profile.minilm_profile(self.model, prepared)
 
 
 @xla.jit
@@ -203,23 +170,21 @@ class OnnxRuntime:
         from tokenizers import Tokenizer
         from transformers import BertModel
         bert = BertModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
-        path = work / "model.onnx"
-        ids = torch.ones((2, 8), dtype=torch.long)
-        class LastHidden(torch.nn.Module):  # keyword arguments: BertModel's positional order changes across versions
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+        path, ids = work / "model.onnx", torch.ones((2, 8), dtype=torch.long)
+
+        class LastHidden(torch.nn.Module):  # by keyword: BertModel's positional order changes across versions
             def __init__(self):
                 super().__init__()
                 self.bert = bert
 
-            def forward(self, input_ids, attention_mask, token_type_ids):
-                return self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                                 token_type_ids=token_type_ids).last_hidden_state
+            def forward(self, *inputs):
+                return self.bert(**dict(zip(names, inputs))).last_hidden_state
 
         with torch.no_grad():
             torch.onnx.export(LastHidden().eval(), (ids, ids, torch.zeros_like(ids)), str(path), dynamo=False,
-                              opset_version=17, input_names=["input_ids", "attention_mask", "token_type_ids"],
-                              output_names=["last_hidden_state"],
-                              dynamic_axes={n: {0: "batch", 1: "seq"} for n in
-                                            ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")})
+                              opset_version=17, input_names=names, output_names=["last_hidden_state"],
+                              dynamic_axes={n: {0: "batch", 1: "seq"} for n in [*names, "last_hidden_state"]})
         try:
             from onnxruntime.transformers.optimizer import optimize_model
             cfg = bert.config
@@ -240,18 +205,17 @@ class OnnxRuntime:
         self.tokenizer.enable_truncation(256)
         self.tokenizer.no_padding()
 
-    def batches(self, texts, batch_size):
+    def prepare(self, texts, batch_size):
+        """(text indices, ids, mask) of each length-sorted batch, padded to its longest text ([PAD] is id 0)."""
         enc = self.tokenizer.encode_batch(texts)
         order = np.argsort([-len(e.ids) for e in enc], kind="stable")
-        for b in range(0, len(texts), batch_size):
-            idx = order[b:b + batch_size]
-            T = len(enc[idx[0]].ids)
-            ids = np.zeros((len(idx), T), np.int64)
-            mask = np.zeros((len(idx), T), np.int64)
+        batches = []
+        for idx in (order[b:b + batch_size] for b in range(0, len(texts), batch_size)):
+            ids = np.zeros((len(idx), len(enc[idx[0]].ids)), np.int64)
             for r, i in enumerate(idx):
-                n = len(enc[i].ids)
-                ids[r, :n], mask[r, :n] = enc[i].ids, 1
-            yield idx, ids, mask
+                ids[r, :len(enc[i].ids)] = enc[i].ids
+            batches.append((idx, ids, (ids != 0).astype(np.int64)))
+        return batches
 
     def run(self, ids, mask):
         h = self.session.run(None, {"input_ids": ids, "attention_mask": mask,
@@ -262,12 +226,9 @@ class OnnxRuntime:
 
     def end_to_end(self, texts, batch_size):
         out = np.zeros((len(texts), self.dim), np.float32)
-        for idx, ids, mask in self.batches(texts, batch_size):
+        for idx, ids, mask in self.prepare(texts, batch_size):
             out[idx] = self.run(ids, mask)
         return out
-
-    def prepare(self, texts, batch_size):
-        return list(self.batches(texts, batch_size))
 
     def model_only(self, prepared):
         for _, ids, mask in prepared:
@@ -285,19 +246,17 @@ def cold_start(model_dir, repeats: int) -> list[tuple[str, float]]:
     one_liner = ("from sentence_transformers import SentenceTransformer; "
                  f"print(SentenceTransformer({str(model_dir)!r}, device='cpu').encode([{sentence!r}])[0][:3])")
     ours = [sys.executable, str(REPO / "embed.py"), "--model", str(model_dir), sentence]
-    st_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    run = lambda argv, env: subprocess.run(argv, env=env, check=True, capture_output=True)
+    seconds = lambda argv, env: timed(lambda: subprocess.run(argv, env=env, check=True, capture_output=True), 1)[0]
     results = []
-    for i in range(repeats):
+    for i in range(1, repeats + 1):
         cache = tempfile.mkdtemp(prefix="minilm-cache-")
-        env = {**os.environ, "MINILM_COMPILE_CACHE": cache}
-        env.pop("MINILM_CPU_MATMULS", None)
-        results.append((f"{i + 1}: embed.py, empty cache", timed(lambda: run(ours, env), 1)[0]))
-        results.append((f"{i + 1}: embed.py, cache warm", timed(lambda: run(ours, env), 1)[0]))
+        env = {k: v for k, v in os.environ.items() if k != "MINILM_CPU_MATMULS"} | {"MINILM_COMPILE_CACHE": cache}
+        results.append((f"{i}: embed.py, empty cache", seconds(ours, env)))
+        results.append((f"{i}: embed.py, cache warm", seconds(ours, env)))
         shutil.rmtree(cache, ignore_errors=True)
         try:
-            results.append((f"{i + 1}: sentence-transformers one-liner", timed(lambda: run(
-                [sys.executable, "-c", one_liner], st_env), 1)[0]))
+            results.append((f"{i}: sentence-transformers one-liner", seconds(
+                [sys.executable, "-c", one_liner], {**os.environ, "HF_HUB_OFFLINE": "1"})))
         except subprocess.CalledProcessError as e:
             print(f"sentence-transformers one-liner failed: {e.stderr.decode()[-300:]}", file=sys.stderr)
     return results
@@ -328,9 +287,12 @@ def main(argv=None):
 
     model_dir = pathlib.Path(args.model) if args.model else folder.default_model_dir()
     model = folder.get_model(model_dir)
-    sets = [("short texts: " + (args.texts or args.sts),
-             read_texts(args.texts, args.join, args.limit) if args.texts else unique_sentences(args.sts),
-             args.batch_sizes)]
+    if args.texts:
+        short = read_texts(args.texts, args.join, args.limit)
+    else:
+        sts = read_sts(args.sts)
+        short = list(dict.fromkeys(t for pair in zip(sts.sentences1, sts.sentences2) for t in pair))
+    sets = [("short texts: " + (args.texts or args.sts), short, args.batch_sizes)]
     if not args.no_paragraphs:
         sets.append((f"paragraphs: {args.paragraphs}, 10 lines each",
                      read_texts(args.paragraphs, 10, args.paragraph_limit), args.paragraph_batch_sizes))
@@ -340,14 +302,11 @@ def main(argv=None):
     print("matmul on the model's shapes, best GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items())
           + f"; peak {peak:.0f} (minilm's matmuls here: XLA {xla.matmul_library()})")
 
-    engines = []
-    names = args.engines.split(",")
+    engines, names = [], args.engines.split(",")
     if "minilm" in names:
-        t = time.perf_counter()
-        fast.embed(sets[0][1], model, batch_size=32, progress=False)
-        first = time.perf_counter() - t
+        first = timed(lambda: fast.embed(short, model, batch_size=32, progress=False), 1)[0]
         print(f"minilm first call (tokenize, compile {len(fast.TRACES)} shapes, run): {first:.2f} s")
-        engines += [Minilm(model_dir, pack=True), Minilm(model_dir, pack=False)]
+        engines += [Minilm(model, pack=True), Minilm(model, pack=False)]
     work = pathlib.Path(tempfile.mkdtemp(prefix="embed-bench-"))
     for name, make in (("st", lambda: SentenceTransformers(model_dir)), ("ort", lambda: OnnxRuntime(model_dir, work))):
         if name in names:
@@ -370,8 +329,7 @@ def measure(label, texts, batch_sizes, engines, model, model_dir, peak, args) ->
     flops = useful_flops(lengths, model.config)
     print(f"\n== {label}\n{len(texts)} texts, {sum(lengths):,} tokens (mean {np.mean(lengths):.1f}), useful work "
           f"{flops / 1e9:.0f} GFLOP")
-    reference = {}
-    rows, floors = [], []
+    reference, rows, floors = {}, [], []
     for bs in batch_sizes:
         for eng in engines:
             emb = eng.end_to_end(texts, bs)  # also the warm-up (compiles any new shape)
@@ -383,16 +341,15 @@ def measure(label, texts, batch_sizes, engines, model, model_dir, peak, args) ->
             eng.model_only(prepared)
             only = timed(eng.model_only, args.repeats, prepared)
             steal = host.steal_share(before, host.cpu_times())
-            shares = None if args.no_profile else eng.profile(prepared)
-            rows.append((bs, eng.name, e2e, only, emb, shares, steal))
+            rows.append((bs, eng.name, e2e, only, emb, None if args.no_profile else eng.profile(prepared), steal))
             if eng.name == "minilm packed":
-                eng.matmuls_alone(prepared)
-                floors.append((bs, statistics.median(timed(eng.matmuls_alone, args.repeats, prepared))))
+                eng.projections(prepared)
+                floors.append((bs, statistics.median(timed(eng.projections, args.repeats, prepared))))
 
     print(f"\n{'batch':>5}  {'engine':<22} {'end to end, texts/s (min / median / max)':>44}  "
           f"{'model only, median':>18}  {'max |diff| vs ST':>16}  useful GFLOP/s (% of peak)  host steal")
+    rate = lambda t: len(texts) / t
     for bs, name, e2e, only, emb, _, steal in rows:
-        rate = lambda t: len(texts) / t
         diff = f"{np.abs(emb - reference[bs]).max():.1e}" if bs in reference else "-"
         med = statistics.median(only)
         useful = f"{flops / med / 1e9:.0f} ({100 * flops / med / 1e9 / peak:.0f}%)"
@@ -401,7 +358,7 @@ def measure(label, texts, batch_sizes, engines, model, model_dir, peak, args) ->
               f"{host.percent(steal):>10}")
     for bs, seconds in floors:
         print(f"{bs:>5}  {'minilm, projections':<22} {'(the same packed forwards, the six projections alone)':>44}"
-              f"  {len(texts) / seconds:>12.0f}")
+              f"  {rate(seconds):>12.0f}")
     if not args.no_profile:
         print("\nop time by class, model only (op_profile.py says how each engine is measured):")
         for bs, name, _, _, _, shares, _ in rows:
@@ -411,11 +368,11 @@ def measure(label, texts, batch_sizes, engines, model, model_dir, peak, args) ->
             for bs, name, e2e, _, _, _, _ in rows:
                 f.write(json.dumps({"model": str(model_dir), "layers": model.config.num_hidden_layers,
                                     "hidden": model.config.hidden_size, "engine": name, "batch": bs,
-                                    "texts": len(texts), "texts_per_s": round(len(texts) / statistics.median(e2e), 1),
+                                    "texts": len(texts), "texts_per_s": round(rate(statistics.median(e2e)), 1),
                                     "date": time.strftime("%Y-%m-%d")}) + "\n")
     print("\nratios of median end-to-end throughput (minilm / peer):")
     for bs in sorted({r[0] for r in rows}):
-        by = {name: len(texts) / statistics.median(e2e) for b, name, e2e, _, _, _, _ in rows if b == bs}
+        by = {name: rate(statistics.median(e2e)) for b, name, e2e, _, _, _, _ in rows if b == bs}
         for ours in [n for n in by if n.startswith("minilm")]:
             print(f"  batch {bs}: {ours}: " + ", ".join(f"{by[ours] / v:.2f}x {n}" for n, v in by.items()
                                                          if not n.startswith("minilm")))

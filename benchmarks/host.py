@@ -1,9 +1,11 @@
-"""How much of the machine the benchmarks had: the share of CPU time that a virtual machine's host gave to other
-guests (steal time, from /proc/stat). On a shared host it changes from minute to minute and slows each run by its
-own amount, so a ratio measured while it is high, or while it differs between two runs, says little; the benchmarks
-print it beside each engine's figures.
+"""What the benchmarks share: the machine they ran on and the clock they read. How much of the machine a run had is
+the share of CPU time that a virtual machine's host gave to other guests (steal time, from /proc/stat): on a shared
+host it changes from minute to minute and slows each run by its own amount, so a ratio measured while it is high, or
+while it differs between two runs, says little; the benchmarks print it beside each engine's figures.
 """
 import pathlib
+import platform
+import time
 
 
 def cpu_times() -> list[int] | None:
@@ -35,5 +37,14 @@ def cpu_name() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import platform
     return platform.processor() or platform.machine()
+
+
+def timed(fn, repeats: int, *args) -> list[float]:
+    """Seconds of each of `repeats` calls fn(*args)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - t)
+    return times

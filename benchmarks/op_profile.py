@@ -5,18 +5,10 @@
     python benchmarks/op_profile.py --train              # train.py's step: its parts, and its op time by class
 
 embed_bench.py prints the same split for every engine on its own texts (minilm_profile, torch_profile, ort_profile).
-
-The classes:
-- matmul: the Q, K, V, output and feed-forward projections ([tokens, D] x [D, F]);
-- attention: the per-head scores and weighted sum (batched matmuls over [rows, heads, T, T]), the mask, the
-  softmax (for ONNX Runtime's fused Attention op also its Q, K, V projection, which it does not time apart);
-- elementwise: GELU, LayerNorm (with its residual add), and the rest (bias adds, embeddings, transposes, pooling).
-
-How each engine is measured: minilm with JAX's profiler (one event per XLA op, each op classified from the compiled
-HLO: a dot without batch dimensions is a projection; a batched dot, or anything of shape [.., H, T, T], is attention;
-erf is GELU, rsqrt LayerNorm); sentence-transformers with torch.profiler (self time of each aten op); ONNX Runtime
-with its own session profiler (kernel time of each node). Times are summed op times: where ops run side by side
-(XLA runs independent ops on several threads) the sum exceeds the wall time, and the shares are of the sum.
+The classes (matmul: the projections; attention: the per-head scores, mask, softmax and weighted sum; elementwise:
+GELU, LayerNorm and the rest) and how each engine is timed: docs/benchmarks.md. minilm's ops are classified from the
+compiled HLO (hlo_op_classes). Times are summed op times: where ops run side by side (XLA runs independent ops on
+several threads) the sum exceeds the wall time, and the shares are of the sum.
 """
 import argparse
 import collections
@@ -33,10 +25,11 @@ import time
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # minilm and the scripts of this checkout; a sibling script by its plain name
 
 import jax  # noqa: E402
 
+from host import timed  # noqa: E402
 from minilm.fast import embedding as fast, xla  # noqa: E402
 from minilm.st import folder  # noqa: E402
 
@@ -120,10 +113,9 @@ def traced_op_seconds(jitted, calls: list[tuple], label: str = "", **kwargs) -> 
     return seconds, ops
 
 
-def minilm_profile(engine, prepared, top: int = 0) -> dict[str, float]:
-    """Seconds per class of minilm's forwards in `prepared` (embed_bench.Minilm.prepare), one trace per shape."""
+def minilm_profile(m, prepared, top: int = 0) -> dict[str, float]:
+    """Seconds per class of model m's forwards in `prepared` (embed_bench.Minilm.prepare), one trace per shape."""
     plan, arrays = prepared
-    m = engine.model
     forward = profiled_forward()
     by_shape = collections.defaultdict(list)
     for fwd, a in zip(plan, arrays):
@@ -224,6 +216,7 @@ def train_step_profile(model_dir, batch_size: int = 64, repeats: int = 3) -> Non
     import train
     from minilm import optim, parallel
     from minilm.run import runs
+    from minilm.st.heads import Head
     m = folder.load(model_dir)
     with gzip.open(REPO.parent / "shared/data/flickr30k_captions/flickr30k_caption_pairs.jsonl.gz", "rt") as f:
         pairs = [(r["anchor"], r["positive"]) for r in map(json.loads, f)][:12 * batch_size]
@@ -234,11 +227,11 @@ def train_step_profile(model_dir, batch_size: int = 64, repeats: int = 3) -> Non
     host_ms = 1e3 * (time.perf_counter() - t) / len(batches)
     shape = collections.Counter(b.ids_RL.shape for b in batches).most_common(1)[0][0]
     batches = [b for b in batches if b.ids_RL.shape == shape]
-    opts = train.LossOptions(pooling=m.pooling)
+    args, head = train.Args(), Head.of(m)
     jit = functools.partial(jax.jit, compiler_options=xla.compiler_options())
-    loss = jit(lambda p, b, k: train.device_loss(p, parallel.on_one_device(b, mesh), k, cfg=m.config, opts=opts,
-                                                 axis_name=None))
-    loss_and_grads = train.make_loss_and_grads(mesh, m.config, opts)
+    loss = jit(lambda p, b, k: train.device_loss(p, parallel.on_one_device(b, mesh), k, cfg=m.config, args=args,
+                                                 head=head, axis_name=None))
+    loss_and_grads = train.make_loss_and_grads(mesh, m.config, args, head)
     grads = jit(loss_and_grads)
     adam = optim.AdamWConfig(lr=5e-5, warmup=5, total_steps=100)
     update = jit(functools.partial(optim.update, cfg=adam))
@@ -253,11 +246,7 @@ def train_step_profile(model_dir, batch_size: int = 64, repeats: int = 3) -> Non
           f"{len(batches)} batches of that shape; tokenize and pack on the host: {host_ms:.0f} ms a batch")
     for name, f in one.items():
         jax.block_until_ready(f(batches[0]))
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            jax.block_until_ready([f(b) for b in batches])
-            best = min(best, (time.perf_counter() - t) / len(batches))
+        best = min(timed(lambda: jax.block_until_ready([f(b) for b in batches]), repeats)) / len(batches)
         print(f"  {name:<34} {1e3 * best:8.0f} ms")
     # Op time by class, matmuls in YNNPACK so that the profiler sees them (profiled_forward says why).
     profiled = jax.jit(loss_and_grads, compiler_options=xla.MATMUL_LIBRARIES["ynnpack"])
@@ -280,10 +269,9 @@ def main(argv=None):
     if args.train:
         return train_step_profile(args.model or folder.default_model_dir())
 
-    from benchmarks.embed_bench import Minilm
-    engine = Minilm(args.model or folder.default_model_dir(), pack=False)
+    model = folder.get_model(args.model or folder.default_model_dir())
     rng = np.random.default_rng(0)
-    vocab = engine.model.config.vocab_size
+    vocab = model.config.vocab_size
     print(f"minilm on {jax.devices()[0].platform}, {args.tokens} tokens per forward, one text per row")
     for T in map(int, args.lengths.split(",")):
         R = args.tokens // T
@@ -291,7 +279,7 @@ def main(argv=None):
         positions = np.broadcast_to(np.arange(T, dtype=np.int32), (R, T)).copy()
         segments = np.ones((R, T), np.int32)
         plan = [type("Fwd", (), {"slots": 1})()] * args.forwards
-        seconds = minilm_profile(engine, (plan, [(ids, positions, segments)] * args.forwards), args.top)
+        seconds = minilm_profile(model, (plan, [(ids, positions, segments)] * args.forwards), args.top)
         per_forward = sum(seconds.values()) / args.forwards
         print(f"T {T:>4} x {R:>3} rows: {shares_line(seconds)}; {R * T / per_forward:,.0f} tokens/s by op time")
 

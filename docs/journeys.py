@@ -9,7 +9,8 @@ working directory. Every minilm module and the entry script are imported before 
 body runs inside it, and jax.clear_caches() is called right before it, so the jitted functions are traced inside
 it: tracing runs the Python model functions once, which is the code a reader follows. sys.setprofile records every
 Python call from the start of the region to its end. Counted are calls of functions whose code lives in a repository
-file: under --repo, not under tests/ or benchmarks/ (they only drive), not in a hidden folder or site-packages.
+file: under --repo, not under tests/, docs/, benchmarks/ or experiments/ (they only drive or measure), not in a hidden
+folder or site-packages.
 - functions: distinct (file, qualified name) called. Lambdas, comprehensions and generator expressions are not
   counted (a call one makes counts as made by the nearest counted function below it); nested named functions
   and closures are.
@@ -21,8 +22,8 @@ file: under --repo, not under tests/ or benchmarks/ (they only drive), not in a 
   called it, e.g. runs.py's loop calling train.py's next_batch closure).
 Journeys, and the sub-regions reported on their own lines:
 - embed-cli: embed.py main(["--output", X.npy, "--input", 3-line file, "--model", tiny model folder]).
-- embed-plain: minilm.model.embed(texts, model), the plain path's entry (minilm.embedding.embed where
-  minilm/embedding.py exists, in earlier trees);
+- embed-plain: minilm.model.embed(texts, params, cfg, tokenizer) (embed(texts, model) in trees before it), the
+  plain path's entry (minilm.embedding.embed where minilm/embedding.py exists, in earlier trees);
   else (the code before it) model.tokenizer.batch(texts) and minilm.model.sentence_embedding. The form is printed.
   (minilm.embed(texts, fast=False) reaches the same function through one line of minilm/fast/embedding.py.)
 - train-step: train.main(... --steps 2 --log-every 1) as a whole, and /iteration: one turn of the training loop,
@@ -34,10 +35,21 @@ Journeys, and the sub-regions reported on their own lines:
   --steps 2 only marks where the first turn ends; distinct counts of the whole run are those of --steps 1.
 - relation-loss: distill.main(... --steps 1) as a whole, and /device_loss: the calls under distill.py's
   device_loss (itself included), i.e. the relation loss down to minilm/relations.py.
+- train-settings, distill-settings: the journey of a run's settings through train.main(... --steps 1) (train-step's
+  run, one step) and distill.main(... --steps 1) (relation-loss's run). A stop is a call of a counted function (the
+  rules above; a generator resumed is not a new call) that receives the run's settings as an argument: one of its
+  parameters (co_varnames[:co_argcount + co_kwonlyargcount] in f_locals at the call, and the contents of its *args
+  and **kwargs) is an argparse.Namespace, or an instance of a dataclass (dataclasses.is_dataclass, not the class
+  itself) whose class is defined in an entry script (train.py, distill.py) or under minilm/run/, or whose class name
+  ends in Args, Options or Settings. Reported: stops (such calls, in time order), files (distinct files among
+  them), returns (stops whose file was visited earlier in the stop sequence and left since: in A B A the second A
+  counts 1, in A A B none). --verbose lists the stops.
 """
 import argparse
 import atexit
 import contextlib
+import dataclasses
+import inspect
 import io
 import os
 import pathlib
@@ -49,7 +61,10 @@ import tempfile
 
 MARK = re.compile(r"Sampler\.__next__$")  # a batch draw: delimits the training loop's turns
 JOURNEYS = {"embed-cli": ["embed.py"], "embed-plain": [], "train-step": ["train.py"],
-            "relation-loss": ["distill.py", "minilm/relations.py"]}  # name -> files it needs
+            "relation-loss": ["distill.py", "minilm/relations.py"], "train-settings": ["train.py"],
+            "distill-settings": ["distill.py"]}  # name -> files it needs
+SETTINGS_NAMES = ("Args", "Options", "Settings")  # a dataclass whose name ends so holds a run's settings
+GENERATOR = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 
 class Recorder:
@@ -65,7 +80,7 @@ class Recorder:
             if os.path.isabs(code.co_filename) and path.is_relative_to(self.root) and \
                     not code.co_name.startswith("<"):  # <lambda>, <genexpr>, <module>
                 parts = path.relative_to(self.root).parts
-                if parts[0] not in ("tests", "benchmarks") and not any(p.startswith(".") or p == "site-packages"
+                if parts[0] not in ("tests", "docs", "benchmarks", "experiments") and not any(p.startswith(".") or p == "site-packages"
                                                                       for p in parts):
                     k = ("/".join(parts), code.co_qualname)
             self.keys[code] = k
@@ -95,6 +110,60 @@ class Recorder:
             return fn()
         finally:
             sys.setprofile(None)
+
+
+class SettingsRecorder(Recorder):
+    """Also records the stops of a run's settings: stops = [(key, names of the parameters that hold settings)]."""
+
+    def __init__(self, root: pathlib.Path):
+        super().__init__(root)
+        self.stops, self.generators, self.classes = [], {}, {}
+
+    def is_settings(self, value) -> bool:
+        if isinstance(value, argparse.Namespace):
+            return True
+        if not dataclasses.is_dataclass(value) or isinstance(value, type):
+            return False
+        cls = type(value)
+        if cls not in self.classes:
+            file = getattr(sys.modules.get(cls.__module__), "__file__", None) or ""
+            path = pathlib.Path(os.path.realpath(file))
+            rel = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else ""
+            self.classes[cls] = rel in ("train.py", "distill.py") or rel.startswith("minilm/run/") \
+                or cls.__name__.endswith(SETTINGS_NAMES)
+        return self.classes[cls]
+
+    def __call__(self, frame, event, arg):
+        super().__call__(frame, event, arg)
+        code = frame.f_code
+        if event != "call" or not self.key(code):
+            return
+        if code.co_flags & GENERATOR:  # a generator's frame sends "call" at every resumption: count its first
+            if self.generators.get(id(frame)) is frame:
+                return
+            self.generators[id(frame)] = frame  # held, so that its id is not reused
+        n = code.co_argcount + code.co_kwonlyargcount
+        names = list(code.co_varnames[:n])
+        star = code.co_varnames[n:n + bool(code.co_flags & inspect.CO_VARARGS)
+                                + bool(code.co_flags & inspect.CO_VARKEYWORDS)]
+        local, held = frame.f_locals, []
+        for name in names + list(star):
+            value = local.get(name)
+            values = value.values() if name in star and isinstance(value, dict) else \
+                value if name in star and isinstance(value, tuple) else [value]
+            if any(self.is_settings(v) for v in values):
+                held.append(name)
+        if held:
+            self.stops.append((self.key(code), held))
+
+
+def report_settings(name, stops, verbose):
+    files = [key[0] for key, _ in stops]
+    returns = sum(1 for i, f in enumerate(files) if i and f != files[i - 1] and f in files[:i - 1])
+    say(f"journey {name}: {len(set(files))} files, {len(stops)} stops, {returns} returns into a file already left")
+    if verbose:
+        for (file, qualname), held in stops:
+            say(f"  stop {file}:{qualname} ({', '.join(held)})")
 
 
 def say(*lines):  # the report; the journey's own prints go to the sys.stdout it was given
@@ -164,7 +233,11 @@ def run_journey(name, repo: pathlib.Path, verbose: bool):
         model = tiny_model(tmp)
         if hasattr(importlib.import_module("minilm.model"), "embed"):
             from minilm.model import embed as plain_embed
-            form, fn = "minilm.model.embed(texts, model)", lambda: plain_embed(texts, model)
+            if "tokenizer" in inspect.signature(plain_embed).parameters:  # the book's own arguments, no Model
+                form = "minilm.model.embed(texts, params, cfg, tokenizer)"
+                fn = lambda: plain_embed(texts, model.params, model.config, model.tokenizer)  # noqa: E731
+            else:
+                form, fn = "minilm.model.embed(texts, model)", lambda: plain_embed(texts, model)
         elif (pathlib.Path("minilm") / "embedding.py").is_file():
             plain_embed = importlib.import_module("minilm.embedding").embed
             form, fn = "minilm.embedding.embed(texts, model)", lambda: plain_embed(texts, model)
@@ -175,11 +248,12 @@ def run_journey(name, repo: pathlib.Path, verbose: bool):
                 b = model.tokenizer.batch(texts)
                 return jax.block_until_ready(sentence_embedding(model.params, b.ids_BT, b.mask_BT, model.config))
             form = "model.tokenizer.batch(texts) + minilm.model.sentence_embedding (the code before minilm.embedding)"
-    elif name == "train-step":
+    elif name in ("train-step", "train-settings"):
         import train
         train_folder(tmp)
         argv = ["--model", str(tmp / "model"), "--data", str(tmp / "pairs.jsonl"), "--batch-size", "8",
-                "--max-length", "16", "--warmup", "1", "--steps", "2", "--log-every", "1", "--out", str(tmp / "out")]
+                "--max-length", "16", "--warmup", "1", "--steps", "2" if name == "train-step" else "1",
+                "--log-every", "1", "--out", str(tmp / "out")]
         script = train
     else:
         import distill
@@ -193,13 +267,15 @@ def run_journey(name, repo: pathlib.Path, verbose: bool):
             if (rc := script.main(argv)) != 0:
                 raise RuntimeError(f"{script.__name__}.py main exited {rc}")
 
-    recorder, out = Recorder(repo), io.StringIO()
+    recorder, out = (SettingsRecorder if name.endswith("-settings") else Recorder)(repo), io.StringIO()
     jax.clear_caches()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             recorder.run(fn)
     except (Exception, SystemExit) as e:
         raise SystemExit(f"journey {name}: FAILED: {type(e).__name__}: {e}\n{out.getvalue()[-2000:]}") from e
+    if name.endswith("-settings"):
+        return report_settings(name, recorder.stops, verbose)
     report(name, recorder.calls, verbose)
     if form:
         say(f"  measured: {form}")

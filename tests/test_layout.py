@@ -82,23 +82,86 @@ def test_the_check_above_can_fail(tmp_path):
     assert imports(tmp_path / "m.py", module_files()) == {"minilm.fast.packing"}
 
 
-def test_no_import_cycles():
-    known = module_files()
-    graph = {name: imports(path, known) - {name} for name, path in known.items()}
+NOT_CODE = {"runs", "out", "out-distill", "build", "venv"}  # run outputs and environments beside the code
+
+
+def every_python_file() -> dict[str, pathlib.Path]:
+    """Every Python file of the repository by its dotted path: the package and the scripts (module_files), and every
+    other folder's files ("tests.tiny", "benchmarks.host", "experiments.retrieval_data", "docs.journeys")."""
+    files = module_files()
+    for folder in sorted(REPO.iterdir()):
+        if folder.is_dir() and folder.name != "minilm" and folder.name not in NOT_CODE \
+                and not folder.name.startswith(".") and not folder.name.endswith(".egg-info"):
+            for path in sorted(folder.rglob("*.py")):
+                parts = path.relative_to(REPO).with_suffix("").parts
+                files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
+
+
+def import_graph(known: dict) -> dict[str, set[str]]:
+    """{module: the repository modules it imports}. A name resolves as the file's own sys.path would have it: the
+    repository root first (`minilm.x`, `train`, `tests.tiny`), then the file's folder (a script importing a sibling
+    by its plain name, `import host` in benchmarks/), then the one other folder holding it (a test that put
+    experiments/ on sys.path)."""
+    graph = {}
+    for name, path in known.items():
+        folder = ".".join(path.parent.relative_to(REPO).parts)
+
+        def resolve(module):
+            others = [k for k in known if k.endswith("." + module) and k.count(".") == module.count(".") + 1]
+            for candidate in (module, f"{folder}.{module}", *(others if len(others) == 1 else [])):
+                if candidate in known:
+                    return candidate
+            return None
+
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(resolve(alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.update(resolve(f"{node.module}.{alias.name}") or resolve(node.module) for alias in node.names)
+        graph[name] = found - {None, name}
+    return graph
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """The first import cycle found (a -> b -> a), or None."""
     state = {}  # name -> "open" while on the path, "done" after
 
     def visit(name, path):
         state[name] = "open"
         for dep in sorted(graph[name]):
             if state.get(dep) == "open":
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(dep):] + [dep]))
-            if dep not in state:
-                visit(dep, path + [dep])
+                return path[path.index(dep):] + [dep]
+            if dep not in state and (cycle := visit(dep, path + [dep])):
+                return cycle
         state[name] = "done"
+        return None
 
     for name in graph:
-        if name not in state:
-            visit(name, [name])
+        if name not in state and (cycle := visit(name, [name])):
+            return cycle
+    return None
+
+
+def test_no_import_cycles():
+    """Anywhere: the package, the scripts, benchmarks/, experiments/, docs/*.py and tests/."""
+    known = every_python_file()
+    assert {"minilm.model", "train", "tests.tiny", "benchmarks.host", "experiments.retrieval_data",
+            "docs.journeys"} <= set(known)
+    graph = import_graph(known)
+    cycle = import_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_check_sees_every_folder_and_can_fail():
+    """A sibling imported by its plain name is an edge (benchmarks/embed_bench.py: `import op_profile`), and a
+    planted cycle between two scripts of one folder is found."""
+    graph = import_graph(every_python_file())
+    assert {"benchmarks.op_profile", "benchmarks.host"} <= graph["benchmarks.embed_bench"]
+    assert "experiments.retrieval_data" in graph["tests.test_retrieval_data"]
+    planted = import_cycle({**graph, "benchmarks.host": {"benchmarks.embed_bench"}})
+    assert set(planted) == {"benchmarks.embed_bench", "benchmarks.host"}, planted
 
 
 def test_fast_path_modules_say_what_they_optimise_and_which_test_proves_it():
