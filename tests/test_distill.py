@@ -79,12 +79,12 @@ def test_eight_devices_and_packing_equal_one_padded_device(setup, case):
     if kind == "narrow" and embedding_loss != "none":
         rng = np.random.default_rng(5)
         projection = jnp.asarray(pca_projection(rng.standard_normal((64, 32)).astype(np.float32), 16))
-    opts = distill.LossOptions(t_cfg=teacher.config, s_cfg=student.config, relations=rel, heads=heads, t_layer=1,
-                               s_layer=0, embedding_loss=embedding_loss, embedding_weight=0.7, ranking_weight=ranking)
-    one = jax.jit(jax.value_and_grad(functools.partial(distill.device_loss, axis_name=None, opts=opts,
+    pair = distill.Pair(t_cfg=teacher.config, s_cfg=student.config, relations=rel, heads=heads, t_layer=1, s_layer=0)
+    args = distill.Args(embedding_loss=embedding_loss, embedding_weight=0.7, ranking_weight=ranking)
+    one = jax.jit(jax.value_and_grad(functools.partial(distill.device_loss, axis_name=None, args=args, pair=pair,
                                                        projection=projection), has_aux=True))
     mesh = parallel.make_mesh(8)
-    eight = jax.jit(distill.make_loss_and_grads(mesh, opts, projection))  # distill.py's own shard_map step
+    eight = jax.jit(distill.make_loss_and_grads(mesh, args, pair, projection))  # distill.py's own shard_map step
     on_device = lambda b: jax.tree.map(jnp.asarray, b)
     texts = batch_pairs() if ranking else batch_texts()
     (l1, parts1), g1 = one(student.params, teacher.params, on_device(batch(teacher, texts, 1, pack=False)), None, None)
@@ -114,9 +114,8 @@ def test_no_gradient_reaches_the_teacher(setup):
     teacher = load(setup / "teacher")
     student = distill.make_student(distill.Args(student_layers=(1,)), teacher)
     rel = parse_relations("qq,kk,vv")
-    opts = distill.LossOptions(t_cfg=teacher.config, s_cfg=student.config, relations=rel, heads=(8, 8), t_layer=1,
-                               s_layer=0, embedding_loss="mse")
-    loss = functools.partial(distill.device_loss, opts=opts, axis_name=None)
+    pair = distill.Pair(t_cfg=teacher.config, s_cfg=student.config, relations=rel, heads=(8, 8), t_layer=1, s_layer=0)
+    loss = functools.partial(distill.device_loss, args=distill.Args(embedding_loss="mse"), pair=pair, axis_name=None)
     b = jax.tree.map(jnp.asarray, batch(teacher, batch_texts(), 1, pack=True))
     t_grads = jax.grad(lambda t: loss(student.params, t, b, None, jax.random.key(0))[0])(teacher.params)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(t_grads))
@@ -129,9 +128,9 @@ def test_loss_is_zero_when_the_student_is_the_teacher(setup, embedding_loss="mse
     their embeddings differ in the last bit (the mse was 2e-17 here). A real difference (dropout left on, another
     pooling, a layer skipped) gives 1e-6 or more."""
     teacher = load(setup / "teacher")
-    opts = distill.LossOptions(t_cfg=teacher.config, s_cfg=teacher.config, relations=parse_relations("qq,kk,vv"),
-                               heads=(8, 8), t_layer=-1 % 2, s_layer=-1 % 2, embedding_loss=embedding_loss)
-    kw = dict(opts=opts, axis_name=None)
+    pair = distill.Pair(t_cfg=teacher.config, s_cfg=teacher.config, relations=parse_relations("qq,kk,vv"),
+                        heads=(8, 8), t_layer=-1 % 2, s_layer=-1 % 2)
+    kw = dict(args=distill.Args(embedding_loss=embedding_loss), pair=pair, axis_name=None)
     for pack in (False, True):
         b = jax.tree.map(jnp.asarray, batch(teacher, batch_texts(), 1, pack))
         loss, parts = jax.jit(functools.partial(distill.device_loss, **kw))(teacher.params, teacher.params, b, None,
@@ -294,5 +293,5 @@ def test_help_documents_every_flag(capsys):
         assert "--" + f.name.replace("_", "-") in text
     # the docstring's continued command keeps its backslash-newline; --data takes pair and triplet files too
     assert "--embedding-loss mse \\\n        --teacher-cache teacher.safetensors" in raw
-    assert "pair / triplet files (.jsonl[.gz], .tsv[.gz])" in text and "[-h] --data DATA [DATA ...]" in text
+    assert "pair / triplet files (.jsonl[.gz], .tsv[.gz])" in text and "[-h] [--data DATA [DATA ...]]" in text
     assert set(distill.cli.field_comments(distill.Args)) == {f.name for f in dataclasses.fields(distill.Args)}

@@ -2,6 +2,7 @@
 against the plain step. Losses and gradients within atol 1e-5 (measured here: loss <= 1e-6, gradients <= 3.3e-6,
 with gradient entries up to ~1); float32,
 matmul precision 'highest'; dropout off, except in the replay test, which fixes the dropout keys."""
+import dataclasses
 import functools
 
 import jax
@@ -30,18 +31,18 @@ def make_batch(model, columns: int, seed: int = 0):
 
 
 OPTIONS = {
-    "pairs": (2, train.LossOptions()),
-    "pairs-symmetric": (2, train.LossOptions(symmetric=True, scale=10.0)),
-    "triplets": (3, train.LossOptions()),
-    "triplets-symmetric": (3, train.LossOptions(symmetric=True)),
-    "matryoshka": (2, train.LossOptions(matryoshka_dims=(32, 16, 8), matryoshka_weights=(1.0, 0.5, 0.25))),
-    "adaptive-layers": (2, train.LossOptions(adaptive_layers=True, symmetric=True)),
+    "pairs": (2, train.Args()),
+    "pairs-symmetric": (2, train.Args(symmetric=True, scale=10.0)),
+    "triplets": (3, train.Args()),
+    "triplets-symmetric": (3, train.Args(symmetric=True)),
+    "matryoshka": (2, train.Args(matryoshka_dims=(32, 16, 8), matryoshka_weights=(1.0, 0.5, 0.25))),
+    "adaptive-layers": (2, train.Args(adaptive_layers=True, symmetric=True)),
 }
 
 
 @functools.lru_cache
 def single_device_fn(cfg, opts):
-    return jax.jit(jax.value_and_grad(functools.partial(train.device_loss, cfg=cfg, opts=opts, axis_name=None)))
+    return jax.jit(jax.value_and_grad(functools.partial(train.device_loss, cfg=cfg, args=opts, axis_name=None)))
 
 
 def single_device(model, batch, opts, key=None):
@@ -51,7 +52,7 @@ def single_device(model, batch, opts, key=None):
 def sharded(model, batch, opts, n, mini=0, key=None):
     """train.py's own shard_map step (make_loss_and_grads) on n devices."""
     mesh = parallel.make_mesh(n)
-    fn = train.make_loss_and_grads(mesh, model.config, opts, mini)
+    fn = train.make_loss_and_grads(mesh, model.config, dataclasses.replace(opts, mini_batch_size=mini))
     return jax.jit(fn)(parallel.replicate(model.params, mesh), parallel.shard_batch(batch, mesh), key)
 
 
@@ -78,7 +79,7 @@ def test_negatives_span_every_device(tmp_path):
     """Without the all_gather each device would see only its own 2 rows: the loss would differ."""
     model = tiny_model(tmp_path)
     batch = make_batch(model, 2)
-    opts = train.LossOptions()
+    opts = train.Args()
     local_only = np.mean([float(single_device(model, train.Padded(*(x[:, i:i + 2] for x in batch)), opts)[0])
                           for i in range(0, B, 2)])
     assert abs(float(sharded(model, batch, opts, 8)[0]) - local_only) > 0.1
@@ -99,8 +100,8 @@ def test_gradcache_replays_the_same_dropout(tmp_path):
     computed with the same per-chunk keys: the replay saw exactly the dropout of the first pass."""
     model = tiny_model(tmp_path)
     batch = jax.tree.map(jnp.asarray, make_batch(model, 2))
-    opts, mini = train.LossOptions(symmetric=True), 4
-    cached = jax.jit(functools.partial(train.cached_device_loss_and_grads, cfg=model.config, opts=opts, mini=mini,
+    opts, mini = train.Args(symmetric=True), 4
+    cached = jax.jit(functools.partial(train.cached_device_loss_and_grads, cfg=model.config, args=opts, mini=mini,
                                        axis_name=None))
     with_dropout = cached(model.params, batch, jax.random.key(7))
 

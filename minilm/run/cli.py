@@ -32,10 +32,9 @@ def field_comments(cls) -> dict[str, str]:
 def parse(cls, argv=None, description: str | None = None):
     """Parse argv -> (an instance of the dataclass `cls`, the parser, the names of the fields given on the command
     line). Bool fields are --flag / --no-flag; list fields (tuple types) take one value per occurrence or
-    comma-separated values; Literal fields take one of their values. A comment that starts with "required" marks an
-    option the run needs (shown so in the usage line), unless it resumes a run (--resume), which has it saved."""
+    comma-separated values; Literal fields take one of their values. What a run needs (--data) each script checks,
+    with the rest of its options, after a resumed run's saved options are read back."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    resuming = any(a == "--resume" or a.startswith("--resume=") for a in argv)
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     hints, comments, tuples = typing.get_type_hints(cls), field_comments(cls), {}
     inherited = {f.name for base in cls.__bases__ if dataclasses.is_dataclass(base) for f in dataclasses.fields(base)}
@@ -46,17 +45,16 @@ def parse(cls, argv=None, description: str | None = None):
         help_text = comment if "default" in comment or default in (None, ()) else f"{comment} (default: {default})"
         args = typing.get_args(kind)
         base = next((a for a in args if a is not type(None)), kind) if args and type(None) in args else kind
-        required = comment.startswith("required") and not resuming
         if base is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(base) is typing.Literal:
             p.add_argument(flag, choices=typing.get_args(base), default=default, help=help_text)
         elif typing.get_origin(base) is tuple:
-            p.add_argument(flag, nargs="+", default=default, required=required,
+            p.add_argument(flag, nargs="+", default=default,
                            help=help_text + "; several values, or comma-separated")
             tuples[f.name] = typing.get_args(base)[0]
         else:
-            p.add_argument(flag, type=base, default=default, required=required, help=help_text)
+            p.add_argument(flag, type=base, default=default, help=help_text)
     values = vars(p.parse_args(argv))
     for action in p._actions:  # parse again with no defaults: what is left was given
         action.default = argparse.SUPPRESS

@@ -22,21 +22,12 @@ from minilm.st.folder import Model
 
 @dataclasses.dataclass(frozen=True)
 class RunArgs:
-    """The options of every run; train.py and distill.py add their own (and may change a default)."""
+    """How a run of train.py or distill.py is run: where it saves, on which devices, what it logs and evaluates. The
+    settings of the training itself (data, steps, batch, learning rate, ...) open each script."""
     out: str = "out"  # output folder: checkpoints step-N/, metrics.jsonl, args.json
     resume: str | None = None  # continue a run as it was, from a checkpoint folder or an --out folder (its latest):
     # every option as saved unless given again (printed), into the same folder; --data and --batch-size cannot change,
     # and the model is the checkpoint's
-    steps: int = 1000  # optimizer steps in all (resuming with more extends the run: the linear decay is redrawn
-    # to the new end)
-    batch_size: int = 64  # global batch: rows over all devices
-    lr: float = 2e-5  # peak learning rate (AdamW)
-    warmup: int = 100  # linear warmup steps, then linear decay to 0 at --steps
-    weight_decay: float = 0.01  # decoupled, not on biases and LayerNorm
-    max_grad_norm: float = 1.0  # global gradient-norm clipping (0: off)
-    max_length: int = 128  # tokens per text including [CLS] and [SEP] (all-MiniLM-L6-v2 trained with 128)
-    dropout: bool = True  # dropout as in the config (0.1) while training
-    pack: bool = True  # sequence packing: many texts per row (block-diagonal attention), no padding compute
     devices: int = 0  # devices on the 'data' mesh axis (0: all)
     distributed: bool = False  # multi-process: join the other processes first (jax.distributed.initialize; Cloud
     # TPU, Slurm and Open MPI are found by themselves, other launchers give --coordinator and the two below)
@@ -46,7 +37,6 @@ class RunArgs:
     process_id: int = -1  # multi-process, with --coordinator: this process's number, 0..num_processes-1
     peer_timeout: int = 60  # multi-process: seconds without a sign of life from a process after which the others
     # stop with an error instead of waiting for it
-    seed: int = 0  # data order and dropout derive from it
     eval_sts: str | None = None  # STS file (CSV sentence1,sentence2,score; TSV, JSONL) for Spearman during training
     eval_ir: str | None = None  # BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv) for nDCG@10 etc.
     eval_every: int = 0  # evaluate every K steps (0: only at the end, if --eval-sts or --eval-ir)
@@ -58,7 +48,7 @@ class RunArgs:
     time_limit: float = 0.0  # minutes of training after which to save and stop (0: none)
 
 
-def make_mesh(args: RunArgs, min_batch: int = 1):
+def make_mesh(args, min_batch: int = 1):
     """The 'data' mesh of a run: joins the other processes first (multi-process runs), turns on the compilation
     cache (a rerun or a resume loads its compiled steps from disk) and, on a CPU, measures the matmul libraries once
     per machine (fast/xla.py). The global batch must split evenly over the mesh's devices."""
@@ -73,14 +63,14 @@ def make_mesh(args: RunArgs, min_batch: int = 1):
     return mesh
 
 
-def check_max_length(args: RunArgs, *cfgs) -> None:
+def check_max_length(args, *cfgs) -> None:
     """--max-length must fit the position table of every model the run uses."""
     longest = min(c.max_position_embeddings for c in cfgs)
     if args.max_length > longest:
         raise ValueError(f"--max-length {args.max_length} exceeds max_position_embeddings {longest}")
 
 
-def adamw(args: RunArgs) -> optim.AdamWConfig:
+def adamw(args) -> optim.AdamWConfig:
     if args.steps < 1:
         raise ValueError(f"--steps {args.steps} must be >= 1")
     if args.warmup > args.steps:
