@@ -180,7 +180,7 @@ def make_loss_and_grads(mesh, args: Args, pair: Pair, projection=None):
 def make_distill_step(mesh, args: Args, pair: Pair, projection=None):
     """step(student, opt_state, teacher, batch, targets, key) -> (student, opt_state, stats), jitted."""
     loss_and_grads = make_loss_and_grads(mesh, args, pair, projection)
-    adam = runs.adamw(args)
+    adam = runs.adamw(args.lr, args.warmup, args.steps, args.weight_decay, args.max_grad_norm)
 
     def step(s_params, opt_state, t_params, batch, targets, key):
         (loss, parts), grads = loss_and_grads(s_params, t_params, batch, targets, key)
@@ -213,7 +213,7 @@ def distill(args: Args) -> int:
     heads = relation_heads(relations, t_cfg, s_cfg, args.num_relation_heads or None) if relations else (0, 0)
     t_layer = cli.index(args.teacher_layer, t_cfg.num_hidden_layers, "--teacher-layer")
     s_layer = cli.index(args.student_layer, s_cfg.num_hidden_layers, "--student-layer")
-    runs.check_max_length(args, t_cfg, s_cfg)
+    runs.check_max_length(args.max_length, t_cfg, s_cfg)
     if args.ranking_weight:  # (query, passage) pairs, by train.py's sampler: no text twice in a batch
         specs = parse_data_specs(list(args.data))
         sampler = BatchSampler(specs, args.batch_size, seed=args.seed, examples={s.path: read_pairs(s.path)
@@ -223,11 +223,12 @@ def distill(args: Args) -> int:
     else:  # texts, one column
         sampler = TextSampler(list(args.data), args.batch_size, seed=args.seed)
         texts, columns = sampler.texts, lambda batch: [(t,) for t in batch]
-    evals = runs.read_evals(args)
+    evals = runs.read_evals(args.eval_sts, args.eval_ir)
     embedding = args.embedding_loss != "none" or args.ranking_weight > 0  # the sentence embeddings are needed
     cache = teacher_cache(args.teacher_cache, texts, teacher, args.max_length) \
         if embedding and args.teacher_cache else None
-    projection = projection_for(args, teacher, student, texts, cache)
+    projection = projection_for(teacher, student, texts, cache, embedding_loss=args.embedding_loss,
+                                seed=args.seed, max_length=args.max_length)
 
     # The step and the state it updates.
     pair = Pair(t_cfg, s_cfg, relations, heads, t_layer, s_layer, Head.of(teacher), Head.of(student))
@@ -248,8 +249,8 @@ def distill(args: Args) -> int:
         print(f"distilling the teacher ({shape(t_cfg)}) into the student ({shape(s_cfg)}) by "
               f"{' and '.join(objectives)}; {len(texts):,} texts ({len(set(texts)):,} distinct), "
               f"{mesh.size} device(s)")
-        cli.print_args(args)
-    if resume.finished("distill.py", start, args):
+        runs.print_args(args)
+    if resume.finished("distill.py", start, args.steps, args.resume):
         return 0
     rows = parallel.process_rows(args.batch_size)  # this process's rows of every global batch
     base_key = jax.random.key(args.seed)

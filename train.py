@@ -151,7 +151,7 @@ def make_train_step(mesh, cfg, args: Args, head: Head = Head()):
     """step(params, opt_state, batch, key) -> (params, opt_state, stats), jitted; batch is Padded or Packed,
     placed on the mesh (parallel.shard_batch)."""
     loss_and_grads = make_loss_and_grads(mesh, cfg, args, head)
-    adam = runs.adamw(args)
+    adam = runs.adamw(args.lr, args.warmup, args.steps, args.weight_decay, args.max_grad_norm)
 
     def step(params, opt_state, batch, key):
         loss, grads = loss_and_grads(params, batch, key)
@@ -190,7 +190,7 @@ def train(args: Args) -> int:
         params, cfg = keep_layers(model.params, model.config, args.keep_layers)
         model = dataclasses.replace(model, params=params, config=cfg)
     cfg = model.config
-    runs.check_max_length(args, cfg)
+    runs.check_max_length(args.max_length, cfg)
     for d in args.matryoshka_dims:
         if not 1 <= d <= model.dim:
             raise ValueError(f"--matryoshka-dims: {d} is outside 1..{model.dim}")
@@ -203,7 +203,7 @@ def train(args: Args) -> int:
                   f"{kinds[n['kind']]}, and a batch's rows share their columns", file=sys.stderr)
         if n["malformed"]:
             print(f"{path}: skipped {n['malformed']} malformed lines", file=sys.stderr)
-    evals = runs.read_evals(args)
+    evals = runs.read_evals(args.eval_sts, args.eval_ir)
 
     # The step and the state it updates.
     train_step = make_train_step(mesh, cfg, args, Head.of(model))
@@ -212,8 +212,8 @@ def train(args: Args) -> int:
         print(f"training {cfg.num_hidden_layers}-layer model ({sum(x.size for x in jax.tree.leaves(params)):,} "
               f"params, {model.pooling} pooling) on {mesh.size} {jax.devices()[0].platform} device(s), "
               f"{jax.process_count()} process(es)")
-        cli.print_args(args)
-    if resume.finished("train.py", start, args):
+        runs.print_args(args)
+    if resume.finished("train.py", start, args.steps, args.resume):
         return 0
     rows = parallel.process_rows(args.batch_size)  # this process's rows of every global batch
     pack = args.pack and not args.mini_batch_size and model.pooling in PACKED_POOLING_MODES  # max pooling: padded

@@ -206,7 +206,7 @@ def turn(calls):
 
 
 def run_journey(name, repo: pathlib.Path, verbose: bool):
-    sys.stdout = io.StringIO()  # the journey's own prints (cli.print_args binds sys.stdout at import) go here
+    sys.stdout = io.StringIO()  # the journey's own prints (runs.print_args binds sys.stdout at import) go here
     sys.path.insert(0, str(repo))
     os.chdir(repo)
     import importlib

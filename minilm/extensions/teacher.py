@@ -93,21 +93,22 @@ def pca_projection(emb_ND: np.ndarray, dim: int) -> np.ndarray:
     return vectors_DD[:, ::-1][:, :dim].astype(np.float32)
 
 
-def projection_for(args, teacher: Model, student: Model, texts: list[str], cache) -> np.ndarray | None:
-    """None when the widths agree; else the PCA projection of the teacher's embeddings of PCA_TEXTS texts, drawn
-    with the run's seed (the same on resume)."""
+def projection_for(teacher: Model, student: Model, texts: list[str], cache, *, embedding_loss: str, seed: int,
+                   max_length: int) -> np.ndarray | None:
+    """None when the widths agree (or there is no --embedding-loss); else the PCA projection of the teacher's
+    embeddings of PCA_TEXTS texts, drawn with the run's seed (the same on resume)."""
     D_t, D_s = teacher.dim, student.dim  # the embeddings' widths (a Dense module may change the hidden size)
-    if args.embedding_loss == "none" or D_t == D_s:
+    if embedding_loss == "none" or D_t == D_s:
         return None
     if D_s > D_t:
         raise ValueError(f"--embedding-loss needs a student no wider than its teacher: student {D_s}, teacher {D_t}")
-    rng = np.random.default_rng([args.seed, 1])
+    rng = np.random.default_rng([seed, 1])
     texts = [texts[i] for i in rng.permutation(len(texts))[:PCA_TEXTS]]
     if cache is not None:
         emb_ND = np.stack([cache[t] for t in texts])
     else:
         from minilm.fast.embedding import embed
-        emb_ND = embed(texts, teacher, max_length=args.max_length)
+        emb_ND = embed(texts, teacher, max_length=max_length)
     if len(emb_ND) < D_s:
         raise ValueError(f"PCA to {D_s} dimensions needs at least {D_s} texts; --data has {len(emb_ND)}")
     return pca_projection(emb_ND, D_s)

@@ -73,24 +73,3 @@ def index(i: int, n: int, flag: str) -> int:
     if not -n <= i < n:
         raise ValueError(f"{flag} {i} is outside {-n}..{n - 1}")
     return i % n
-
-
-def print_args(args, file=None) -> None:
-    """The options this run sets, as flags, wrapped; every option, defaults included, is in the run's args.json."""
-    given = []
-    for f in dataclasses.fields(args):
-        value = getattr(args, f.name)
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if value != default:
-            flag = f.name.replace("_", "-")
-            if isinstance(value, bool):
-                given.append(f"--{flag}" if value else f"--no-{flag}")
-            else:
-                shown = " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
-                given.append(f"--{flag} {shown}")
-    lines = [""]
-    for item in given:  # a flag and its value stay on one line
-        lines[-1:] = [f"{lines[-1]} {item}".strip()] if len(lines[-1]) + len(item) < 116 else [lines[-1], item]
-    print("\n".join(f"  {line}" for line in lines if line) + f"\n  (every option: {args.out}/args.json)",
-          file=file or sys.stdout)
-

@@ -118,12 +118,12 @@ def resumed_args(args, given: set[str]):
     return new
 
 
-def finished(script: str, start: int, args) -> bool:
+def finished(script: str, start: int, steps: int, resume: str | None) -> bool:
     """True (and says so) when a resumed run is already at its last step."""
-    if start < args.steps:
+    if start < steps:
         return False
-    print(f"{script}: {args.resume} is at step {start} of --steps {args.steps}: the run is finished, nothing to do "
-          f"(--resume {args.resume} --steps N goes on to step N)", file=sys.stderr)
+    print(f"{script}: {resume} is at step {start} of --steps {steps}: the run is finished, nothing to do "
+          f"(--resume {resume} --steps N goes on to step N)", file=sys.stderr)
     return True
 
 

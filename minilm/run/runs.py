@@ -63,22 +63,23 @@ def make_mesh(args, min_batch: int = 1):
     return mesh
 
 
-def check_max_length(args, *cfgs) -> None:
+def check_max_length(max_length: int, *cfgs) -> None:
     """--max-length must fit the position table of every model the run uses."""
     longest = min(c.max_position_embeddings for c in cfgs)
-    if args.max_length > longest:
-        raise ValueError(f"--max-length {args.max_length} exceeds max_position_embeddings {longest}")
+    if max_length > longest:
+        raise ValueError(f"--max-length {max_length} exceeds max_position_embeddings {longest}")
 
 
-def adamw(args) -> optim.AdamWConfig:
-    if args.steps < 1:
-        raise ValueError(f"--steps {args.steps} must be >= 1")
-    if args.warmup > args.steps:
-        print(f"warning: --warmup {args.warmup} is longer than the run's --steps {args.steps}: the learning rate "
-              f"never reaches --lr {args.lr:g} (it ends at {args.lr * max(args.steps - 1, 0) / args.warmup:.2g}) "
+def adamw(lr: float, warmup: int, steps: int, weight_decay: float, max_grad_norm: float) -> optim.AdamWConfig:
+    """The optimizer of a run's --lr, --warmup, --steps, --weight-decay and --max-grad-norm (0: no clipping)."""
+    if steps < 1:
+        raise ValueError(f"--steps {steps} must be >= 1")
+    if warmup > steps:
+        print(f"warning: --warmup {warmup} is longer than the run's --steps {steps}: the learning rate "
+              f"never reaches --lr {lr:g} (it ends at {lr * max(steps - 1, 0) / warmup:.2g}) "
               f"and never decays", file=sys.stderr)
-    return optim.AdamWConfig(lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, total_steps=args.steps,
-                             max_grad_norm=args.max_grad_norm or None)
+    return optim.AdamWConfig(lr=lr, weight_decay=weight_decay, warmup=warmup, total_steps=steps,
+                             max_grad_norm=max_grad_norm or None)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -116,12 +117,33 @@ def with_params(model: Model, params: dict) -> Model:
 # The bookkeeping of a run.
 
 
-def read_evals(args: RunArgs) -> list:
+def print_args(args, file=None) -> None:
+    """The options this run sets, as flags, wrapped; every option, defaults included, is in the run's args.json."""
+    given = []
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if value != default:
+            flag = f.name.replace("_", "-")
+            if isinstance(value, bool):
+                given.append(f"--{flag}" if value else f"--no-{flag}")
+            else:
+                shown = " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+                given.append(f"--{flag} {shown}")
+    lines = [""]
+    for item in given:  # a flag and its value stay on one line
+        lines[-1:] = [f"{lines[-1]} {item}".strip()] if len(lines[-1]) + len(item) < 116 else [lines[-1], item]
+    print("\n".join(f"  {line}" for line in lines if line) + f"\n  (every option: {args.out}/args.json)",
+          file=file or sys.stdout)
+
+
+
+def read_evals(eval_sts: str | None, eval_ir: str | None) -> list:
     """The evaluation sets a run scores as it goes: --eval-sts pairs and an --eval-ir retrieval set, read (and so
     checked) before training starts."""
     from minilm.tools.evaluate import read_sts
     from minilm.tools.retrieval import read_beir
-    return ([read_sts(args.eval_sts)] if args.eval_sts else []) + ([read_beir(args.eval_ir)] if args.eval_ir else [])
+    return ([read_sts(eval_sts)] if eval_sts else []) + ([read_beir(eval_ir)] if eval_ir else [])
 
 
 class StopRequest:
