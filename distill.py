@@ -210,14 +210,14 @@ def distill(args: Args) -> int:
     if not relations and args.embedding_loss == "none" and not args.ranking_weight:
         raise ValueError("nothing to distil: --relations none needs --embedding-loss mse or cosine, or "
                          "--ranking-weight")
-    heads = relation_heads(relations, t_cfg, s_cfg, args.num_relation_heads or None) if relations else (0, 0)
+    heads = relation_heads(t_cfg, s_cfg, args.num_relation_heads or None) if relations else (0, 0)
     t_layer = cli.index(args.teacher_layer, t_cfg.num_hidden_layers, "--teacher-layer")
     s_layer = cli.index(args.student_layer, s_cfg.num_hidden_layers, "--student-layer")
     runs.check_max_length(args.max_length, t_cfg, s_cfg)
     if args.ranking_weight:  # (query, passage) pairs, by train.py's sampler: no text twice in a batch
         specs = parse_data_specs(list(args.data))
-        sampler = BatchSampler(specs, args.batch_size, seed=args.seed, examples={s.path: read_pairs(s.path)
-                                                                                  for s in specs})
+        sampler = BatchSampler(specs, args.batch_size, seed=args.seed,
+                               examples={path: read_pairs(path) for path, _ in specs})
         texts = [t for rows in sampler.data for example in rows for t in example]
         columns = lambda batch: batch
     else:  # texts, one column

@@ -23,7 +23,9 @@ import sys
 
 import numpy as np
 
-PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")  # as minilm.tools.quantize (imported after parsing)
+from minilm.tools.quantize import PRECISIONS  # numpy alone: jax loads after the options are parsed
+from minilm.tools.similarity import SIMILARITY_FNS
+
 
 
 def vector_json(row: np.ndarray) -> str:
@@ -116,7 +118,7 @@ def parse_args(argv=None):
     p.add_argument("--prompt-name", metavar="NAME", help="put the model folder's prompt NAME before every text "
                                                          "(default: the folder's default_prompt_name, if any)")
     p.add_argument("--similarity", action="store_true", help="print the similarity matrix of the texts")
-    p.add_argument("--similarity-fn", choices=("cosine", "dot", "euclidean", "manhattan"),
+    p.add_argument("--similarity-fn", choices=SIMILARITY_FNS,
                    help="for --similarity and --query (default: the model folder's similarity_fn_name, else cosine)")
     p.add_argument("--query", action="append", metavar="Q",
                    help="print the texts nearest to Q (repeatable); Q gets the folder's 'query' prompt and the texts "
@@ -170,7 +172,7 @@ def check_args(args) -> None:
 
 
 def run(args) -> None:
-    from minilm.data import read_lines  # jax loads with the package
+    from minilm.data import read_lines
 
     if args.measure_cpu:
         from minilm.fast import xla

@@ -235,7 +235,7 @@ def text_files(stage: Stage, out: pathlib.Path) -> list[str]:
             taking = a == "--data"
         elif taking:
             data.append(a.replace("{root}", str(out)))
-    return [spec.path for spec in parse_data_specs(data)]
+    return [path for path, _ in parse_data_specs(data)]
 
 
 def saw(row: str, stage: Stage) -> str:

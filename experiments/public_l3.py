@@ -24,7 +24,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # minilm and the scripts of this checkout; a sibling script by its plain name
 
 from minilm.tokenizer import Tokenizer  # noqa: E402
-from minilm.tools.evaluate import pair_scores, read_sts, spearman  # noqa: E402
+from minilm.tools.evaluate import read_sts, spearman  # noqa: E402
+from minilm.tools.similarity import similarity  # noqa: E402
 from minilm.tools.retrieval import rank, ranking_metrics, read_beir  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -74,7 +75,8 @@ def sts(model: PublicL3, path) -> float:
     unique = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
     row = {s: i for i, s in enumerate(unique)}
     emb = model.embed(unique)
-    scores = pair_scores(emb[[row[s] for s in pairs.sentences1]], emb[[row[s] for s in pairs.sentences2]], "cosine")
+    scores = similarity(emb[[row[s] for s in pairs.sentences1]], emb[[row[s] for s in pairs.sentences2]], "cosine",
+                        pairs=True)
     return 100 * spearman(scores, pairs.scores)
 
 

@@ -25,7 +25,6 @@ Unlike the script (global `random` state), everything is a pure function of the 
 from rng(seed, k) and the order of data set i in epoch e from rng(seed, i, e), so resuming needs only the number of
 batches drawn and each data set's (epoch, position): that is `state()`.
 """
-import dataclasses
 import gzip
 import json
 import math
@@ -183,12 +182,6 @@ def read_examples(path, on_error: str = "stop", counts: dict | None = None) -> t
     return [ex for _, ex in rows], bad + other
 
 
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-    path: str
-    weight: float = 1.0
-
-
 def _weight(value, where: str, hint: str = "") -> float:
     try:
         w = float(value) if not isinstance(value, bool) else math.nan
@@ -199,20 +192,21 @@ def _weight(value, where: str, hint: str = "") -> float:
     return w
 
 
-def parse_data_specs(args: list[str]) -> list[DataSpec]:
-    """'file', 'file:weight' (the last ':' starts the weight) or a data_config.json: a JSON list of {"name": file
-    relative to the json's folder, "weight": w (default 1), ...}, like the one shipped with all-MiniLM-L6-v2."""
+def parse_data_specs(args: list[str]) -> list[tuple[str, float]]:
+    """(path, weight) of each data set: 'file', 'file:weight' (the last ':' starts the weight) or a data_config.json:
+    a JSON list of {"name": file relative to the json's folder, "weight": w (default 1), ...}, like the one shipped
+    with all-MiniLM-L6-v2. Every weight is checked here, once: a positive number."""
     specs = []
     for arg in args:
         if not arg.endswith(".json"):
             path, colon, weight = arg.rpartition(":")
             if not colon:
-                specs.append(DataSpec(arg))
+                specs.append((arg, 1.0))
                 continue
             if path.endswith(".json"):
                 raise ValueError(f"{arg}: a data_config.json takes no :weight; the weights are inside it")
             hint = " (a path with ':' needs an explicit weight, e.g. 'a:b.jsonl:1')" if "." in weight else ""
-            specs.append(DataSpec(path, _weight(weight, arg, hint)))
+            specs.append((path, _weight(weight, arg, hint)))
             continue
         entries = read_json(arg)
         if not isinstance(entries, list) or not entries:
@@ -220,15 +214,15 @@ def parse_data_specs(args: list[str]) -> list[DataSpec]:
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
                 raise ValueError(f'{arg}: entry {i}: expected an object with a "name" (a file)')
-            specs.append(DataSpec(str(pathlib.Path(arg).parent / entry["name"]),
-                                  _weight(entry.get("weight", 1), f"{arg}: entry {i} ({entry['name']})")))
+            specs.append((str(pathlib.Path(arg).parent / entry["name"]),
+                          _weight(entry.get("weight", 1), f"{arg}: entry {i} ({entry['name']})")))
     return specs
 
 
 class BatchSampler:
     """Global batches for contrastive training, deterministic from the seed, resumable from state()."""
 
-    def __init__(self, specs: list[DataSpec], batch_size: int, seed: int = 0, datasets_per_batch: int = 1,
+    def __init__(self, specs: list[tuple[str, float]], batch_size: int, seed: int = 0, datasets_per_batch: int = 1,
                  on_error: str = "stop", examples: dict[str, list[Example]] | None = None):
         if not specs:
             raise ValueError("no training data")
@@ -237,12 +231,12 @@ class BatchSampler:
                              f"{datasets_per_batch}")
         if not (isinstance(seed, (int, np.integer)) and seed >= 0):
             raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
-        self.paths = [str(s.path) for s in specs]
+        self.paths = [str(path) for path, _ in specs]
         if len(set(self.paths)) < len(self.paths):
             raise ValueError(f"{Counter(self.paths).most_common(1)[0][0]}: listed twice")
         self.batch_size, self.seed, self.part_size = batch_size, int(seed), batch_size // datasets_per_batch
         self.datasets_per_batch = datasets_per_batch
-        self.weights = np.array([_weight(s.weight, s.path) for s in specs])
+        self.weights = np.array([weight for _, weight in specs], np.float64)  # parse_data_specs checked them
         self.data, self.skipped = [], {}  # skipped: {path: {"malformed", "other kind", "kind"}} of each file read
         for path in self.paths:  # every file is read once, up front, so a bad line stops the run before step 1
             if examples is None:

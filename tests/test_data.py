@@ -21,7 +21,7 @@ def triplets(prefix: str, n: int) -> list[data.Example]:
 
 
 def sampler(sets: dict, batch_size: int, seed: int = 0, weights: dict | None = None, **kw) -> data.BatchSampler:
-    specs = [data.DataSpec(p, (weights or {}).get(p, 1.0)) for p in sets]
+    specs = [(p, (weights or {}).get(p, 1.0)) for p in sets]
     return data.BatchSampler(specs, batch_size, seed=seed, examples=sets, **kw)
 
 
@@ -129,7 +129,7 @@ def test_real_mrpc_pairs(mrpc_file):
 
 def test_parse_data_specs(tmp_path):
     assert data.parse_data_specs(["a.jsonl", "b.tsv.gz:2.5", "c:d.jsonl:1"]) == [
-        data.DataSpec("a.jsonl", 1.0), data.DataSpec("b.tsv.gz", 2.5), data.DataSpec("c:d.jsonl", 1.0)]
+        ("a.jsonl", 1.0), ("b.tsv.gz", 2.5), ("c:d.jsonl", 1.0)]
     for bad in ["a.jsonl:0", "a.jsonl:-1", "a.jsonl:x", "a.jsonl:nan", "a.jsonl:inf", "a.jsonl:"]:
         with pytest.raises(ValueError, match=rf"^{re.escape(bad)}: weight .* is not a positive number"):
             data.parse_data_specs([bad])
@@ -141,8 +141,7 @@ def test_parse_data_specs(tmp_path):
     config.write_text(json.dumps([{"name": "x/a.jsonl.gz", "lines": 10, "weight": 247},
                                   {"name": "b.tsv", "lines": 3, "weight": 1}]))
     assert data.parse_data_specs([str(config), "c.jsonl:3"]) == [
-        data.DataSpec(str(tmp_path / "sub" / "x" / "a.jsonl.gz"), 247.0),
-        data.DataSpec(str(tmp_path / "sub" / "b.tsv"), 1.0), data.DataSpec("c.jsonl", 3.0)]
+        (str(tmp_path / "sub" / "x" / "a.jsonl.gz"), 247.0), (str(tmp_path / "sub" / "b.tsv"), 1.0), ("c.jsonl", 3.0)]
     for text, message in [('[{"name": "a.jsonl", "weight": 0}]', r"entry 0 \(a\.jsonl\): weight 0 is not"),
                           ('[{"name": "a.jsonl", "weight": "3"}, {"name": "b.jsonl", "weight": true}]',
                            r"entry 1 \(b\.jsonl\): weight True is not"),

@@ -74,7 +74,7 @@ def test_eight_devices_and_packing_equal_one_padded_device(setup, case):
         student = distill.make_student(distill.Args(student_hidden_size=16, student_heads=2, student_num_layers=1,
                                                     seed=1), teacher)
     rel = () if relations == "none" else parse_relations(relations)
-    heads = distill.relation_heads(rel, teacher.config, student.config, r) if rel else (0, 0)
+    heads = distill.relation_heads(teacher.config, student.config, r) if rel else (0, 0)
     projection = None
     if kind == "narrow" and embedding_loss != "none":
         rng = np.random.default_rng(5)

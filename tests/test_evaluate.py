@@ -67,7 +67,7 @@ def test_command_equals_sentence_transformers_evaluator(real_model_dir, stsb_dir
     assert abs(ours - 100 * theirs["spearman_cosine"]) <= 0.01
     a, b = (np.stack([emb[t] for t in side]) for side in (pairs.sentences1, pairs.sentences2))
     for fn in fns[1:]:  # each similarity function (1e-4: the same embeddings to float32 rounding)
-        ours_fn = 100 * evaluate.spearman(evaluate.pair_scores(a, b, fn), pairs.scores)
+        ours_fn = 100 * evaluate.spearman(evaluate.similarity(a, b, fn, pairs=True), pairs.scores)
         assert abs(ours_fn - 100 * theirs[f"spearman_{fn}"]) <= 1e-4 * 100, fn
 
 

@@ -28,10 +28,10 @@ import safetensors
 import safetensors.numpy
 
 from minilm.checkpoint import load_encoder, write_encoder
-from minilm.config import Config
-from minilm.config import read_json
+from minilm.config import Config, read_json
 from minilm.st.heads import ACTIVATIONS, POOLING_MODES
 from minilm.tokenizer import Tokenizer
+from minilm.tools.similarity import SIMILARITY_FNS
 
 ST_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
                    "max": "pooling_mode_max_tokens", "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens"}
@@ -152,7 +152,6 @@ def pooling_mode(pc: dict, cfg_file) -> str:
     return mode
 
 
-SIMILARITY_FNS = ("cosine", "dot", "euclidean", "manhattan")  # embedding.similarity computes them
 ST_SIMILARITY_ALIASES = {"dot_product": "dot", "cos_sim": "cosine"}
 
 

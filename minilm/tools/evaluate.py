@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from minilm.data import json_object, read_lines
-from minilm.model import l2_normalize
+from minilm.tools.similarity import similarity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,21 +135,6 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return pearson(rankdata(a), rankdata(b))
 
 
-def pair_scores(a_ND: np.ndarray, b_ND: np.ndarray, fn: str) -> np.ndarray:
-    """[N] float64 similarity of each pair (a_i, b_i), with embedding.similarity's conventions."""
-    if fn == "cosine":
-        a_ND, b_ND = (np.asarray(l2_normalize(x), np.float64) for x in (a_ND, b_ND))
-        return (a_ND * b_ND).sum(axis=1)
-    a_ND, b_ND = np.asarray(a_ND, np.float64), np.asarray(b_ND, np.float64)
-    if fn == "dot":
-        return (a_ND * b_ND).sum(axis=1)
-    if fn == "euclidean":
-        return -np.sqrt(np.square(a_ND - b_ND).sum(axis=1))
-    if fn == "manhattan":
-        return -np.abs(a_ND - b_ND).sum(axis=1)
-    raise ValueError(f"similarity function {fn!r} is not one of cosine, dot, euclidean, manhattan")
-
-
 def evaluate_sts(pairs: StsPairs, model=None, fn: str | None = None, **embed_options) -> dict[str, float]:
     """{"spearman", "pearson"} x 100 of the pairs' similarity against gold scores, by fn (default: the model
     folder's similarity function, cosine for all-MiniLM-L6-v2); each distinct sentence is embedded once, with the
@@ -161,8 +146,8 @@ def evaluate_sts(pairs: StsPairs, model=None, fn: str | None = None, **embed_opt
     unique = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
     row = {s: i for i, s in enumerate(unique)}
     emb = embed(unique, m, **embed_options)
-    scores = pair_scores(emb[[row[s] for s in pairs.sentences1]], emb[[row[s] for s in pairs.sentences2]],
-                         fn or m.similarity_fn)
+    scores = similarity(emb[[row[s] for s in pairs.sentences1]], emb[[row[s] for s in pairs.sentences2]],
+                        fn or m.similarity_fn, pairs=True)
     return {"spearman": 100 * spearman(scores, pairs.scores), "pearson": 100 * pearson(scores, pairs.scores),
             "pairs": len(pairs.scores)}
 

@@ -1,25 +1,23 @@
 """Similarity and search over embeddings, with sentence-transformers' conventions (cosine, dot, euclidean,
 manhattan; higher = more similar)."""
-import jax.numpy as jnp
 import numpy as np
 
-from minilm.model import l2_normalize
-from minilm.st.folder import SIMILARITY_FNS
+SIMILARITY_FNS = ("cosine", "dot", "euclidean", "manhattan")  # a folder's similarity_fn_name, embed.py's choices
 
 
-def similarity(a_ND: np.ndarray, b_MD: np.ndarray, fn: str = "cosine") -> np.ndarray:
-    """[N, M] scores, higher = more similar, with sentence-transformers' conventions: cosine; dot (the raw inner
-    product); euclidean and manhattan as negated L2 and L1 distances."""
-    a_ND, b_MD = jnp.asarray(a_ND, jnp.float32), jnp.asarray(b_MD, jnp.float32)
-    if fn == "cosine":
-        return np.asarray(l2_normalize(a_ND) @ l2_normalize(b_MD).T)
-    if fn == "dot":
-        return np.asarray(a_ND @ b_MD.T)
-    if fn == "euclidean":
-        return 0.0 - np.asarray(jnp.sqrt(jnp.square(a_ND[:, None] - b_MD[None]).sum(-1)))  # 0.0 -: no -0.0
-    if fn == "manhattan":
-        return 0.0 - np.asarray(jnp.abs(a_ND[:, None] - b_MD[None]).sum(-1))
-    raise ValueError(f"similarity function {fn!r} is not one of {', '.join(SIMILARITY_FNS)}")
+def similarity(a_ND: np.ndarray, b_MD: np.ndarray, fn: str = "cosine", pairs: bool = False) -> np.ndarray:
+    """[N, M] scores of every a against every b, higher = more similar, with sentence-transformers' conventions:
+    cosine; dot (the raw inner product); euclidean and manhattan as negated L2 and L1 distances. pairs=True: the
+    [N] scores of the pairs (a_i, b_i) instead, in float64 (evaluation ranks them: Spearman)."""
+    if fn not in SIMILARITY_FNS:
+        raise ValueError(f"similarity function {fn!r} is not one of {', '.join(SIMILARITY_FNS)}")
+    a_ND, b_MD = (np.asarray(x, np.float64 if pairs else np.float32) for x in (a_ND, b_MD))
+    if fn == "cosine":  # as model.l2_normalize: x / max(|x|, 1e-12)
+        a_ND, b_MD = (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12) for x in (a_ND, b_MD))
+    if fn in ("cosine", "dot"):
+        return (a_ND * b_MD).sum(-1) if pairs else a_ND @ b_MD.T
+    diff = a_ND - b_MD if pairs else a_ND[:, None] - b_MD[None]
+    return 0.0 - (np.sqrt(np.square(diff).sum(-1)) if fn == "euclidean" else np.abs(diff).sum(-1))  # 0.0 -: no -0.0
 
 
 def cosine_similarity(a_ND: np.ndarray, b_MD: np.ndarray) -> np.ndarray:
