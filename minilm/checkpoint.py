@@ -6,7 +6,7 @@ and tokenizer.json (or vocab.txt). Only JSON and safetensors are ever read: no p
 code from the folder. The sentence-transformers files around the encoder (modules.json, 1_Pooling, Dense modules,
 prompts, the model card) are read and written by st/folder.py.
 
-Folders are written into a temporary folder that is then renamed into place (st/folder.py atomic_dir), so a crash
+Folders are written into a temporary folder that is then renamed into place (run/atomic.py atomic_dir), so a crash
 or Ctrl-C never leaves a half-written one.
 """
 import dataclasses

@@ -10,6 +10,7 @@ import pytest
 
 from minilm import embed
 from minilm.fast.embedding import embed_stream
+from minilm.tools.progress import Progress
 from minilm.st.folder import save
 from tests.conftest import REPO
 from tests.tiny import DATA_WORDS, tiny_model
@@ -89,13 +90,13 @@ def test_progress_runs_on_a_clock_across_chunks(tiny_dir, monkeypatch, capsys):
     texts of every chunk of a stream, give the rate, elapsed time and time left, and end with the total."""
     import time
     from minilm.fast import embedding as fast
-    report = fast.Progress(40, enabled=True, every=0.05)
+    report = Progress(40, enabled=True, every=0.05)
     time.sleep(0.3)  # nothing reported yet: the clock still shows where the job is
     report.finish()
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) >= 2 and lines[0] == "embedded 0/40 texts  0/s  0:00 elapsed  starting", lines
     monkeypatch.setattr(fast, "QUIET_FOR", 0.0)
-    monkeypatch.setattr(fast.Progress, "EVERY", 0.01)
+    monkeypatch.setattr(Progress, "EVERY", 0.01)
     texts = [f"the cat {i} sat on the mat" for i in range(40)]
     stream = embed_stream(iter(texts), tiny_dir, chunk_size=16, progress=True, total=40, batch_size=4, pack=False)
     assert [len(chunk) for chunk, _ in stream] == [16, 16, 8]
@@ -114,7 +115,7 @@ def test_plain_path_reports_progress_too(tiny_dir):
     from minilm.fast import embedding as fast
     texts = [f"the dog {i} is eating food" for i in range(10)]
     seen = []
-    class Recorder(fast.Progress):
+    class Recorder(Progress):
         def __call__(self, done, final=False):
             seen.append(done)
             super().__call__(done, final)
@@ -138,13 +139,13 @@ def test_progress_says_compiling_while_a_new_shape_compiles(tiny_dir, monkeypatc
 
     monkeypatch.setattr(fast, "embed_rows", recording)
     monkeypatch.setattr(fast, "COMPILED", set())
-    report = fast.Progress(3, enabled=False)
+    report = Progress(3, enabled=False)
     fast.embed(["the cat sat", "a dog", "the man"], tiny_dir, progress=report)
-    report = fast.Progress(3, enabled=False)
+    report = Progress(3, enabled=False)
     fast.embed(["the cat sat", "a dog", "the man"], tiny_dir, progress=report)
     assert len(seen) == 2 and seen[0].endswith("compiling the forward for 1 x 32 tokens (once per shape)"), seen
     assert seen[1] is None and report.status is None
-    line = fast.Progress(40, enabled=False)
+    line = Progress(40, enabled=False)
     line.status = "compiling the forward for 8 x 64 tokens (once per shape)"
     line.show(line.start + 3.2)
     assert capsys.readouterr().err == "compiling the forward for 8 x 64 tokens (once per shape)  0:03 elapsed\n"

@@ -12,7 +12,8 @@ import safetensors.numpy
 
 from minilm.checkpoint import flatten
 from minilm.run import runs
-from minilm.st.folder import Model, usual_mode
+from minilm.run.atomic import usual_mode
+from minilm.st.folder import Model
 
 
 PCA_TEXTS = 10_000  # teacher embeddings the projection is fitted on

@@ -23,7 +23,8 @@ import safetensors
 from minilm import optim, parallel
 from minilm.checkpoint import latest
 from minilm.config import read_json
-from minilm.st.folder import atomic_dir, Model, model_card, write_model
+from minilm.run.atomic import atomic_dir
+from minilm.st.folder import Model, model_card, write_model
 
 
 def training_card(script: str, step: int, args, metrics: dict) -> str:

@@ -6,5 +6,6 @@
     quantize.py        int8 / binary embeddings and the search over them
     similarity.py      similarity matrices and search (cosine, dot, euclidean, manhattan)
     truncation.py      the tokenizers library's other truncation: pairs, left truncation, overflow windows
+    progress.py        the progress line of a long embedding job
     sentence_model.py  SentenceModel: the loaded model and these functions behind one object
 """
