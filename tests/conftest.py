@@ -50,18 +50,10 @@ def stsb_dir():
     return path
 
 
-# The learner's tier, `python -m pytest -m core` (about 2 minutes): the proofs that the recipe's core equals an
-# independent reference. The encoder against HF BertModel on random tiny configs, the tokenizer's truncation against
-# the `tokenizers` library, the losses against per-example numpy loops, the relation KL against a per-example oracle,
-# AdamW against torch, and the data-parallel training step on 8 virtual devices against one. Extensions (GradCache,
-# Matryoshka, adaptive layers, packing) and the toolbox are in the full suite only.
-CORE_PROOFS = ("tests/test_model.py", "tests/test_tokenizer.py", "tests/test_losses.py", "tests/test_relations.py",
-               "tests/test_optim.py", "tests/test_train_step.py::test_eight_devices_equal_one_device[pairs]",
-               "tests/test_train_step.py::test_eight_devices_equal_one_device[triplets-symmetric]",
-               "tests/test_train_step.py::test_negatives_span_every_device")
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if any(item.nodeid == p or item.nodeid.startswith(p + "::") for p in CORE_PROOFS):
-            item.add_marker(pytest.mark.core)
+# The learner's tier, `python -m pytest -m core` (about 2 minutes): the tests marked `core`, the proofs that each
+# book file equals an independent reference. The encoder and the config against transformers (test_model), the
+# tokenizer's rule against the `tokenizers` library and sentence-transformers (test_tokenizer), the checkpoint's round
+# trip and HF names (test_checkpoint), the readers and the sampler (test_data), packed training rows against padded
+# ones (test_train_step), the losses against per-example loops (test_losses), the relation KL against a per-example
+# oracle (test_relations), AdamW against torch (test_optim), and the data-parallel step on 8 virtual devices against
+# one (test_train_step). The toolbox and the extensions are in the full suite only.

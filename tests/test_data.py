@@ -10,6 +10,8 @@ import pytest
 from minilm import data
 from tests.conftest import DATA, STRICT
 
+pytestmark = pytest.mark.core  # the learner's tier: the readers and the sampler
+
 
 def pairs(prefix: str, n: int) -> list[data.Example]:
     """n examples whose texts are all distinct and name their data set: ('a3', 'a3+')."""

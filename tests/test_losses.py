@@ -9,6 +9,8 @@ import pytest
 from minilm import losses
 from tests.conftest import need
 
+pytestmark = pytest.mark.core  # the learner's tier: the losses against per-example loops and torch
+
 
 def unit(x):
     return x / max(np.linalg.norm(x), 1e-12)

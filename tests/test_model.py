@@ -13,6 +13,8 @@ from minilm import checkpoint, model as M
 from minilm.config import Config
 from tests.conftest import need
 
+pytestmark = pytest.mark.core  # the learner's tier: the encoder and the config against transformers
+
 torch = need("torch")
 transformers = need("transformers")
 
@@ -155,6 +157,22 @@ def test_dropout_masks_are_independent():
     assert np.abs(drop_per_column - 0.1).max() < 5 * np.sqrt(0.09 / shape[0])
     np.testing.assert_array_equal(m, np.asarray(M.keep_mask(key, shape, 0.9)))  # a function of (key, shape)
     assert abs(np.asarray(M.keep_mask(key, (4096,), 0.5)).mean() - 0.5) < 5 * np.sqrt(0.25 / 4096)  # other rates
+
+
+def test_config_json_is_transformers_bert_config(tmp_path):
+    """config.py: every field written under HF's name, read back by transformers' BertConfig as the same value and
+    by Config.from_json as the same Config; the defaults are all-MiniLM-L6-v2's; a file of another architecture is
+    refused naming the file."""
+    for cfg in (Config(), *TINY):
+        cfg.to_json(tmp_path / "config.json")
+        hf = transformers.BertConfig.from_json_file(str(tmp_path / "config.json"))
+        for f in dataclasses.fields(Config):
+            assert getattr(hf, f.name) == getattr(cfg, f.name), f.name
+        assert Config.from_json(tmp_path / "config.json") == cfg
+    assert (Config().hidden_size, Config().num_hidden_layers, Config().num_attention_heads) == (384, 6, 12)
+    (tmp_path / "config.json").write_text('{"model_type": "roberta"}')
+    with pytest.raises(ValueError, match=r"config\.json: model_type 'roberta' is not supported"):
+        Config.from_json(tmp_path / "config.json")
 
 
 def test_init_params_follow_hf_init():

@@ -1,6 +1,6 @@
 """An optimisation of the plain path (model.embed, with the folder's head: st/heads.py embed): the same embeddings,
 computed with little padding and few compiled shapes; tests/test_fast_path.py proves them equal,
-tests/test_batching.py each text alone.
+tests/test_fast_packing.py each text alone.
 
 - Texts are planned into forwards of a bounded set of shapes (fast/packing.py): packed, several texts sharing a row
   with a block-diagonal mask (the default), or sorted by length and padded (pack=False).
