@@ -136,17 +136,15 @@ def same_text(segments_BT: jax.Array) -> jax.Array:
     return (segments_BT[:, None, :, None] == segments_BT[:, None, None, :]) & (segments_BT[:, None, None, :] > 0)
 
 
-def segment_members(segments_BT: jax.Array, positions_BT: jax.Array, num_segments: int, skip: int = 0) -> jax.Array:
-    """[B, T, N] bool: token t of row b belongs to segment n+1 of the row and is not among its text's first `skip`
-    tokens (a prompt that pooling leaves out)."""
-    return (segments_BT[..., None] == jnp.arange(1, num_segments + 1)) & (positions_BT[..., None] >= skip)
+def segment_members(segments_BT: jax.Array, num_segments: int) -> jax.Array:
+    """[B, T, N] bool: token t of row b belongs to segment n+1 of the row."""
+    return segments_BT[..., None] == jnp.arange(1, num_segments + 1)
 
 
-def pool_segments(h_BTD: jax.Array, segments_BT: jax.Array, positions_BT: jax.Array, num_segments: int,
-                  skip: int = 0) -> jax.Array:
+def pool_segments(h_BTD: jax.Array, segments_BT: jax.Array, num_segments: int) -> jax.Array:
     """Packed rows -> one vector per text: emb_BND[b, n] is the mean of segment n+1's token states in row b (zeros
     for an empty slot), model.mean_pool as a [B, T, N] one-hot matmul."""
-    member_BTN = segment_members(segments_BT, positions_BT, num_segments, skip).astype(h_BTD.dtype)
+    member_BTN = segment_members(segments_BT, num_segments).astype(h_BTD.dtype)
     summed_BND = jnp.einsum("BTN,BTD->BND", member_BTN, h_BTD)
     return summed_BND / jnp.maximum(member_BTN.sum(axis=1), 1e-9)[..., None]
 
@@ -166,4 +164,4 @@ def pool_columns(h_BTD, batch) -> jax.Array:
         C, b, T = batch.ids_CBT.shape
         return mean_pool(h_BTD, batch.mask_CBT.reshape(C * b, T)).reshape(C, b, -1)
     L = batch.ids_RL.shape[1]
-    return texts_of(pool_segments(h_BTD, batch.segments_RL, batch.positions_RL, L // 4), batch)
+    return texts_of(pool_segments(h_BTD, batch.segments_RL, L // 4), batch)

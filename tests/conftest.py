@@ -50,7 +50,7 @@ def stsb_dir():
     return path
 
 
-# The learner's tier, `python -m pytest -m core` (about 2 minutes): the tests marked `core`, the proofs that each
+# The learner's tier, `python -m pytest -m book` (about 2 minutes): the tests marked `book`, the proofs that each
 # book file equals an independent reference. The encoder and the config against transformers (test_model), the
 # tokenizer's rule against the `tokenizers` library and sentence-transformers (test_tokenizer), the checkpoint's round
 # trip and HF names (test_checkpoint), the readers and the sampler (test_data), packed training rows against padded

@@ -26,7 +26,7 @@ def tensors(folder):
     return safetensors.numpy.load_file(str(folder / "model.safetensors"))
 
 
-@pytest.mark.core
+@pytest.mark.book
 def test_save_load_round_trip_is_bit_exact(tmp_path):
     model = tiny_model(tmp_path)
     save(model, tmp_path / "m")
@@ -101,7 +101,7 @@ def test_a_saved_folder_has_the_permissions_of_the_umask(tmp_path, umask):
     assert all(mode == (0o777 if (tmp_path / path).is_dir() else 0o666) & ~umask for path, mode in modes.items()), modes
 
 
-@pytest.mark.core
+@pytest.mark.book
 def test_mis_shaped_tensor_is_named_with_both_shapes(tmp_path):
     save(tiny_model(tmp_path), tmp_path / "m")
     rewrite(tmp_path / "m", lambda t: t.update({"encoder.layer.1.intermediate.dense.weight": np.zeros((47, 32),
@@ -111,7 +111,7 @@ def test_mis_shaped_tensor_is_named_with_both_shapes(tmp_path):
         load(tmp_path / "m")
 
 
-@pytest.mark.core
+@pytest.mark.book
 def test_missing_and_unexpected_tensors(tmp_path):
     save(tiny_model(tmp_path), tmp_path / "m")
     shutil.copytree(tmp_path / "m", tmp_path / "extra")
@@ -123,7 +123,7 @@ def test_missing_and_unexpected_tensors(tmp_path):
         load(tmp_path / "extra")
 
 
-@pytest.mark.core
+@pytest.mark.book
 def test_bert_prefix_gamma_beta_position_ids_and_heads(tmp_path):
     """A BertForMaskedLM-style file: `bert.` prefix, TF-era gamma/beta, the position_ids buffer, an MLM head."""
     model = tiny_model(tmp_path)
@@ -219,7 +219,7 @@ def test_interrupted_save_leaves_the_old_folder(tmp_path, interrupt):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "tiny-vocab.txt"]  # no temporary folder left
 
 
-@pytest.mark.core
+@pytest.mark.book
 def test_sharded_checkpoint_loads(tmp_path):
     """model.safetensors.index.json + shards (how large checkpoints are saved) loads like the single file."""
     model = tiny_model(tmp_path)

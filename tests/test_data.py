@@ -10,7 +10,7 @@ import pytest
 from minilm import data
 from tests.conftest import DATA, STRICT
 
-pytestmark = pytest.mark.core  # the learner's tier: the readers and the sampler
+pytestmark = pytest.mark.book  # the learner's tier: the readers and the sampler
 
 
 def pairs(prefix: str, n: int) -> list[data.Example]:

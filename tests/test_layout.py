@@ -66,6 +66,30 @@ def test_the_book_imports_nothing_from_the_toolbox():
         assert not bad, f"{name} imports {bad}; the book must read without the toolbox"
 
 
+# What only the toolbox knows: a parameter of a book function by one of these names would carry the toolbox into the
+# book (the folder's Model, its head and prompts, the fast path's draw or forward).
+TOOLBOX_WORDS = {"model", "head", "pooling", "normalize", "dense", "activations", "prompt", "skip", "forward",
+                 "keep_mask", "progress", "fast"}
+
+
+def test_no_book_signature_names_a_toolbox_concept():
+    """Every parameter of every function of the book, read with `ast`: none is named for a toolbox concept
+    (TOOLBOX_WORDS), and no annotation names a class the toolbox defines (Model, Head, Forward, ...)."""
+    classes = {n.name for p in (REPO / "minilm").glob("*/*.py") for n in ast.parse(p.read_text()).body
+               if isinstance(n, ast.ClassDef)}
+    found = []
+    for name in readme_book():
+        path = REPO / "minilm" / f"{name}.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                for arg in a.posonlyargs + a.args + a.kwonlyargs + [x for x in (a.vararg, a.kwarg) if x]:
+                    names = {arg.arg} | {n.id for n in ast.walk(arg.annotation or ast.Pass()) if isinstance(n, ast.Name)}
+                    if names & (TOOLBOX_WORDS | classes):
+                        found.append(f"minilm/{name}.py:{node.lineno} {node.name}({arg.arg})")
+    assert not found, found
+
+
 def test_each_toolbox_room_lists_its_modules():
     """Each subpackage of minilm/ opens with a docstring that names every module in it (and no other)."""
     assert {p.name for p in toolbox_rooms()} >= {"fast", "st", "tools", "run"}
@@ -77,7 +101,7 @@ def test_each_toolbox_room_lists_its_modules():
 
 
 def test_the_check_above_can_fail(tmp_path):
-    """The parser sees an import hidden inside a function, as a core module might have one."""
+    """The parser sees an import hidden inside a function, as a book module might have one."""
     (tmp_path / "m.py").write_text("def f():\n    from minilm.fast.packing import pack_columns\n")
     assert imports(tmp_path / "m.py", module_files()) == {"minilm.fast.packing"}
 
@@ -190,12 +214,12 @@ def test_run_outputs_are_ignored_by_git():
 
 
 def test_the_learners_tier_covers_every_book_file():
-    """The `-m core` tier (tests marked core, a whole file or single tests) imports every module of the book: no
+    """The `-m book` tier (tests marked book, a whole file or single tests) imports every module of the book: no
     chapter is left without a proof in the learner's two minutes."""
     known = module_files()
     covered = set()
     for path in (REPO / "tests").glob("test_*.py"):
-        if "pytest.mark.core" in path.read_text():
+        if "pytest.mark.book" in path.read_text():
             covered |= imports(path, known)
     missing = sorted({f"minilm.{name}" for name in readme_book()} - covered)
     assert not missing, f"no test of the learner's tier imports {missing}"

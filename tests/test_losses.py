@@ -9,7 +9,7 @@ import pytest
 from minilm import losses
 from tests.conftest import need
 
-pytestmark = pytest.mark.core  # the learner's tier: the losses against per-example loops and torch
+pytestmark = pytest.mark.book  # the learner's tier: the losses against per-example loops and torch
 
 
 def unit(x):

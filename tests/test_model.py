@@ -13,7 +13,7 @@ from minilm import checkpoint, model as M
 from minilm.config import Config
 from tests.conftest import need
 
-pytestmark = pytest.mark.core  # the learner's tier: the encoder and the config against transformers
+pytestmark = pytest.mark.book  # the learner's tier: the encoder and the config against transformers
 
 torch = need("torch")
 transformers = need("transformers")

@@ -24,7 +24,7 @@ from minilm.checkpoint import flatten, init_params, param_shapes, unflatten
 from minilm.config import MINILM_L6_H384
 from tests.conftest import need
 
-pytestmark = pytest.mark.core  # the learner's tier: AdamW and its schedule against torch
+pytestmark = pytest.mark.book  # the learner's tier: AdamW and its schedule against torch
 
 # A few tensors of each kind the mask distinguishes, with BERT's names.
 SHAPES = {

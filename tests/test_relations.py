@@ -16,7 +16,7 @@ from minilm.checkpoint import param_shapes, unflatten
 from minilm.config import Config
 from minilm.model import attention_bias, encode
 
-pytestmark = pytest.mark.core  # the learner's tier: the relation KL against a per-example oracle
+pytestmark = pytest.mark.book  # the learner's tier: the relation KL against a per-example oracle
 
 PAIRS = {"qk": ("query", "key"), "vv": ("value", "value"), "qq": ("query", "query"), "kk": ("key", "key")}
 

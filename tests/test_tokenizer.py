@@ -100,7 +100,7 @@ def check(ours, library, text, pair, max_length, strategy, direction, stride):
         assert mine == theirs, f"{case}:\n ours   {mine}\n theirs {theirs}"
 
 
-@pytest.mark.core
+@pytest.mark.book
 def test_the_books_rule_equals_library(ours, library):
     """The book's one rule (Tokenizer.encode: the first max_length - 2 pieces) against the library's truncation of
     one text at its defaults (longest_first, right, no stride), for every text and length: the library's kept row
@@ -156,7 +156,7 @@ def test_documented_examples(ours):
     assert kept_lengths(2, 9, 7, "longest_first") == (2, 5)
 
 
-@pytest.mark.core
+@pytest.mark.book
 def test_default_max_length_is_sentence_transformers(ours, real_model_dir):
     """tokenizer.json bakes in truncation and padding at 128; the model serves 256 (sentence_bert_config.json).
     Ours must give sentence-transformers' own token ids, which the baked-in settings would not."""
@@ -216,7 +216,7 @@ def test_legacy_python_tokenizer_odd_budget(ours, real_model_dir):
         assert list(truncation.encode(ours, TEXTS[a], TEXTS[b], max_length=max_length).ids) == python_ids
 
 
-@pytest.mark.core
+@pytest.mark.book
 def test_vocab_txt_folder_tokenizes_like_tokenizer_json(ours, real_model_dir, tmp_path):
     (tmp_path / "vocab.txt").write_bytes((real_model_dir / "vocab.txt").read_bytes())
     (tmp_path / "tokenizer_config.json").write_bytes((real_model_dir / "tokenizer_config.json").read_bytes())
@@ -226,7 +226,7 @@ def test_vocab_txt_folder_tokenizes_like_tokenizer_json(ours, real_model_dir, tm
         assert from_vocab.encode(text, max_length=256) == ours.encode(text)
 
 
-@pytest.mark.core
+@pytest.mark.book
 def test_save_round_trip(ours, tmp_path):
     ours.save(tmp_path)
     again = Tokenizer.from_dir(tmp_path)
@@ -236,7 +236,7 @@ def test_save_round_trip(ours, tmp_path):
     assert again.tok.truncation is None and again.tok.padding is None
 
 
-@pytest.mark.core
+@pytest.mark.book
 def test_padded_lengths_and_pad_batch_layout():
     assert [padded_length(n) for n in (0, 1, 8, 9, 100, 129, 256, 257, 512, 513, 700)] == \
         [8, 8, 8, 16, 104, 160, 256, 320, 512, 640, 768]

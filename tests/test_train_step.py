@@ -67,7 +67,7 @@ def assert_same(a, b, atol=1e-5):
     assert max(float(jnp.abs(g).max()) for g in ga.values()) > 1e-3  # the gradients are not all ~0
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.core) if n in ("pairs", "triplets-symmetric")
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.book) if n in ("pairs", "triplets-symmetric")
                                   else n for n in OPTIONS])
 def test_eight_devices_equal_one_device(tmp_path, name):
     columns, opts = OPTIONS[name]
@@ -76,7 +76,7 @@ def test_eight_devices_equal_one_device(tmp_path, name):
     assert_same(sharded(model, batch, opts, 8), single_device(model, batch, opts))
 
 
-@pytest.mark.core
+@pytest.mark.book
 def test_negatives_span_every_device(tmp_path):
     """Without the all_gather each device would see only its own 2 rows: the loss would differ."""
     model = tiny_model(tmp_path)
@@ -118,7 +118,7 @@ def test_gradcache_replays_the_same_dropout(tmp_path):
     assert abs(float(with_dropout[0]) - float(without[0])) > 1e-4  # dropout did change the loss
 
 
-@pytest.mark.parametrize("name, n", [("pairs-symmetric", 8), pytest.param("triplets", 1, marks=pytest.mark.core),
+@pytest.mark.parametrize("name, n", [("pairs-symmetric", 8), pytest.param("triplets", 1, marks=pytest.mark.book),
                                      ("adaptive-layers", 8)])
 def test_packed_equals_padded(tmp_path, name, n):
     """Sequence packing (train.py's default): texts share rows with a block-diagonal mask and restarting

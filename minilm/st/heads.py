@@ -41,19 +41,22 @@ def pool(h_BTD: jax.Array, mask_BT: jax.Array, mode: str = "mean") -> jax.Array:
 
 def pool_segments(h_BTD: jax.Array, segments_BT: jax.Array, positions_BT: jax.Array, num_segments: int,
                   mode: str = "mean", skip: int = 0) -> jax.Array:
-    """batch.pool_segments with the pooling modes of packed rows: cls takes a text's first token (after `skip`),
-    mean_sqrt_len divides the sum by the square root of the count."""
+    """batch.pool_segments with the pooling modes of packed rows, leaving out each text's first `skip` tokens (a
+    prompt that pooling leaves out): cls takes a text's first token after them, mean_sqrt_len divides the sum by the
+    square root of the count."""
     if mode not in PACKED_POOLING_MODES:
         raise ValueError(f"pooling mode {mode!r} cannot pool packed rows; expected one of {PACKED_POOLING_MODES}")
-    if mode == "mean":
-        return B.pool_segments(h_BTD, segments_BT, positions_BT, num_segments, skip)
-    member_BTN = B.segment_members(segments_BT, positions_BT, num_segments, skip)
+    if mode == "mean" and not skip:
+        return B.pool_segments(h_BTD, segments_BT, num_segments)
+    member_BTN = B.segment_members(segments_BT, num_segments) & (positions_BT[..., None] >= skip)
     if mode == "cls":
         member_BTN = member_BTN & (positions_BT[..., None] == skip)
     member_BTN = member_BTN.astype(h_BTD.dtype)
     summed_BND = jnp.einsum("BTN,BTD->BND", member_BTN, h_BTD)
     count_BN1 = jnp.maximum(member_BTN.sum(axis=1), 1e-9)[..., None]
-    return summed_BND if mode == "cls" else summed_BND / jnp.sqrt(count_BN1)
+    if mode == "cls":
+        return summed_BND
+    return summed_BND / (count_BN1 if mode == "mean" else jnp.sqrt(count_BN1))
 
 
 def pool_columns(h_BTD, batch, pooling: str = "mean") -> jax.Array:
