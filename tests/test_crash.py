@@ -1,5 +1,5 @@
 """Crash safety and determinism of train.py and distill.py, each run in its own process on a tiny model: kill -9
-and a full disk while a checkpoint is written (MINILM_FAULT, see minilm/checkpoint.py), SIGTERM, bit-identical
+and a full disk while a checkpoint is written (MINILM_FAULT, see minilm/run/atomic.py), SIGTERM, bit-identical
 parameters across processes and after resuming from any checkpoint, and memory that stays flat over a long run.
 
 Every run is a subprocess. In one process, each run compiles its step again anyway (a new jit closure), about 12 s

@@ -71,7 +71,7 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
           prompt_name: str | None = None, pack: bool = True, dtype: str = "float32", progress=None,
           fast: bool = True, truncated: list | None = None) -> np.ndarray:
     """Embed a list of strings -> float32 [N, dim], row i for texts[i]: the plain path (st/heads.py embed, which is
-    embedding.embed with the folder's head), faster.
+    model.embed's loop with the folder's head), faster.
 
     The options of the plain path (model, batch_size, max_length, normalize, num_layers, dim, prompt, prompt_name),
     plus: pack: several

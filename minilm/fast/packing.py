@@ -1,6 +1,6 @@
 """An optimisation of padding every text to its batch's longest: texts sorted by length, or packed several to a row;
 tests/test_fast_packing.py proves each text's embedding equal to the text embedded alone. (Training packs its batches
-with the core's batch.py; this module plans the forwards of embedding many texts.)
+with the book's batch.py; this module plans the forwards of embedding many texts.)
 
 A jitted function compiles once per input shape, so every forward here has one of a bounded set of shapes: rows are
 a power of two (up to the batch) and lengths come from tokenizer.LENGTHS. Two plans:

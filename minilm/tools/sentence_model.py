@@ -4,8 +4,8 @@
     emb = model.encode(["A man is eating food.", "A man is riding a horse."], batch_size=64)
     model.similarity(emb, emb)                    # [2, 2] similarities by the folder's function (cosine here)
 
-It holds a loaded Model (checkpoint.py) and calls the functions: encode is minilm.embed (the fast path; fast=False
-takes the plain one), similarity is embedding.similarity with the folder's similarity_fn_name.
+It holds a loaded Model (st/folder.py) and calls the functions: encode is minilm.embed (the fast path; fast=False
+takes the plain one), similarity is tools/similarity.py's with the folder's similarity_fn_name.
 """
 import dataclasses
 
