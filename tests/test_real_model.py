@@ -1,5 +1,5 @@
-"""The real all-MiniLM-L6-v2 through `embed.py`, against sentence-transformers, on every unique sentence of the
-STS-b dev set (../shared/data/stsb/stsb-en-dev.csv).
+"""The real all-MiniLM-L6-v2 through `embed.py`, and through the book's plain path alone, against
+sentence-transformers, on the unique sentences of the STS-b dev set (../shared/data/stsb/stsb-en-dev.csv).
 
 Tolerance: max absolute difference per component <= 1e-5 between our normalized embeddings (JAX, float32, CPU)
 and sentence-transformers' (torch, float32, CPU).
@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.conftest import REPO, need
 
@@ -36,3 +37,19 @@ def test_embed_py_equals_sentence_transformers_on_stsb_dev(real_model_dir, stsb_
     diff = np.abs(ours - theirs).max()
     print(f"{len(sentences)} sentences, max |ours - sentence-transformers| = {diff:.2e}")
     assert diff <= 1e-5
+
+
+@pytest.mark.book
+def test_the_books_plain_path_equals_sentence_transformers(real_model_dir, stsb_dir):
+    """The plain path with the book's objects alone, as docs/encoder.md shows it: checkpoint.load_encoder, then
+    model.embed(texts, params, cfg, tokenizer), on 256 STS-b dev sentences."""
+    st = need("sentence_transformers")
+    from minilm.checkpoint import load_encoder
+    from minilm.model import embed
+    sentences = unique_sentences(stsb_dir / "stsb-en-dev.csv")[:256]
+    _, cfg, params, tokenizer = load_encoder(real_model_dir)
+    ours = embed(sentences, params, cfg, tokenizer)
+    theirs = st.SentenceTransformer(str(real_model_dir), device="cpu").encode(sentences, batch_size=64)
+    diff = np.abs(ours - theirs).max()
+    print(f"{len(sentences)} sentences, max |model.embed - sentence-transformers| = {diff:.2e}")
+    assert ours.shape == (256, 384) and diff <= 1e-5
