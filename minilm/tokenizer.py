@@ -14,15 +14,10 @@ padding baked into a tokenizer.json (all-MiniLM-L6-v2's file truncates and pads 
 are cleared on load: they would otherwise apply silently. docs/tokenizer.md has the rules with examples.
 """
 import dataclasses
-import json
-import pathlib
 
 import numpy as np
 import tokenizers
-from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from minilm.config import read_json
-from minilm.data import read_lines
 
 # The padded lengths of a batch (one jitted shape each): steps of 8 up to 128 tokens, then 32, then 64; beyond 512
 # the next multiple of 128. The one table of padded lengths: packed rows (batch.py) use its powers of two.
@@ -72,45 +67,13 @@ class Tokenizer:
         return self.tok.get_vocab_size()
 
     @classmethod
-    def from_dir(cls, path, max_length: int | None = None) -> "Tokenizer":
-        """From a model folder: tokenizer.json, else vocab.txt with the settings of tokenizer_config.json.
-        max_length: the argument, else sentence_bert_config.json's max_seq_length, else tokenizer_config.json's
-        model_max_length (unless it is transformers' 'no limit' sentinel), else 512."""
-        path = pathlib.Path(path)
-        tok_cfg = _read_json(path / "tokenizer_config.json")
-        st_cfg = _read_json(path / "sentence_bert_config.json")
-        if (path / "tokenizer.json").is_file():
-            try:
-                tok = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
-            except Exception as e:
-                raise ValueError(f"{path / 'tokenizer.json'}: cannot be read as a tokenizers file: {e}") from None
-        elif (path / "vocab.txt").is_file():
-            tok = wordpiece_from_vocab(path / "vocab.txt", lowercase=tok_cfg.get("do_lower_case", True),
-                                       strip_accents=tok_cfg.get("strip_accents"),
-                                       chinese_chars=tok_cfg.get("tokenize_chinese_chars", True))
-        else:
-            raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt")
-        if max_length is None:
-            model_max = _length(tok_cfg, "model_max_length", path / "tokenizer_config.json") or 512
-            max_length = (_length(st_cfg, "max_seq_length", path / "sentence_bert_config.json")
-                          or (model_max if model_max < 1e6 else 512))
-        return cls(tok, int(max_length), bool(st_cfg.get("do_lower_case", False)))
-
-    def save(self, path):
-        """tokenizer.json (without baked truncation or padding), vocab.txt and the transformers config files."""
-        path = pathlib.Path(path)
-        self.tok.save(str(path / "tokenizer.json"))
-        vocab = sorted(self.tok.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
-        (path / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab), encoding="utf-8")
-        specials = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
-                    "mask_token": "[MASK]"}
-        norm = json.loads(self.tok.to_str()).get("normalizer") or {}
-        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": bool(norm.get("lowercase", True)),
-                  "strip_accents": norm.get("strip_accents"),
-                  "tokenize_chinese_chars": bool(norm.get("handle_chinese_chars", True)),
-                  "model_max_length": self.max_length, **specials}
-        for name, obj in (("tokenizer_config.json", config), ("special_tokens_map.json", specials)):
-            (path / name).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    def from_file(cls, path, max_length: int = 512, do_lower_case: bool = False) -> "Tokenizer":
+        """From a tokenizer.json (all-MiniLM-L6-v2's: max_length=256, its sentence_bert_config.json's
+        max_seq_length). A folder with only vocab.txt, and the lengths its config files give: st/hf.py."""
+        try:
+            return cls(tokenizers.Tokenizer.from_file(str(path)), max_length, do_lower_case)
+        except Exception as e:  # the library's errors name neither the file nor what is wrong with it
+            raise ValueError(f"{path}: cannot be read as a tokenizers file: {e}") from None
 
     def n_special(self, pair: bool) -> int:
         return 3 if pair else 2
@@ -160,21 +123,6 @@ class Tokenizer:
         return Encoding(tuple(ids), tuple(type_ids))
 
 
-def wordpiece_from_vocab(vocab_path, lowercase: bool = True, strip_accents: bool | None = None,
-                         chinese_chars: bool = True) -> tokenizers.Tokenizer:
-    """The BERT pipeline from a vocab.txt: BertNormalizer, BertPreTokenizer, WordPiece ([UNK], '##', 100 chars)."""
-    vocab = {}
-    for number, token in read_lines(vocab_path):
-        vocab.setdefault(token, number - 1)
-    tok = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=chinese_chars,
-                                                strip_accents=strip_accents, lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.BertProcessing(("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"]))
-    tok.decoder = decoders.WordPiece(prefix="##")
-    return tok
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Padding
 
@@ -203,16 +151,3 @@ def pad_batch(encodings: list[Encoding], length: int | None = None, rows: int | 
         n = len(e.ids)
         ids[r, :n], type_ids[r, :n], mask[r, :n] = e.ids, e.type_ids, 1
     return Batch(ids, type_ids, mask)
-
-
-def _read_json(path: pathlib.Path) -> dict:
-    """An optional JSON file of a model folder: {} when absent."""
-    return read_json(path, dict) if path.is_file() else {}
-
-
-def _length(cfg: dict, key: str, file: pathlib.Path):
-    """A length field of a JSON file (None when absent), checked to be a positive number."""
-    value = cfg.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1):
-        raise ValueError(f"{file}: field {key!r} should be a positive integer, got {value!r}")
-    return value

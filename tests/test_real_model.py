@@ -41,13 +41,18 @@ def test_embed_py_equals_sentence_transformers_on_stsb_dev(real_model_dir, stsb_
 
 @pytest.mark.book
 def test_the_books_plain_path_equals_sentence_transformers(real_model_dir, stsb_dir):
-    """The plain path with the book's objects alone, as docs/encoder.md shows it: checkpoint.load_encoder, then
-    model.embed(texts, params, cfg, tokenizer), on 256 STS-b dev sentences."""
+    """The plain path with the book's objects alone, as docs/encoder.md shows it: config.json, the weights and
+    tokenizer.json each read by its chapter, then model.embed(texts, params, cfg, tokenizer), on 256 STS-b dev
+    sentences."""
     st = need("sentence_transformers")
-    from minilm.checkpoint import load_encoder
+    from minilm.checkpoint import load_params
+    from minilm.config import Config
     from minilm.model import embed
+    from minilm.tokenizer import Tokenizer
     sentences = unique_sentences(stsb_dir / "stsb-en-dev.csv")[:256]
-    _, cfg, params, tokenizer = load_encoder(real_model_dir)
+    cfg = Config.from_json(real_model_dir / "config.json")
+    params = load_params(real_model_dir, cfg)
+    tokenizer = Tokenizer.from_file(real_model_dir / "tokenizer.json", max_length=256)
     ours = embed(sentences, params, cfg, tokenizer)
     theirs = st.SentenceTransformer(str(real_model_dir), device="cpu").encode(sentences, batch_size=64)
     diff = np.abs(ours - theirs).max()

@@ -27,7 +27,7 @@ from hypothesis import assume, given, settings, strategies as st
 import embed as cli
 from minilm import embed
 from minilm.st.folder import load, save
-from minilm.tokenizer import Tokenizer
+from minilm.st.hf import read_tokenizer
 from minilm.tools import truncation
 from tests.conftest import REPO
 from tests.tiny import tiny_model
@@ -46,14 +46,14 @@ FILLER = "the quick brown fox jumps over the lazy dog " * 20  # more than 64 tok
 
 @pytest.fixture(scope="module")
 def tok(real_model_dir):
-    return Tokenizer.from_dir(real_model_dir)
+    return read_tokenizer(real_model_dir)
 
 
 @pytest.fixture(scope="module")
 def tiny_real_vocab(real_model_dir, tmp_path_factory):
     """A tiny random encoder that reads the real tokenizer's ids (vocab_size 30522), texts cut to 64 tokens."""
     model = tiny_model(tmp_path_factory.mktemp("tiny"), vocab_size=30522, max_position_embeddings=64)
-    return dataclasses.replace(model, tokenizer=Tokenizer.from_dir(real_model_dir, max_length=64))
+    return dataclasses.replace(model, tokenizer=read_tokenizer(real_model_dir, max_length=64))
 
 
 @pytest.fixture(scope="module")

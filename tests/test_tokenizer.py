@@ -11,6 +11,7 @@ import pytest
 import tokenizers
 
 from minilm.tokenizer import Encoding, LENGTHS, pad_batch, padded_length, Tokenizer
+from minilm.st import hf
 from minilm.tools import truncation
 from minilm.tools.truncation import kept_lengths, windows
 from tests.conftest import need
@@ -43,7 +44,7 @@ PAIRS = [("four", "four"), ("four", "eight"), ("eight", "four"), ("eight", "eigh
 
 @pytest.fixture(scope="module")
 def ours(real_model_dir):
-    return Tokenizer.from_dir(real_model_dir)
+    return hf.read_tokenizer(real_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -216,20 +217,18 @@ def test_legacy_python_tokenizer_odd_budget(ours, real_model_dir):
         assert list(truncation.encode(ours, TEXTS[a], TEXTS[b], max_length=max_length).ids) == python_ids
 
 
-@pytest.mark.book
 def test_vocab_txt_folder_tokenizes_like_tokenizer_json(ours, real_model_dir, tmp_path):
     (tmp_path / "vocab.txt").write_bytes((real_model_dir / "vocab.txt").read_bytes())
     (tmp_path / "tokenizer_config.json").write_bytes((real_model_dir / "tokenizer_config.json").read_bytes())
-    from_vocab = Tokenizer.from_dir(tmp_path)
+    from_vocab = hf.read_tokenizer(tmp_path)
     assert from_vocab.max_length == 512  # model_max_length of tokenizer_config.json: no sentence_bert_config here
     for text in TEXTS.values():
         assert from_vocab.encode(text, max_length=256) == ours.encode(text)
 
 
-@pytest.mark.book
 def test_save_round_trip(ours, tmp_path):
-    ours.save(tmp_path)
-    again = Tokenizer.from_dir(tmp_path)
+    hf.write_tokenizer(ours, tmp_path)
+    again = hf.read_tokenizer(tmp_path)
     assert again.max_length == ours.max_length
     for text in TEXTS.values():
         assert truncation.encode(again, text, TEXTS["cjk"]) == truncation.encode(ours, text, TEXTS["cjk"])

@@ -3,5 +3,6 @@ pooling and L2 normalisation.
 
     folder.py  the folder layouts of sentence-transformers 2.x-6.x, read and written, the Model that holds them, the
                model card, the default model
+    hf.py      the encoder's files as transformers reads and writes them: config.json, weights, tokenizer files
     heads.py   CLS, max and mean_sqrt_len pooling, Dense modules, prompts, Matryoshka cuts; the plain path with them
 """

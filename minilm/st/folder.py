@@ -1,7 +1,7 @@
 """sentence-transformers model folders: the modules around the encoder, read and written in the layouts that
 sentence-transformers 2.x to 6.x write, and the `Model` that holds them.
 
-Besides the encoder's files (checkpoint.py), a folder has sentence_bert_config.json (max_seq_length), modules.json
+Besides the encoder's files (st/hf.py), a folder has sentence_bert_config.json (max_seq_length), modules.json
 (Transformer -> Pooling [-> Dense ...] [-> Normalize]), 1_Pooling/config.json (the old form, one true
 pooling_mode_*_tokens flag, or the one "pooling_mode" key of 5.4 and later), a folder per Dense module, and
 config_sentence_transformers.json (prompts and the similarity function). `save` writes all of them and a model card,
@@ -16,10 +16,10 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from minilm.checkpoint import load_encoder, write_encoder
 from minilm.config import Config, read_json
 from minilm.run.atomic import atomic_dir
 from minilm.st.heads import ACTIVATIONS, POOLING_MODES
+from minilm.st.hf import load_encoder, write_encoder
 from minilm.tokenizer import Tokenizer
 from minilm.tools.similarity import SIMILARITY_FNS
 
