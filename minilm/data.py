@@ -321,21 +321,7 @@ class BatchSampler:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Unlabeled text for distillation: one sentence or paragraph a line.
-
-
-def read_texts(path) -> list[str]:
-    """The texts of a file for distillation: the non-blank lines of a .txt or .txt.gz file (UTF-8), or every distinct
-    text of a pair or triplet file (.jsonl, .tsv, gzipped or not; pairs and triplets may mix). A bad byte or line is
-    an error naming file and line."""
-    name = str(path)
-    if name.endswith(SUFFIXES):
-        texts = list(dict.fromkeys(t for example in each_example(name) for t in example))
-    else:
-        texts = [text for _, text in read_lines(path) if text.strip()]
-    if not texts:
-        raise ValueError(f"{path}: no text (every line is blank)")
-    return texts
+# Every example of a file as it stands (distill.py's texts and pairs).
 
 
 def each_example(name: str):
@@ -348,55 +334,3 @@ def each_example(name: str):
                 yield _parse_line(line, parse)
             except ValueError as e:
                 raise ValueError(f"{name}:{number}: {e}") from None
-
-
-def read_pairs(path) -> list[Example]:
-    """The (first, second) texts of every line of a pair or triplet file, pairs and triplets mixed or not (a third
-    text is not used): distill.py's (query, passage) pairs. A bad line is an error naming file and line."""
-    name = str(path)
-    if not name.endswith(SUFFIXES):
-        raise ValueError(f"{name}: (query, passage) pairs come from .jsonl or .tsv files (gzipped or not)")
-    pairs = [example[:2] for example in each_example(name)]
-    if not pairs:
-        raise ValueError(f"{name}: no pairs (every line is blank)")
-    return pairs
-
-
-class TextSampler:
-    """Batches of texts from several files taken as one pool, in a new order each epoch: the order of epoch e is
-    rng(seed, e).permutation, so state() is just (epoch, position)."""
-
-    def __init__(self, paths: list[str], batch_size: int, seed: int = 0):
-        if not paths:
-            raise ValueError("no text files given")
-        self.paths, self.batch_size, self.seed = [str(p) for p in paths], batch_size, seed
-        self.texts = [t for p in self.paths for t in read_texts(p)]
-        self.epoch, self.position = 0, 0
-        self.order = self._order(0)
-
-    def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.texts))
-
-    def __next__(self) -> list[str]:
-        batch = []
-        while len(batch) < self.batch_size:
-            if self.position == len(self.texts):
-                self.epoch, self.position = self.epoch + 1, 0
-                self.order = self._order(self.epoch)
-            batch.append(self.texts[self.order[self.position]])
-            self.position += 1
-        return batch
-
-    def __iter__(self):
-        return self
-
-    def state(self) -> dict:
-        return {"paths": self.paths, "epoch": self.epoch, "position": self.position}
-
-    def load_state(self, state: dict) -> None:
-        if state.get("paths") != self.paths:
-            raise ValueError(f"the checkpoint's data files {state.get('paths')} are not this run's {self.paths}")
-        if not 0 <= int(state["position"]) <= len(self.texts):
-            raise ValueError(f"data position {state['position']} is outside these files' {len(self.texts)} texts")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self.order = self._order(self.epoch)

@@ -281,7 +281,7 @@ def test_state_round_trip_resumes_exactly():
 
 
 def test_text_sampler_epochs_state_and_errors(tmp_path):
-    from minilm.data import read_texts, TextSampler
+    from distill import read_texts, TextSampler
     f = tmp_path / "t.txt.gz"
     with gzip.open(f, "wt", encoding="utf-8") as g:
         g.write("\ufeffone\n\n  \ntwo\r\nthree\nfour\nfive\n")
@@ -307,7 +307,7 @@ def test_text_sampler_epochs_state_and_errors(tmp_path):
 
 
 def test_texts_of_pair_and_triplet_files_for_distillation(tmp_path):
-    from minilm.data import read_texts
+    from distill import read_texts
     f = tmp_path / "mixed.jsonl.gz"
     with gzip.open(f, "wt", encoding="utf-8") as out:
         out.write('{"anchor": "a", "positive": "b", "negative": "c"}\n\n["b", "d"]\n{"anchor": "e", "positive": "a"}\n')
@@ -318,7 +318,7 @@ def test_texts_of_pair_and_triplet_files_for_distillation(tmp_path):
 
 
 def test_read_pairs_takes_the_first_two_texts_of_pairs_and_triplets_mixed(tmp_path):
-    from minilm.data import read_pairs
+    from distill import read_pairs
     f = tmp_path / "mixed.jsonl"
     f.write_text('{"anchor": "q1", "positive": "p1"}\n\n["q2", "p2", "n2"]\n{"anchor": "q3", "positive": "p3", '
                  '"negative": "n3"}\n')
