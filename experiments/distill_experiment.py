@@ -163,6 +163,8 @@ ROWS = {
                           max_length=256), ("g4-psg-ft", 0)),  # the same on four kept layers (control: l4-ft)
     "g3-psg-seed1": row(distill("g3-psg", L3, EMBEDDING, text=GENERAL_TEXT, cache="teacher-general", steps=1500,
                                 max_length=256), ("g3-psg-ft-seed1", 1)),  # the fine-tuning's seed spread
+    "g4-psg-seed1": row(distill("g4-psg", L4, EMBEDDING, text=GENERAL_TEXT, cache="teacher-general", steps=1500,
+                                max_length=256), ("g4-psg-ft-seed1", 1)),  # the best general row's fine-tuning seed
     # the same sources as pairs, the teacher's in-batch scores distilled beside the embeddings (32 pairs a batch)
     "g3-rank": row(distill("g3-rank", L3, RANKING, text=GENERAL_PAIRS, cache="teacher-general-pairs", steps=1500,
                            max_length=256, batch=32), ("g3-rank-ft", 0)),
