@@ -303,8 +303,8 @@ def distill(args: Args) -> int:
     # The step and the state it updates.
     pair = Pair(t_cfg, s_cfg, relations, heads, t_layer, s_layer, Head.of(teacher), Head.of(student))
     distill_step = make_distill_step(mesh, args, pair, None if projection is None else jnp.asarray(projection))
-    t_params = parallel.replicate(runs.trainable(teacher), mesh)  # with its Dense modules, if any
-    params, opt_state, start = resume.start_state(runs.trainable(student), sampler, mesh, resume_from)
+    t_params = parallel.replicate(teacher.params, mesh)  # with its Dense modules, if any
+    params, opt_state, start = resume.start_state(student.params, sampler, mesh, resume_from)
     if jax.process_index() == 0:
         shape = lambda c: f"{c.num_hidden_layers}x{c.hidden_size}, {c.num_attention_heads} heads"
         objectives = [f"relations of teacher layer {t_layer} -> student layer {s_layer}, {heads[0]} relation heads: "

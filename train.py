@@ -207,7 +207,7 @@ def train(args: Args) -> int:
 
     # The step and the state it updates.
     train_step = make_train_step(mesh, cfg, args, Head.of(model))
-    params, opt_state, start = resume.start_state(runs.trainable(model), sampler, mesh, resume_from)
+    params, opt_state, start = resume.start_state(model.params, sampler, mesh, resume_from)
     if jax.process_index() == 0:
         print(f"training {cfg.num_hidden_layers}-layer model ({sum(x.size for x in jax.tree.leaves(params)):,} "
               f"params, {model.pooling} pooling) on {mesh.size} {jax.devices()[0].platform} device(s), "

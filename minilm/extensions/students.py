@@ -26,7 +26,7 @@ def make_student(args, teacher: Model) -> Model:
                                   intermediate_size=args.student_intermediate_size or 4 * D,
                                   num_hidden_layers=args.student_num_layers or t_cfg.num_hidden_layers)
         return dataclasses.replace(teacher, config=cfg, params=init_params(cfg, jax.random.key(args.seed)),
-                                   dense=(), activations=())  # its own width: the teacher's Dense would not fit
+                                   activations=())  # its own width, so no Dense module: the teacher's would not fit
     layers = args.student_layers
     if not layers and args.student_num_layers:  # spread evenly: 12 -> 6 keeps 0,2,...,10; 6 -> 3 keeps 0,2,4
         L, M = t_cfg.num_hidden_layers, args.student_num_layers

@@ -11,7 +11,6 @@ import safetensors
 import safetensors.numpy
 
 from minilm.checkpoint import flatten
-from minilm.run import runs
 from minilm.run.atomic import usual_mode
 from minilm.st.folder import Model
 
@@ -23,7 +22,7 @@ PART_TEXTS = 8192  # texts a cache saves at a time, so that an interrupted cache
 def fingerprint(texts: list[str], teacher: Model, max_length: int) -> str:
     """What a cache of teacher embeddings depends on: the texts, the teacher's weights and head, the truncation."""
     h = hashlib.sha256(f"{max_length} {teacher.pooling} {teacher.normalize} {teacher.activations}\n".encode())
-    for name, x in sorted(flatten(runs.trainable(teacher)).items()):
+    for name, x in sorted(flatten(teacher.params).items()):
         h.update(name.encode()), h.update(np.ascontiguousarray(x).tobytes())
     for text in texts:
         h.update(text.encode("utf-8") + b"\0")

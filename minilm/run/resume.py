@@ -59,7 +59,7 @@ def save_checkpoint(out: pathlib.Path, step: int, model: Model, opt_state, data_
     removed, and beyond the newest `keep_optimizer` (0: all) their optimizer state (two thirds of a checkpoint).
     Its README.md model card gives the command, data, steps and the latest evaluation (`metrics`)."""
     folder = out / f"step-{step:07d}"
-    host_model = dataclasses.replace(model, params=jax.device_get(model.params), dense=jax.device_get(model.dense))
+    host_model = dataclasses.replace(model, params=jax.device_get(model.params))
     card = model_card(host_model, folder.name, training_card(script, step, args, metrics or {}))
     try:
         with atomic_dir(folder) as tmp:

@@ -100,19 +100,6 @@ def make_batch(tokenizer, examples, max_length: int, mesh, pack: bool):
     return parallel.shard_batch(batch, mesh), texts * jax.process_count(), tokens * jax.process_count()
 
 
-def trainable(model: Model) -> dict:
-    """The parameters a run trains: the encoder's, and the Dense modules' under "dense" when the folder has them."""
-    return {**model.params, "dense": list(model.dense)} if model.dense else model.params
-
-
-def with_params(model: Model, params: dict) -> Model:
-    """The model with these (trained) parameters, the Dense modules' taken back out of `params`."""
-    if "dense" not in params:
-        return dataclasses.replace(model, params=params)
-    return dataclasses.replace(model, params={k: v for k, v in params.items() if k != "dense"},
-                               dense=tuple(params["dense"]))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The bookkeeping of a run.
 
@@ -230,7 +217,7 @@ class Run:
         """data: STS pairs (minilm.tools.evaluate.read_sts) or a retrieval set (minilm.tools.retrieval.read_beir)."""
         from minilm.tools.evaluate import evaluate_sts, ir_line, StsPairs
         from minilm.tools.retrieval import evaluate_ir
-        model = with_params(self.model, jax.device_get(params))
+        model = dataclasses.replace(self.model, params=jax.device_get(params))
         if isinstance(data, StsPairs):
             result = evaluate_sts(data, model, batch_size=64, progress=False)
             self.evaluated.update({"step": step, "sts_spearman": result["spearman"], "sts_pearson": result["pearson"]})
@@ -244,7 +231,7 @@ class Run:
 
     def save(self, step: int, params, opt_state, data_state: dict) -> None:
         if self.leader:
-            model = with_params(self.model, params)
+            model = dataclasses.replace(self.model, params=params)
             self.last_saved = resume.save_checkpoint(self.out, step, model, opt_state, data_state, self.args,
                                                      self.args.keep, self.args.keep_optimizer, self.script,
                                                      self.evaluated)

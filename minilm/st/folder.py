@@ -35,7 +35,7 @@ ST_MODULES = {"Transformer", "Pooling", "Dense", "Normalize"}  # the module clas
 class Model:
     """Everything needed to embed text: the encoder, its tokenizer and the sentence-transformers head."""
     config: Config
-    params: dict
+    params: dict  # the encoder's by HF names, and the Dense modules' under "dense" when the folder has them
     tokenizer: Tokenizer
     pooling: str = "mean"  # 1_Pooling/config.json
     normalize: bool = True  # modules.json lists a Normalize module
@@ -43,8 +43,12 @@ class Model:
     prompts: dict = dataclasses.field(default_factory=dict)  # config_sentence_transformers.json: name -> prompt
     default_prompt_name: str | None = None  # the prompt used when none is asked for
     include_prompt: bool = True  # 1_Pooling/config.json: False pools without the prompt's tokens
-    dense: tuple = ()  # Dense modules after the pooling: ({"weight": [out, in], "bias": [out]}, ...)
     activations: tuple[str, ...] = ()  # each Dense module's activation_function (heads.ACTIVATIONS)
+
+    @property
+    def dense(self) -> tuple:
+        """The Dense modules after the pooling: ({"weight": [out, in], "bias": [out]}, ...), trained with the rest."""
+        return tuple(self.params.get("dense", ()))
 
     @property
     def dim(self) -> int:
@@ -162,9 +166,9 @@ def load(folder, max_length: int | None = None) -> Model:
     pooling, normalize, include_prompt, dense, activations = read_head(folder, config.hidden_size)
     st_file = folder / "config_sentence_transformers.json"
     st_config = read_json(st_file, dict) if st_file.is_file() else {}
-    return Model(config, params, tokenizer, pooling, normalize, read_similarity_fn(folder),
-                 dict(st_config.get("prompts") or {}), st_config.get("default_prompt_name"), include_prompt, dense,
-                 activations)
+    return Model(config, {**params, "dense": list(dense)} if dense else params, tokenizer, pooling, normalize,
+                 read_similarity_fn(folder), dict(st_config.get("prompts") or {}), st_config.get("default_prompt_name"),
+                 include_prompt, activations)
 
 
 def default_model_dir() -> pathlib.Path:
@@ -208,7 +212,7 @@ VERSION = "0.1.0"  # minilm's, recorded in config_sentence_transformers.json
 def write_model(model: Model, folder: pathlib.Path, card: str | None = None) -> None:
     """Write every file of the sentence-transformers layout into an existing (temporary) folder, and a model card
     README.md (`card`, or a short one that says what the model is and how to load it)."""
-    write_encoder(model.params, model.config, model.tokenizer, folder)
+    write_encoder({k: v for k, v in model.params.items() if k != "dense"}, model.config, model.tokenizer, folder)
     write_json(folder / "sentence_bert_config.json",
                {"max_seq_length": model.tokenizer.max_length, "do_lower_case": model.tokenizer.do_lower_case})
     modules = [("", "Transformer"), ("1_Pooling", "Pooling")]
