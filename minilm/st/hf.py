@@ -21,19 +21,19 @@ def read_tokenizer(path, max_length: int | None = None) -> Tokenizer:
     path = pathlib.Path(path)
     tok_cfg = _read_json(path / "tokenizer_config.json")
     st_cfg = _read_json(path / "sentence_bert_config.json")
-    if (path / "tokenizer.json").is_file():
-        tok = Tokenizer.from_file(path / "tokenizer.json").tok
-    elif (path / "vocab.txt").is_file():
-        tok = wordpiece_from_vocab(path / "vocab.txt", lowercase=tok_cfg.get("do_lower_case", True),
-                                   strip_accents=tok_cfg.get("strip_accents"),
-                                   chinese_chars=tok_cfg.get("tokenize_chinese_chars", True))
-    else:
-        raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt")
     if max_length is None:
         model_max = _length(tok_cfg, "model_max_length", path / "tokenizer_config.json") or 512
         max_length = (_length(st_cfg, "max_seq_length", path / "sentence_bert_config.json")
                       or (model_max if model_max < 1e6 else 512))
-    return Tokenizer(tok, int(max_length), bool(st_cfg.get("do_lower_case", False)))
+    max_length, lower = int(max_length), bool(st_cfg.get("do_lower_case", False))
+    if (path / "tokenizer.json").is_file():
+        return Tokenizer.from_file(path / "tokenizer.json", max_length, lower)
+    if (path / "vocab.txt").is_file():
+        return Tokenizer(wordpiece_from_vocab(path / "vocab.txt", lowercase=tok_cfg.get("do_lower_case", True),
+                                              strip_accents=tok_cfg.get("strip_accents"),
+                                              chinese_chars=tok_cfg.get("tokenize_chinese_chars", True)),
+                         max_length, lower)
+    raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt")
 
 
 def write_tokenizer(tokenizer: Tokenizer, path) -> None:
