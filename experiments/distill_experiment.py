@@ -171,6 +171,13 @@ ROWS = {
     # the best general 3-layer row again with both seeds changed: the distillation's and the fine-tuning's spread
     "g3-rank-seed1": row(distill("g3-rank-seed1", L3, RANKING, text=GENERAL_PAIRS, cache="teacher-general-pairs",
                                  steps=1500, max_length=256, batch=32, seed=1), ("g3-rank-seed1-ft", 1)),
+    # relations first (l3-rel's distillation, run and scored again), then g3-rank's score distillation from there:
+    # does the relations' sentence-similarity gain survive the passages and add to their retrieval gain? (control:
+    # g3-rank, two seeds)
+    "g3-rel-rank": row(distill("g3-rel", L3, RELATIONS),
+                       distill("g3-rel-rank", ["--student", f"{{root}}/g3-rel/step-{DISTILL_STEPS:07d}"], RANKING,
+                               text=GENERAL_PAIRS, cache="teacher-general-pairs", steps=1500, max_length=256,
+                               batch=32), ("g3-rel-rank-ft", 0)),
 }
 # A student for your corpus: the general student (or the teacher's kept layers) distilled on a corpus's documents
 # alone, no labels: here the Reuters training bodies (the development articles excluded), as docs/usage.md shows.
