@@ -263,8 +263,8 @@ def embed_texts(args, total: int | None, out, read_lines, truncated: list) -> in
             for rank, (score, i, text) in enumerate(hits, start=1):
                 print(f"  {rank}. {score:.4f}  [{i + 1}] {text}")
         return max_length
-    for chunk, emb in stream:
-        out.write(chunk, quantize(emb, args.precision, ranges))
+    for chunk, emb in stream:  # float32 as it comes; another precision through tools/quantize.py
+        out.write(chunk, emb if args.precision == "float32" else quantize(emb, args.precision, ranges))
     if not out.rows:
         name = args.input if args.input not in (None, "-") else "<stdin>"
         raise ValueError(f"{name}: is empty; there is nothing to embed" if args.input else

@@ -13,6 +13,7 @@ time of `python embed.py "one sentence"` against a sentence-transformers one-lin
 are skipped. Timings are wall-clock; run it on an otherwise idle machine. How to read it: docs/benchmarks.md.
 """
 import argparse
+import functools
 import gzip
 import json
 import os
@@ -36,7 +37,7 @@ import host  # noqa: E402
 import op_profile  # noqa: E402
 from host import timed  # noqa: E402
 from minilm.fast import embedding as fast, xla  # noqa: E402
-from minilm.fast.packing import plan_packed, plan_padded  # noqa: E402
+from minilm.fast.embedding import plan_packed, plan_padded  # noqa: E402
 from minilm.model import linear  # noqa: E402
 from minilm.st import folder  # noqa: E402
 from minilm.tools.evaluate import read_sts  # noqa: E402
@@ -106,7 +107,7 @@ class Minilm:
     def model_only(self, prepared):
         m = self.model
         with jax.default_matmul_precision("highest"):
-            jax.block_until_ready([fast.embed_rows(m.params, *a, cfg=m.config, pooling=m.pooling, normalize=m.normalize,
+            jax.block_until_ready([fast.compiled_embed_rows()(m.params, *a, cfg=m.config, pooling=m.pooling, normalize=m.normalize,
                                                    slots=fwd.slots) for fwd, a in zip(*prepared)])
 
     def projections(self, prepared):
@@ -114,14 +115,18 @@ class Minilm:
         feed-forward matmuls, with their biases): no attention, LayerNorm, GELU or pooling. Its time is the floor
         that XLA's matmul kernels set on this machine."""
         with jax.default_matmul_precision("highest"):
-            jax.block_until_ready([projections_only(self.model.params, a[0]) for a in prepared[1]])
+            jax.block_until_ready([projections_only()(self.model.params, a[0]) for a in prepared[1]])
 
     def profile(self, prepared):
         return op_profile.minilm_profile(self.model, prepared)
 
 
-@xla.jit
-def projections_only(params, ids_BT):
+@functools.cache
+def projections_only():
+    return jax.jit(projections, compiler_options=xla.compiler_options())  # as the fast path compiles its forward
+
+
+def projections(params, ids_BT):
     h = params["embeddings"]["word_embeddings"]["weight"][ids_BT]
     for p in params["encoder"]["layer"]:
         sa = p["attention"]["self"]

@@ -89,9 +89,8 @@ def profiled_forward():
     if jax.default_backend() == "cpu" and xla.matmul_library() == "xla":
         print("  (minilm profiled with its matmuls in YNNPACK: the profiler cannot time XLA's own, which run "
               "asynchronously)")
-        return jax.jit(fast.embed_rows.__wrapped__, compiler_options=xla.MATMUL_LIBRARIES["ynnpack"],
-                       **fast.embed_rows.jit_kwargs)
-    return fast.embed_rows.jitted()
+        return jax.jit(fast.embed_rows, compiler_options=xla.MATMUL_LIBRARIES["ynnpack"], static_argnames=fast.STATIC)
+    return fast.compiled_embed_rows()
 
 
 def traced_op_seconds(jitted, calls: list[tuple], label: str = "", **kwargs) -> tuple[collections.Counter, ...]:

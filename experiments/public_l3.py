@@ -23,7 +23,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # minilm and the scripts of this checkout; a sibling script by its plain name
 
-from minilm.st.hf import read_tokenizer  # noqa: E402
+from minilm.st.folder import read_tokenizer  # noqa: E402
 from minilm.tools.evaluate import read_sts, spearman  # noqa: E402
 from minilm.tools.similarity import similarity  # noqa: E402
 from minilm.tools.retrieval import rank, ranking_metrics, read_beir  # noqa: E402

@@ -9,8 +9,8 @@ files of a folder, each read by its chapter:
     params = load_params(folder, cfg)
     tokenizer = Tokenizer.from_file(folder / "tokenizer.json", max_length=256)
 
-The rest of a folder (vocab.txt, the tokenizer configs, sentence-transformers' modules) is st/hf.py's and
-st/folder.py's, which write every folder whole or not at all (run/atomic.py).
+The rest of a folder (vocab.txt, the tokenizer configs, sentence-transformers' modules) is st/folder.py's, which
+writes every folder whole or not at all (run/atomic.py).
 """
 import dataclasses
 import pathlib

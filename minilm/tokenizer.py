@@ -69,7 +69,7 @@ class Tokenizer:
     @classmethod
     def from_file(cls, path, max_length: int = 512, do_lower_case: bool = False) -> "Tokenizer":
         """From a tokenizer.json (all-MiniLM-L6-v2's: max_length=256, its sentence_bert_config.json's
-        max_seq_length). A folder with only vocab.txt, and the lengths its config files give: st/hf.py."""
+        max_seq_length). A folder with only vocab.txt, and the lengths its config files give: st/folder.py."""
         try:
             return cls(tokenizers.Tokenizer.from_file(str(path)), max_length, do_lower_case)
         except Exception as e:  # the library's errors name neither the file nor what is wrong with it

@@ -1,4 +1,4 @@
-"""Packing and padding plans (minilm/fast/packing.py) and the compiled shapes of embed(): every text is placed once,
+"""Packing and padding plans (minilm/fast/embedding.py) and the compiled shapes of embed(): every text is placed once,
 rows never overflow, packed rows give the embeddings each text gets alone (1e-6), and new texts of lengths seen
 before compile nothing new (a trace counter, not a timer)."""
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 from minilm.batch import PACK_LENGTHS
 from minilm.fast import embedding as fast
-from minilm.fast.packing import plan_packed, plan_padded
+from minilm.fast.embedding import plan_packed, plan_padded
 from minilm.st.folder import Model
 from minilm.tokenizer import LENGTHS
 from tests.tiny import tiny_model

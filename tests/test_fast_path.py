@@ -51,7 +51,7 @@ def test_first_layers_and_dimensions_equal(tiny):
 def test_plain_path_is_not_the_fast_one(tiny, monkeypatch):
     """embed(fast=False) and embed.py --plain never enter the fast path's forward."""
     from minilm.fast import embedding as fast
-    monkeypatch.setattr(fast, "embed_rows", None)  # calling it would fail
+    monkeypatch.setattr(fast, "compiled_embed_rows", None)  # calling it would fail
     embed(mixed_texts(5), tiny, fast=False)
 
 

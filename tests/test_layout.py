@@ -102,8 +102,8 @@ def test_each_toolbox_room_lists_its_modules():
 
 def test_the_check_above_can_fail(tmp_path):
     """The parser sees an import hidden inside a function, as a book module might have one."""
-    (tmp_path / "m.py").write_text("def f():\n    from minilm.fast.packing import pack_columns\n")
-    assert imports(tmp_path / "m.py", module_files()) == {"minilm.fast.packing"}
+    (tmp_path / "m.py").write_text("def f():\n    from minilm.fast.embedding import plan_packed\n")
+    assert imports(tmp_path / "m.py", module_files()) == {"minilm.fast.embedding"}
 
 
 NOT_CODE = {"runs", "out", "out-distill", "build", "venv"}  # run outputs and environments beside the code

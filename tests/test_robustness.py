@@ -27,7 +27,7 @@ from hypothesis import assume, given, settings, strategies as st
 import embed as cli
 from minilm import embed
 from minilm.st.folder import load, save
-from minilm.st.hf import read_tokenizer
+from minilm.st.folder import read_tokenizer
 from minilm.tools import truncation
 from tests.conftest import REPO
 from tests.tiny import tiny_model

@@ -131,13 +131,13 @@ def test_progress_says_compiling_while_a_new_shape_compiles(tiny_dir, monkeypatc
     instead of counting 0 texts; a shape already compiled in this process says nothing."""
     from minilm.fast import embedding as fast
     seen = []
-    real = fast.embed_rows
+    real = fast.compiled_embed_rows()
 
     def recording(*args, **kwargs):
         seen.append(report.status)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fast, "embed_rows", recording)
+    monkeypatch.setattr(fast, "compiled_embed_rows", lambda: recording)
     monkeypatch.setattr(fast, "COMPILED", set())
     report = Progress(3, enabled=False)
     fast.embed(["the cat sat", "a dog", "the man"], tiny_dir, progress=report)

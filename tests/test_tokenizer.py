@@ -11,7 +11,7 @@ import pytest
 import tokenizers
 
 from minilm.tokenizer import Encoding, LENGTHS, pad_batch, padded_length, Tokenizer
-from minilm.st import hf
+from minilm.st import folder
 from minilm.tools import truncation
 from minilm.tools.truncation import kept_lengths, windows
 from tests.conftest import need
@@ -44,7 +44,7 @@ PAIRS = [("four", "four"), ("four", "eight"), ("eight", "four"), ("eight", "eigh
 
 @pytest.fixture(scope="module")
 def ours(real_model_dir):
-    return hf.read_tokenizer(real_model_dir)
+    return folder.read_tokenizer(real_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -220,15 +220,15 @@ def test_legacy_python_tokenizer_odd_budget(ours, real_model_dir):
 def test_vocab_txt_folder_tokenizes_like_tokenizer_json(ours, real_model_dir, tmp_path):
     (tmp_path / "vocab.txt").write_bytes((real_model_dir / "vocab.txt").read_bytes())
     (tmp_path / "tokenizer_config.json").write_bytes((real_model_dir / "tokenizer_config.json").read_bytes())
-    from_vocab = hf.read_tokenizer(tmp_path)
+    from_vocab = folder.read_tokenizer(tmp_path)
     assert from_vocab.max_length == 512  # model_max_length of tokenizer_config.json: no sentence_bert_config here
     for text in TEXTS.values():
         assert from_vocab.encode(text, max_length=256) == ours.encode(text)
 
 
 def test_save_round_trip(ours, tmp_path):
-    hf.write_tokenizer(ours, tmp_path)
-    again = hf.read_tokenizer(tmp_path)
+    folder.write_tokenizer(ours, tmp_path)
+    again = folder.read_tokenizer(tmp_path)
     assert again.max_length == ours.max_length
     for text in TEXTS.values():
         assert truncation.encode(again, text, TEXTS["cjk"]) == truncation.encode(ours, text, TEXTS["cjk"])

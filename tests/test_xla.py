@@ -97,8 +97,8 @@ def test_each_library_computes_the_same_values_and_compiles_as_asked(name):
 
 def test_jit_compiles_with_the_chosen_library():
     x = jnp.ones((64, 32))
-    ours = xla.jit(lambda a: jax.nn.gelu(a @ a.T))
-    hlo = ours.jitted().lower(x).compile().as_text()
+    ours = jax.jit(lambda a: jax.nn.gelu(a @ a.T), compiler_options=xla.compiler_options())
+    hlo = ours.lower(x).compile().as_text()
     options = xla.compiler_options()
     if options is None:
         pytest.skip(f"no CPU options apply here (backend {jax.default_backend()}, {xla.matmul_library()})")

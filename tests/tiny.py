@@ -10,7 +10,7 @@ import tokenizers
 from minilm.checkpoint import flatten, init_params, unflatten
 from minilm.config import Config
 from minilm.st.folder import Model, save
-from minilm.st.hf import wordpiece_from_vocab
+from minilm.st.folder import wordpiece_from_vocab
 from minilm.tokenizer import Tokenizer
 
 WORDS = ("the a cat dog sat on mat is eating food man woman riding horse play ##s ##ing ##ed , . ! ? "

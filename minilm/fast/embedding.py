@@ -1,17 +1,24 @@
 """An optimisation of the plain path (model.embed, with the folder's head: st/heads.py embed): the same embeddings,
 computed with little padding and few compiled shapes; tests/test_fast_path.py proves them equal,
-tests/test_fast_packing.py each text alone.
+tests/test_fast_packing.py each text alone. docs/fast-path.md explains each step and what it was measured to buy.
 
-- Texts are planned into forwards of a bounded set of shapes (fast/packing.py): packed, several texts sharing a row
-  with a block-diagonal mask (the default), or sorted by length and padded (pack=False).
-- Dispatch is asynchronous: the next forward is built while the device computes this one, and results are
-  collected one forward behind.
-- `embed_stream` embeds an iterable chunk by chunk, so memory stays flat however long the input (embed.py).
-- Compiler options and the persistent compilation cache come from fast/xla.py; dtype "bfloat16" computes the
-  encoder in bfloat16 (LayerNorm, softmax and pooling stay float32).
-docs/fast-path.md explains each and what it was measured to buy.
+Planning the forwards. A jitted function compiles once per input shape, so every forward has one of a bounded set of
+shapes: rows are a power of two (up to the batch) and lengths come from tokenizer.LENGTHS. Two plans:
+- packed (the default): several texts share a row of PACK_LENGTHS tokens, each with its own positions (restarting
+  at 0) and a block-diagonal attention mask (batch.same_text), so each text is computed exactly as if alone. Rows
+  are filled best-fit, longest text first, short texts filling the room that long ones leave (batch.pack_rows, as
+  training packs its batches); a forward holds `tokens // T` rows of T tokens. Almost no token is padding.
+- padded: texts sorted by length, `batch_size` per forward, each row one text padded to the next length in
+  LENGTHS. Sorting makes neighbours nearly equal in length.
+A `Forward` says where each text goes (row, slot, first token); `arrays` builds its numpy inputs.
+
+Running them. Dispatch is asynchronous: the next forward is built while the device computes this one, and results
+are collected one forward behind. `embed_stream` embeds an iterable chunk by chunk, so memory stays flat however
+long the input (embed.py). The compiler options and the persistent compilation cache come from fast/xla.py; dtype
+"bfloat16" computes the encoder in bfloat16 (LayerNorm, softmax and pooling stay float32).
 """
 import collections
+import dataclasses
 import functools
 import itertools
 
@@ -19,23 +26,86 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minilm.batch import same_text
+from minilm.batch import PACK_LENGTHS, pack_rows, placements, same_text, write_rows
 from minilm.fast import xla
-from minilm.fast.packing import Forward, plan_packed, plan_padded
 from minilm.model import encode, l2_normalize
 from minilm.st import heads
 from minilm.st.folder import get_model, Model
 from minilm.st.heads import PACKED_POOLING_MODES, check_options, dense_head, pool, pool_segments
+from minilm.tokenizer import padded_length
 from minilm.tools.progress import Progress
+
+# ----------------------------------------------------------------------------------------------------------------
+# Planning the forwards.
+
+
+def pow2_rows(n: int, most: int) -> int:
+    """Rows of a forward holding n rows of data: the next power of two, at most `most` (bounded shapes)."""
+    return min(most, 1 << max(n - 1, 0).bit_length())
+
+
+@dataclasses.dataclass(frozen=True)
+class Forward:
+    """One forward pass of shape [rows, length] holding texts index[i] at (row[i], slot[i]), tokens from start[i].
+    slots: texts per row at most (the pooled output is [rows, slots, dim])."""
+    rows: int
+    length: int
+    slots: int
+    index: np.ndarray
+    row: np.ndarray
+    slot: np.ndarray
+    start: np.ndarray
+
+    def arrays(self, ids: list, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids_BT, positions_BT, segments_BT) for token-id sequences ids[i] (batch.write_rows)."""
+        return write_rows(ids, self.index, self.row, self.slot, self.start, self.rows, self.length, pad_id)
+
+
+def plan_padded(lengths: list[int], batch_size: int) -> list[Forward]:
+    """batch_size texts per forward, longest first (the slow shapes compile early), one text per row."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    forwards = []
+    for b in range(0, len(order), batch_size):
+        index = np.array(order[b:b + batch_size])
+        n = len(index)
+        forwards.append(Forward(rows=pow2_rows(n, batch_size), length=padded_length(lengths[index[0]]), slots=1,
+                                index=index, row=np.arange(n), slot=np.zeros(n, int), start=np.zeros(n, int)))
+    return forwards
+
+
+def plan_packed(lengths: list[int], tokens: int) -> list[Forward]:
+    """Texts packed into rows of PACK_LENGTHS tokens (pack_rows), about `tokens` tokens per forward."""
+    top = max(PACK_LENGTHS[0], padded_length(max(lengths, default=0)))  # the row length of the longest texts
+    rows = pack_rows(lengths, [t for t in PACK_LENGTHS if t < top] + [top])
+    forwards = []
+    for T in sorted({t for t, _ in rows}, reverse=True):
+        same = [texts for t, texts in rows if t == T]
+        per_forward = max(1, tokens // T)
+        for b in range(0, len(same), per_forward):
+            chunk = same[b:b + per_forward]
+            forwards.append(packed_forward(chunk, lengths, pow2_rows(len(chunk), per_forward), T))
+    return forwards
+
+
+def packed_forward(rows: list[list[int]], lengths: list[int], num_rows: int, length: int) -> Forward:
+    """A Forward of num_rows rows of `length` tokens from rows[r] = the texts of row r (pack_rows), placed as
+    training places them (batch.placements)."""
+    index, row, slot, start = placements(rows, lengths)
+    return Forward(rows=num_rows, length=length, slots=max(1, length // 4), index=index, row=row, slot=slot,
+                   start=start)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running them.
+
 
 TRACES = collections.Counter()  # (rows, length, slots) -> times embed_rows was traced: each is one compilation
 COMPILED = set()  # the forwards (shape and options) this process has compiled or loaded from the cache
 
 
-@xla.jit(static_argnames=("cfg", "pooling", "normalize", "num_layers", "dim", "slots", "skip", "activations"))
 def embed_rows(params, ids_BT, positions_BT, segments_BT, *, cfg, pooling, normalize, num_layers=None, dim=None,
                slots=1, skip=0, dense=(), activations=()):
-    """The jitted entry point: rows of one or more texts -> emb_BND, one vector per (row, slot). Segment s + 1
+    """The forward (jitted by compiled_embed_rows): rows of one or more texts -> emb_BND, one vector per (row, slot). Segment s + 1
     of a row is the text in slot s (0 = padding). `dim` keeps the first D dimensions (Matryoshka), truncating
     before the L2 normalisation so the shorter vector has unit length; `skip` leaves each text's first tokens out
     of the pooling (a prompt, heads.skip_prompt)."""
@@ -48,6 +118,16 @@ def embed_rows(params, ids_BT, positions_BT, segments_BT, *, cfg, pooling, norma
         emb_BND = pool_segments(h_BTD, segments_BT, positions_BT, slots, pooling, skip)
     emb_BND = dense_head(emb_BND, dense, activations)[..., :dim]  # Dense modules, if any
     return l2_normalize(emb_BND) if normalize else emb_BND
+
+
+@functools.cache
+def compiled_embed_rows():
+    """embed_rows jitted, made at its first use: its compiler options (the CPU matmul library, fast/xla.py) depend on
+    the backend, known only once JAX has started."""
+    return jax.jit(embed_rows, compiler_options=xla.compiler_options(), static_argnames=STATIC)
+
+
+STATIC = ("cfg", "pooling", "normalize", "num_layers", "dim", "slots", "skip", "activations")  # one compile each
 
 
 CPU_PACKED_TOKENS = 4096  # on a CPU bigger forwards fall out of the caches and run slower (docs/fast-path.md)
@@ -129,7 +209,7 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
             key = (fwd.rows, fwd.length, fwd.slots, cfg, m.pooling, normalize, num_layers, dim, skip, dtype)
             if key not in COMPILED:  # the call below blocks while it compiles: the progress line says so
                 report.status = f"compiling the forward for {fwd.rows} x {fwd.length} tokens (once per shape)"
-            emb_BND = embed_rows(params, *fwd.arrays(ids, m.tokenizer.pad_id), cfg=cfg, pooling=m.pooling,
+            emb_BND = compiled_embed_rows()(params, *fwd.arrays(ids, m.tokenizer.pad_id), cfg=cfg, pooling=m.pooling,
                                  normalize=normalize, num_layers=num_layers, dim=dim, slots=fwd.slots, skip=skip,
                                  dense=m.dense, activations=m.activations)
             COMPILED.add(key)

@@ -165,24 +165,6 @@ def compiler_options() -> dict | None:
     return options
 
 
-def jit(fun=None, **jit_kwargs):
-    """jax.jit with `compiler_options()`. The options depend on the backend, which is known only once JAX has
-    started, so the jax.jit object is made at the first call (a module may decorate at import time)."""
-    if fun is None:
-        return functools.partial(jit, **jit_kwargs)
-
-    @functools.cache
-    def jitted():
-        return jax.jit(fun, compiler_options=compiler_options(), **jit_kwargs)
-
-    @functools.wraps(fun)
-    def call(*args, **kwargs):
-        return jitted()(*args, **kwargs)
-
-    call.jitted, call.jit_kwargs = jitted, jit_kwargs
-    return call
-
-
 def cache_dir() -> str | None:
     """$MINILM_COMPILE_CACHE, else ~/.cache/minilm/jax; None when the variable is 0 (no cache)."""
     path = os.environ.get("MINILM_COMPILE_CACHE", str(pathlib.Path.home() / ".cache" / "minilm" / "jax"))

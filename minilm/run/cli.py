@@ -68,22 +68,6 @@ def parse(cls, argv=None, description: str | None = None):
     return cls(**values), p, given
 
 
-def flags(args, leave_out: tuple[str, ...] = ()) -> list[str]:
-    """The options a run sets, as the flags that set them: ["--steps 200", "--symmetric", ...], defaults left out."""
-    given = []
-    for f in dataclasses.fields(args):
-        value = getattr(args, f.name)
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if value == default or f.name in leave_out:
-            continue
-        flag = f.name.replace("_", "-")
-        if isinstance(value, bool):
-            given.append(f"--{flag}" if value else f"--no-{flag}")
-        else:
-            given.append(f"--{flag} {' '.join(map(str, value)) if isinstance(value, (tuple, list)) else value}")
-    return given
-
-
 def index(i: int, n: int, flag: str) -> int:
     """A flag's index into n items (layers), negative from the end as in Python: -1 is the last."""
     if not -n <= i < n:

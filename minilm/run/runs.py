@@ -16,7 +16,7 @@ import jax
 from minilm import optim, parallel
 from minilm.batch import pack_columns, pad_columns
 from minilm.fast import xla
-from minilm.run import cli, resume
+from minilm.run import resume
 from minilm.st.folder import Model
 
 
@@ -107,7 +107,7 @@ def make_batch(tokenizer, examples, max_length: int, mesh, pack: bool):
 def print_args(args, file=None) -> None:
     """The options this run sets, as flags, wrapped; every option, defaults included, is in the run's args.json."""
     lines = [""]
-    for item in cli.flags(args):  # a flag and its value stay on one line
+    for item in resume.flags(args):  # a flag and its value stay on one line
         lines[-1:] = [f"{lines[-1]} {item}".strip()] if len(lines[-1]) + len(item) < 116 else [lines[-1], item]
     print("\n".join(f"  {line}" for line in lines if line) + f"\n  (every option: {args.out}/args.json)",
           file=file or sys.stdout)
