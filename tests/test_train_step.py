@@ -12,9 +12,8 @@ import pytest
 
 import train
 from minilm import batch, parallel
-from minilm.batch import pack_columns
+from minilm.batch import pack_columns, Padded
 from minilm.checkpoint import flatten
-from minilm.extensions import gradcache
 from tests.tiny import tiny_model
 
 B = 16  # global rows: 2 per device on 8 devices
@@ -107,10 +106,11 @@ def test_gradcache_replays_the_same_dropout(tmp_path):
                                        axis_name=None))
     with_dropout = cached(model.params, batch, jax.random.key(7))
 
-    def reference(params):
-        embed = lambda p, b, k: train.embed_columns(p, b, model.config, k)
-        chunks, embed_chunk = gradcache.chunk_embedder(batch, embed, jax.random.key(7), mini)
-        emb = jnp.concatenate([embed_chunk(params, j) for j in range(len(chunks))], axis=1)
+    def reference(params):  # chunk j (rows 4j..4j+3) embedded with dropout key fold_in(key, 1000 + j), end to end
+        chunk = lambda s: Padded(*(x[:, s:s + mini] for x in batch))
+        emb = jnp.concatenate([train.embed_columns(params, chunk(s), model.config,
+                                                   jax.random.fold_in(jax.random.key(7), 1000 + s // mini))
+                               for s in range(0, batch.ids_CBT.shape[1], mini)], axis=1)
         return train.column_loss(emb, opts, None)
 
     assert_same(with_dropout, jax.jit(jax.value_and_grad(reference))(model.params))
