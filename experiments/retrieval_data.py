@@ -198,8 +198,9 @@ def more_text(folder: pathlib.Path) -> dict[str, list[str]]:
     addresses = sorted(sotu.glob("*.txt"))
     chapters = sorted(moby.glob("chapter_*.txt"), key=lambda p: int(p.stem.split("_")[1])) + [moby / "epilogue.txt"]
     texts = {"sotu": [p for a in addresses for p in passages(kept(split(a.read_text(encoding="utf-8"))))],
-             "moby": [p for c in chapters for p in passages(kept(split(" ".join(c.read_text(encoding="utf-8")
-                                                                                  .split()[2:]))))]}
+             "moby": [p for c in chapters  # each chapter without its heading line ("CHAPTER 1. Loomings.")
+                      for p in passages(kept(split(" ".join(c.read_text(encoding="utf-8").split("\n", 1)[-1]
+                                                            .split()))))]}
     sentences_all = [t.strip() for d in sorted(nlp.glob("doc-*.json"), key=lambda p: int(p.stem.split("-")[1]))
                      for t in json.loads(d.read_text(encoding="utf-8")) if isinstance(t, str) and len(t.split()) >= 4]
     chosen = np.random.default_rng(2).choice(len(sentences_all), NLP_CORPUS_SENTENCES, replace=False)

