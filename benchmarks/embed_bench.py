@@ -105,10 +105,10 @@ class Minilm:
         return plan, [fwd.arrays(ids, self.model.tokenizer.pad_id) for fwd in plan]
 
     def model_only(self, prepared):
-        m = self.model
+        m, forward = self.model, fast.compiled_embed_rows()
         with jax.default_matmul_precision("highest"):
-            jax.block_until_ready([fast.compiled_embed_rows()(m.params, *a, cfg=m.config, pooling=m.pooling, normalize=m.normalize,
-                                                   slots=fwd.slots) for fwd, a in zip(*prepared)])
+            jax.block_until_ready([forward(m.params, *a, cfg=m.config, pooling=m.pooling, normalize=m.normalize,
+                                           slots=fwd.slots) for fwd, a in zip(*prepared)])
 
     def projections(self, prepared):
         """The same forwards with nothing but the six projections of each layer (Q, K, V, attention output, the two

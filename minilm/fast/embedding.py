@@ -105,10 +105,10 @@ COMPILED = set()  # the forwards (shape and options) this process has compiled o
 
 def embed_rows(params, ids_BT, positions_BT, segments_BT, *, cfg, pooling, normalize, num_layers=None, dim=None,
                slots=1, skip=0, dense=(), activations=()):
-    """The forward (jitted by compiled_embed_rows): rows of one or more texts -> emb_BND, one vector per (row, slot). Segment s + 1
-    of a row is the text in slot s (0 = padding). `dim` keeps the first D dimensions (Matryoshka), truncating
-    before the L2 normalisation so the shorter vector has unit length; `skip` leaves each text's first tokens out
-    of the pooling (a prompt, heads.skip_prompt)."""
+    """The forward (compiled_embed_rows jits it): rows of one or more texts -> emb_BND, one vector per (row, slot).
+    Segment s + 1 of a row is the text in slot s (0 = padding). `dim` keeps the first D dimensions (Matryoshka),
+    truncating before the L2 normalisation so the shorter vector has unit length; `skip` leaves each text's first
+    tokens out of the pooling (a prompt, heads.skip_prompt)."""
     TRACES[ids_BT.shape + (slots,)] += 1  # runs while tracing only, not on each call
     h_BTD = encode(params, ids_BT, same_text(segments_BT), cfg, num_layers=num_layers,
                    positions_BT=positions_BT).last_hidden_state.astype(jnp.float32)  # pool in float32
@@ -195,7 +195,7 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
     pack = pack and m.pooling in PACKED_POOLING_MODES
     plan = plan_packed(lengths, tokens=packed_tokens(batch_size)) if pack else plan_padded(lengths, batch_size)
     out = np.zeros((len(texts), dim or m.dim), np.float32)
-    done, pending = 0, None
+    done, pending, forward = 0, None, compiled_embed_rows()
 
     def collect(fwd: Forward, emb_BND):  # the host waits here for the device, one forward behind
         nonlocal done
@@ -209,9 +209,9 @@ def embed(texts, model=None, *, batch_size: int = 32, max_length: int | None = N
             key = (fwd.rows, fwd.length, fwd.slots, cfg, m.pooling, normalize, num_layers, dim, skip, dtype)
             if key not in COMPILED:  # the call below blocks while it compiles: the progress line says so
                 report.status = f"compiling the forward for {fwd.rows} x {fwd.length} tokens (once per shape)"
-            emb_BND = compiled_embed_rows()(params, *fwd.arrays(ids, m.tokenizer.pad_id), cfg=cfg, pooling=m.pooling,
-                                 normalize=normalize, num_layers=num_layers, dim=dim, slots=fwd.slots, skip=skip,
-                                 dense=m.dense, activations=m.activations)
+            emb_BND = forward(params, *fwd.arrays(ids, m.tokenizer.pad_id), cfg=cfg, pooling=m.pooling,
+                              normalize=normalize, num_layers=num_layers, dim=dim, slots=fwd.slots, skip=skip,
+                              dense=m.dense, activations=m.activations)
             COMPILED.add(key)
             report.status = None
             if pending:
