@@ -195,12 +195,13 @@ def more_text(folder: pathlib.Path) -> dict[str, list[str]]:
     def split(text):  # sentences, stage directions ("[Applause]") removed
         return [t for t in re.split(r"(?<=[.!?])\s+", re.sub(r"\[[^\]]*\]", "", text)) if t.strip()]
 
+    def body(chapter):  # a Moby-Dick chapter without its heading line ("CHAPTER 1. Loomings."), on one line
+        return " ".join(chapter.read_text(encoding="utf-8").split("\n", 1)[-1].split())
+
     addresses = sorted(sotu.glob("*.txt"))
     chapters = sorted(moby.glob("chapter_*.txt"), key=lambda p: int(p.stem.split("_")[1])) + [moby / "epilogue.txt"]
     texts = {"sotu": [p for a in addresses for p in passages(kept(split(a.read_text(encoding="utf-8"))))],
-             "moby": [p for c in chapters  # each chapter without its heading line ("CHAPTER 1. Loomings.")
-                      for p in passages(kept(split(" ".join(c.read_text(encoding="utf-8").split("\n", 1)[-1]
-                                                            .split()))))]}
+             "moby": [p for c in chapters for p in passages(kept(split(body(c))))]}
     sentences_all = [t.strip() for d in sorted(nlp.glob("doc-*.json"), key=lambda p: int(p.stem.split("-")[1]))
                      for t in json.loads(d.read_text(encoding="utf-8")) if isinstance(t, str) and len(t.split()) >= 4]
     chosen = np.random.default_rng(2).choice(len(sentences_all), NLP_CORPUS_SENTENCES, replace=False)
