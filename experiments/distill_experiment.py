@@ -183,6 +183,11 @@ ROWS = {
                        distill("g3-rel-rank", ["--student", f"{{root}}/g3-rel/step-{DISTILL_STEPS:07d}"], RANKING,
                                text=GENERAL_PAIRS, cache="teacher-general-pairs", steps=1500, max_length=256,
                                batch=32), ("g3-rel-rank-ft", 0)),
+    # the same, the fine-tuning's seed 1 (the distilled stages reused): the fine-tuning's spread
+    "g3-rel-rank-seed1": row(distill("g3-rel", L3, RELATIONS),
+                             distill("g3-rel-rank", ["--student", f"{{root}}/g3-rel/step-{DISTILL_STEPS:07d}"],
+                                     RANKING, text=GENERAL_PAIRS, cache="teacher-general-pairs", steps=1500,
+                                     max_length=256, batch=32), ("g3-rel-rank-ft-seed1", 1)),
     # g3-rank with more varied text: the same sources and recipe, and the --more-text pairs (control: g3-rank)
     "g3-rank-more": row(distill("g3-rank-more", L3, RANKING, text=MORE_PAIRS, cache="teacher-more-pairs", steps=1500,
                                 max_length=256, batch=32), ("g3-rank-more-ft", 0)),
