@@ -191,6 +191,12 @@ ROWS = {
     # g3-rank with more varied text: the same sources and recipe, and the --more-text pairs (control: g3-rank)
     "g3-rank-more": row(distill("g3-rank-more", L3, RANKING, text=MORE_PAIRS, cache="teacher-more-pairs", steps=1500,
                                 max_length=256, batch=32), ("g3-rank-more-ft", 0)),
+    # both changes: the relations first, then the score distillation with the more varied text (controls:
+    # g3-rel-rank, g3-rank-more)
+    "g3-rel-rank-more": row(distill("g3-rel", L3, RELATIONS),
+                            distill("g3-rel-rank-more", ["--student", f"{{root}}/g3-rel/step-{DISTILL_STEPS:07d}"],
+                                    RANKING, text=MORE_PAIRS, cache="teacher-more-pairs", steps=1500, max_length=256,
+                                    batch=32), ("g3-rel-rank-more-ft", 0)),
     # the relations on the general passages at 256 tokens, then the usual fine-tuning (controls: l3-rel, the
     # relations on pair-set sentences at 128 tokens; g3-psg, the embeddings on these passages)
     "g3-rel256": row(distill("g3-rel256", L3, RELATIONS, text=GENERAL_TEXT, steps=1500, max_length=256),
