@@ -130,6 +130,10 @@ def row(*stages):
 
 TEACHER = Stage("teacher", ("teacher",), 0)
 L2, L3, L4 = ["--student-layers", "0,5"], ["--student-layers", "0,3,5"], ["--student-layers", "0,1,3,5"]
+G3_REL = distill("g3-rel", L3, RELATIONS)  # l3-rel's relations, run again: the first stage of the g3-rel-* rows
+AFTER_REL = ["--student", f"{{root}}/g3-rel/step-{DISTILL_STEPS:07d}"]
+G3_REL_RANK = distill("g3-rel-rank", AFTER_REL, RANKING, text=GENERAL_PAIRS, cache="teacher-general-pairs",
+                      steps=1500, max_length=256, batch=32)
 ROWS = {
     "teacher": [TEACHER],
     "l3-ft": row(student("l3", L3), ("l3-ft", 0)),
@@ -179,22 +183,16 @@ ROWS = {
     # relations first (l3-rel's distillation, run and scored again), then g3-rank's score distillation from there:
     # does the relations' sentence-similarity gain survive the passages and add to their retrieval gain? (control:
     # g3-rank, two seeds)
-    "g3-rel-rank": row(distill("g3-rel", L3, RELATIONS),
-                       distill("g3-rel-rank", ["--student", f"{{root}}/g3-rel/step-{DISTILL_STEPS:07d}"], RANKING,
-                               text=GENERAL_PAIRS, cache="teacher-general-pairs", steps=1500, max_length=256,
-                               batch=32), ("g3-rel-rank-ft", 0)),
+    "g3-rel-rank": row(G3_REL, G3_REL_RANK, ("g3-rel-rank-ft", 0)),
     # the same, the fine-tuning's seed 1 (the distilled stages reused): the fine-tuning's spread
-    "g3-rel-rank-seed1": row(distill("g3-rel", L3, RELATIONS),
-                             distill("g3-rel-rank", ["--student", f"{{root}}/g3-rel/step-{DISTILL_STEPS:07d}"],
-                                     RANKING, text=GENERAL_PAIRS, cache="teacher-general-pairs", steps=1500,
-                                     max_length=256, batch=32), ("g3-rel-rank-ft-seed1", 1)),
+    "g3-rel-rank-seed1": row(G3_REL, G3_REL_RANK, ("g3-rel-rank-ft-seed1", 1)),
     # g3-rank with more varied text: the same sources and recipe, and the --more-text pairs (control: g3-rank)
     "g3-rank-more": row(distill("g3-rank-more", L3, RANKING, text=MORE_PAIRS, cache="teacher-more-pairs", steps=1500,
                                 max_length=256, batch=32), ("g3-rank-more-ft", 0)),
     # both changes: the relations first, then the score distillation with the more varied text (controls:
     # g3-rel-rank, g3-rank-more)
-    "g3-rel-rank-more": row(distill("g3-rel", L3, RELATIONS),
-                            distill("g3-rel-rank-more", ["--student", f"{{root}}/g3-rel/step-{DISTILL_STEPS:07d}"],
+    "g3-rel-rank-more": row(G3_REL,
+                            distill("g3-rel-rank-more", AFTER_REL,
                                     RANKING, text=MORE_PAIRS, cache="teacher-more-pairs", steps=1500, max_length=256,
                                     batch=32), ("g3-rel-rank-more-ft", 0)),
     # the relations on the general passages at 256 tokens, then the usual fine-tuning (controls: l3-rel, the
