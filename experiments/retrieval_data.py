@@ -58,6 +58,7 @@ NLP_CORPUS_SENTENCES = 20_000
 DEV_ARTICLES = 2000  # the last lines of REUTERS
 PASSAGE_CHARS = 1000
 MIN_SENTENCE = 30  # shorter sentences ("Shr 10 cts.") recur across unrelated wire stories and prove nothing
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")  # one rule for every split into sentences here
 
 
 def read_jsonl(path) -> list[dict]:
@@ -70,7 +71,7 @@ def normalise(text: str) -> str:
 
 def sentences(text: str) -> list[str]:
     """Normalised sentences of at least MIN_SENTENCE characters (split after . ! or ? and a space)."""
-    return [s for s in re.split(r"(?<=[.!?])\s+", normalise(text)) if len(s) >= MIN_SENTENCE]
+    return [s for s in SENTENCE_END.split(normalise(text)) if len(s) >= MIN_SENTENCE]
 
 
 def split_reuters(path=REUTERS) -> tuple[list[dict], list[dict]]:
@@ -193,7 +194,7 @@ def more_text(folder: pathlib.Path) -> dict[str, list[str]]:
         return out
 
     def split(text):  # sentences, stage directions ("[Applause]") removed
-        return [t for t in re.split(r"(?<=[.!?])\s+", re.sub(r"\[[^\]]*\]", "", text)) if t.strip()]
+        return [t for t in SENTENCE_END.split(re.sub(r"\[[^\]]*\]", "", text)) if t.strip()]
 
     def body(chapter):  # a Moby-Dick chapter without its heading line ("CHAPTER 1. Loomings."), on one line
         return " ".join(chapter.read_text(encoding="utf-8").split("\n", 1)[-1].split())
