@@ -62,6 +62,8 @@ class Args(runs.RunArgs):  # the run's settings; where it saves, its devices, lo
     ranking_weight: float = 0.0  # in-batch score distillation (0: off): --data are (query, passage) pair or triplet
     # files (FILE:WEIGHT as train.py; a batch from one file), each query's softmax over the batch's passages learns
     # the teacher's (KL)
+    pairs: bool = False  # batch --data as (query, passage) pairs, FILE:WEIGHT, as --ranking-weight does, without
+    # the score KL: the embedding loss alone on the very batches the KL would see
     ranking_scale: float = 20.0  # the scores' scale: softmax(scale * cos), as the contrastive loss of train.py
     teacher_cache: str | None = None  # file of the teacher's embeddings of --data, written by the first run that
     # names it and read by later ones, so the teacher's forward runs once, not every step
@@ -284,7 +286,7 @@ def distill(args: Args) -> int:
     t_layer = cli.index(args.teacher_layer, t_cfg.num_hidden_layers, "--teacher-layer")
     s_layer = cli.index(args.student_layer, s_cfg.num_hidden_layers, "--student-layer")
     runs.check_max_length(args.max_length, t_cfg, s_cfg)
-    if args.ranking_weight:  # (query, passage) pairs, by train.py's sampler: no text twice in a batch
+    if args.ranking_weight or args.pairs:  # (query, passage) pairs, by train.py's sampler: no text twice a batch
         specs = parse_data_specs(list(args.data))
         sampler = BatchSampler(specs, args.batch_size, seed=args.seed,
                                examples={path: read_pairs(path) for path, _ in specs})

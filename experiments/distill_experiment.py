@@ -207,6 +207,9 @@ ROWS = {
                             distill("g4-rel-rank-more", ["--student", f"{{root}}/g4-rel/step-{DISTILL_STEPS:07d}"],
                                     RANKING, text=MORE_PAIRS, cache="teacher-more-pairs", steps=1500, max_length=256,
                                     batch=32), ("g4-rel-rank-more-ft", 0)),
+    # g3-rank without its score KL: the same batches of pairs, the embedding mse alone (what the scores add)
+    "g3-pairs": row(distill("g3-pairs", L3, [*RANKING[:-2], "--pairs"], text=GENERAL_PAIRS,
+                            cache="teacher-general-pairs", steps=1500, max_length=256, batch=32), ("g3-pairs-ft", 0)),
 }
 # A student for your corpus: the general student (or the teacher's kept layers) distilled on a corpus's documents
 # alone, no labels: here the Reuters training bodies (the development articles excluded), as docs/usage.md shows.

@@ -284,6 +284,21 @@ def test_in_batch_scores_on_pairs_end_to_end_and_resumed(setup, capsys):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_pairs_without_the_kl_sees_the_same_batches(setup):
+    """--pairs: the embedding loss alone on the batches --ranking-weight would see. Step 1's embedding loss (before
+    any update, the same student) is the same with and without the score KL beside it; the text pool instead
+    (every distinct text of the file, 8 texts a batch) gives another."""
+    pairs = setup / "pairs-mse.jsonl"
+    pairs.write_text("".join(json.dumps([q, p]) + "\n" for q, p in batch_pairs(40)))
+    flags = ("--student-hidden-size", "16", "--student-heads", "2", "--student-num-layers", "1", "--relations",
+             "none", "--embedding-loss", "mse", "--steps", "1", "--log-every", "1", "--no-dropout", "--batch-size", "8")
+    first = lambda out: json.loads((setup / out / "metrics.jsonl").read_text().splitlines()[0])["embedding"]
+    assert run(setup, "--data", f"{pairs}:2", *flags, "--pairs", out="pairs-mse") == 0
+    assert run(setup, "--data", f"{pairs}:2", *flags, "--ranking-weight", "1", out="pairs-kl") == 0
+    assert run(setup, "--data", str(pairs), *flags, out="pool-mse") == 0
+    assert first("pairs-mse") == first("pairs-kl") != first("pool-mse")
+
+
 def test_help_documents_every_flag(capsys):
     with pytest.raises(SystemExit):
         distill.main(["--help"])
