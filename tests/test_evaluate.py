@@ -1,10 +1,14 @@
 """STS evaluation: numpy ranks and correlations against scipy, and the command against sentence-transformers'
-EmbeddingSimilarityEvaluator on ../shared/data/stsb/stsb-en-test.csv (Spearman x 100 within 0.01)."""
+EmbeddingSimilarityEvaluator on ../shared/data/stsb/stsb-en-test.csv (Spearman x 100 within 0.01); the Reuters
+gap analysis's per-query ranks against the retrieval evaluation."""
+import sys
+
 import numpy as np
 import pytest
 
 from minilm.tools import evaluate
-from tests.conftest import need
+from minilm.tools.retrieval import rank, ranking_metrics
+from tests.conftest import need, REPO
 
 
 def test_ranks_and_correlations_equal_scipy():
@@ -141,3 +145,21 @@ def test_retrieval_equals_sentence_transformers_evaluator(real_model_dir, stsb_d
     (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td1\n")
     with pytest.raises(ValueError, match=r"test.tsv:2: expected 3 tab-separated columns"):
         read_beir(folder)
+
+
+def test_reuters_gap_ranks_equal_the_evaluation_ranking():
+    """experiments/reuters_gap.py's per-query nDCG@10, averaged, is the evaluation's nDCG@10 and its rank-1 share is
+    Recall@1: one relevant document per query, ties (duplicate documents) broken by ascending id as rank() does."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import reuters_gap
+    rng = np.random.default_rng(0)
+    corpus_ND = rng.normal(size=(60, 8)).astype(np.float32)
+    corpus_ND[40:] = corpus_ND[:20]  # exact duplicates: equal scores
+    ids = [f"d{i}" for i in range(60)]  # "d10" sorts before "d2"
+    relevant_Q = rng.integers(0, 60, 50)
+    query_QD = corpus_ND[relevant_Q] + rng.normal(scale=1.5, size=(50, 8)).astype(np.float32)
+    ranks_Q = reuters_gap.relevant_ranks(query_QD, corpus_ND, relevant_Q, ids)
+    expected = ranking_metrics(rank(query_QD, corpus_ND, ids, 10), [{ids[r]} for r in relevant_Q])
+    assert 0 < (ranks_Q == 1).mean() < 1 and (ranks_Q > 10).any()
+    assert np.isclose(100 * reuters_gap.ndcg10(ranks_Q).mean(), expected["ndcg@10"])
+    assert np.isclose(100 * (ranks_Q == 1).mean(), expected["recall@1"])
