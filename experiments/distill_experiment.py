@@ -135,6 +135,8 @@ G4_REL = distill("g4-rel", L4, RELATIONS)  # l4-rel's relations, run again: the 
 AFTER_REL = ["--student", f"{{root}}/g3-rel/step-{DISTILL_STEPS:07d}"]
 G3_REL_RANK = distill("g3-rel-rank", AFTER_REL, RANKING, text=GENERAL_PAIRS, cache="teacher-general-pairs",
                       steps=1500, max_length=256, batch=32)
+G3_REL_RANK_MORE = distill("g3-rel-rank-more", AFTER_REL, RANKING, text=MORE_PAIRS, cache="teacher-more-pairs",
+                           steps=1500, max_length=256, batch=32)
 ROWS = {
     "teacher": [TEACHER],
     "l3-ft": row(student("l3", L3), ("l3-ft", 0)),
@@ -192,10 +194,9 @@ ROWS = {
                                 max_length=256, batch=32), ("g3-rank-more-ft", 0)),
     # both changes: the relations first, then the score distillation with the more varied text (controls:
     # g3-rel-rank, g3-rank-more)
-    "g3-rel-rank-more": row(G3_REL,
-                            distill("g3-rel-rank-more", AFTER_REL,
-                                    RANKING, text=MORE_PAIRS, cache="teacher-more-pairs", steps=1500, max_length=256,
-                                    batch=32), ("g3-rel-rank-more-ft", 0)),
+    "g3-rel-rank-more": row(G3_REL, G3_REL_RANK_MORE, ("g3-rel-rank-more-ft", 0)),
+    # the same, the fine-tuning's seed 1 (the distilled stages reused): the best general 3-layer row's spread
+    "g3-rel-rank-more-seed1": row(G3_REL, G3_REL_RANK_MORE, ("g3-rel-rank-more-ft-seed1", 1)),
     # the relations on the general passages at 256 tokens, then the usual fine-tuning (controls: l3-rel, the
     # relations on pair-set sentences at 128 tokens; g3-psg, the embeddings on these passages); 1,000 steps of 32
     # texts, about 1.7 s a step on a 2-core CPU
