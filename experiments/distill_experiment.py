@@ -189,6 +189,8 @@ ROWS = {
     "g3-rel-rank": row(G3_REL, G3_REL_RANK, ("g3-rel-rank-ft", 0)),
     # the same, the fine-tuning's seed 1 (the distilled stages reused): the fine-tuning's spread
     "g3-rel-rank-seed1": row(G3_REL, G3_REL_RANK, ("g3-rel-rank-ft-seed1", 1)),
+    # g3-rel, then the usual fine-tuning (l3-rel-ft again, scored on Reuters too): the control of g3-rel256
+    "g3-rel-ft": row(G3_REL, ("g3-rel-ft", 0)),
     # g3-rank with more varied text: the same sources and recipe, and the --more-text pairs (control: g3-rank)
     "g3-rank-more": row(distill("g3-rank-more", L3, RANKING, text=MORE_PAIRS, cache="teacher-more-pairs", steps=1500,
                                 max_length=256, batch=32), ("g3-rank-more-ft", 0)),
@@ -197,7 +199,7 @@ ROWS = {
     "g3-rel-rank-more": row(G3_REL, G3_REL_RANK_MORE, ("g3-rel-rank-more-ft", 0)),
     # the same, the fine-tuning's seed 1 (the distilled stages reused): the best general 3-layer row's spread
     "g3-rel-rank-more-seed1": row(G3_REL, G3_REL_RANK_MORE, ("g3-rel-rank-more-ft-seed1", 1)),
-    # the relations on the general passages at 256 tokens, then the usual fine-tuning (controls: l3-rel, the
+    # the relations on the general passages at 256 tokens, then the usual fine-tuning (controls: g3-rel-ft, the
     # relations on pair-set sentences at 128 tokens; g3-psg, the embeddings on these passages); 1,000 steps of 32
     # texts, about 1.7 s a step on a 2-core CPU
     "g3-rel256": row(distill("g3-rel256", L3, RELATIONS, text=GENERAL_TEXT, steps=1000, max_length=256, batch=32),
