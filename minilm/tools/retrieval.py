@@ -65,12 +65,18 @@ def read_beir(folder, split: str = "test") -> Beir:
     return Beir(queries, corpus, relevant)
 
 
+def id_order(corpus_ids: list[str]) -> np.ndarray:
+    """[N] each document's place when the ids are sorted ascending: the tie-break of equal scores."""
+    order = np.empty(len(corpus_ids), np.int64)
+    order[np.argsort(np.array(corpus_ids, dtype=object), kind="stable")] = np.arange(len(corpus_ids))
+    return order
+
+
 def rank(query_QD, corpus_ND, corpus_ids: list[str], k: int, fn: str = "cosine",
          chunk: int = 50_000) -> list[list[str]]:
     """For each query, the ids of its top k documents by similarity, ties by ascending corpus id (as
     sentence-transformers ranks), the corpus scored chunk by chunk."""
-    id_rank = np.empty(len(corpus_ids), np.int64)
-    id_rank[np.argsort(np.array(corpus_ids, dtype=object), kind="stable")] = np.arange(len(corpus_ids))
+    id_rank = id_order(corpus_ids)
     best = [np.zeros(0, np.int64) for _ in range(len(query_QD))]
     best_scores = [np.zeros(0, np.float32) for _ in range(len(query_QD))]
     for start in range(0, len(corpus_ids), chunk):
