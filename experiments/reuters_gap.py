@@ -112,8 +112,8 @@ def main(argv=None) -> int:
     if any(len(beir.relevant[q]) != 1 for q in query_ids):
         p.error(f"{a.reuters}: this analysis needs exactly one relevant article per query")
     corpus_ids = list(beir.corpus)
-    row = {c: i for i, c in enumerate(corpus_ids)}
-    relevant_Q = np.array([row[next(iter(beir.relevant[q]))] for q in query_ids])
+    index = {c: i for i, c in enumerate(corpus_ids)}
+    relevant_Q = np.array([index[next(iter(beir.relevant[q]))] for q in query_ids])
     queries = [beir.queries[q] for q in query_ids]
     tokens_Q = token_counts([beir.corpus[c] for c in corpus_ids])[relevant_Q]
     groups = {f"article {lo}-{hi if hi < 10**9 else ''} tokens": (tokens_Q >= lo) & (tokens_Q <= hi)
@@ -145,8 +145,8 @@ def main(argv=None) -> int:
                  "it first, teacher not": int(((r == 1) & (ranks[teacher] > 1)).sum())}
              for k, r in ranks.items() if k != teacher}
     print(f"\n{'queries grouped by':28s} {'n':>5s} " + " ".join(f"{k:>16s}" for k in ranks))
-    for g, row_ in table.items():
-        print(f"{g:28s} {row_['queries']:5d} " + " ".join(f"{row_[k]:16.2f}" for k in ranks))
+    for g, row in table.items():
+        print(f"{g:28s} {row['queries']:5d} " + " ".join(f"{row[k]:16.2f}" for k in ranks))
     print()
     for k, f in flips.items():
         print(f"{k:24s} " + ", ".join(f"{n}: {v}" for n, v in f.items()))
